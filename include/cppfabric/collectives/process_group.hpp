@@ -1,0 +1,114 @@
+// A process group: the ranks of a job and the collectives they run together (c10d underneath).
+//
+//   using namespace cppfabric::collectives;
+//   auto pg = ProcessGroup::create({.backend = "gloo", .main_address = "127.0.0.1",
+//                                   .main_port = 29500, .rank = rank, .world_size = 2});
+//   at::Tensor t = at::ones({4});
+//   pg->all_reduce(t, ReduceKind::Sum);            // in place, blocking
+//   pg->broadcast(t, /*src=*/0);                   // in place
+//   std::vector<at::Tensor> parts = pg->all_gather(t);
+//   pg->barrier();
+//   CollectiveWork w = pg->all_reduce_async(t, ReduceKind::Avg);  // ... overlap work ...
+//   w.wait();                                      // t now holds the average
+//
+// `create()` is collective: every rank calls it with the same address, port and world size.
+// Rank 0 hosts the rendezvous store. Every collective must be issued in the same order on
+// all ranks, from one thread. Each one waits at most the group's timeout; a timeout or a dead
+// peer becomes a std::runtime_error naming the operation, the rank and the timeout.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cppfabric::collectives {
+
+/// The reduction an all-reduce applies. Gloo has no native average: `Avg` runs a sum and
+/// divides by the world size afterwards (integer tensors truncate toward zero, as Fabric does).
+enum class ReduceKind { Sum, Max, Min, Product, Avg };
+
+/// "sum", "max", "min", "product", "avg".
+std::string_view to_string(ReduceKind op);
+
+/// Parses Fabric's `reduce_op` strings (case-insensitive): "sum", "mean" or "avg", "max",
+/// "min", "product". Throws std::invalid_argument naming the value and the valid ones.
+ReduceKind reduce_kind_from_string(std::string_view name);
+
+/// How to form (or join) a process group. Defaults follow Lightning Fabric.
+struct ProcessGroupOptions {
+  std::string backend = "gloo";             ///< "gloo" (CPU) or "nccl" (CUDA, not yet available)
+  std::string main_address = "127.0.0.1";   ///< where rank 0 hosts the rendezvous store
+  int main_port = 29500;                    ///< 1..65535
+  int rank = 0;                             ///< 0 <= rank < world_size
+  int world_size = 1;                       ///< >= 1
+  std::chrono::milliseconds timeout = std::chrono::minutes(30);  ///< Fabric's default
+};
+
+/// A collective in flight. Move-only; `wait()` blocks until it is done (at most the group's
+/// timeout) and finishes any post-processing (the division of `ReduceKind::Avg`, the copy
+/// back into a non-contiguous tensor). Dropping it without `wait()` lets the collective
+/// finish in the background, but the tensor's final value is then unspecified.
+class CollectiveWork {
+ public:
+  CollectiveWork(CollectiveWork&&) noexcept;
+  CollectiveWork& operator=(CollectiveWork&&) noexcept;
+  CollectiveWork(const CollectiveWork&) = delete;
+  CollectiveWork& operator=(const CollectiveWork&) = delete;
+  ~CollectiveWork();
+
+  /// Blocks until done; throws std::runtime_error on timeout or peer failure. A second call
+  /// returns at once.
+  void wait();
+  /// True once the underlying collective has finished (successfully or not).
+  bool is_completed() const;
+
+  struct Impl;  // private; defined in process_group.cpp
+
+ private:
+  friend class ProcessGroup;
+  explicit CollectiveWork(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// A group of `world_size` processes joined through a TCP store. Not copyable; shared through
+/// std::shared_ptr so strategies and reducers can hold it. The destructor releases the
+/// backend (joins its threads) and, on rank 0, the store.
+class ProcessGroup {
+ public:
+  /// Validates `options`, then joins the group (blocks until every rank has joined or the
+  /// timeout passes). Throws std::invalid_argument for bad options (cppfabric::
+  /// NotYetAvailableError for "nccl"), std::runtime_error when the group cannot be formed.
+  static std::shared_ptr<ProcessGroup> create(const ProcessGroupOptions& options);
+
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+  ~ProcessGroup();
+
+  int rank() const;
+  int world_size() const;
+  const std::string& backend() const;
+  std::chrono::milliseconds timeout() const;
+
+  /// Reduces `t` across ranks, in place. Every rank passes a tensor of the same shape/dtype.
+  void all_reduce(at::Tensor& t, ReduceKind op = ReduceKind::Sum);
+  /// The same, without waiting: call `wait()` on the result before reading `t`.
+  CollectiveWork all_reduce_async(at::Tensor& t, ReduceKind op = ReduceKind::Sum);
+  /// Overwrites `t` on every rank with rank `src`'s `t`.
+  void broadcast(at::Tensor& t, int src = 0);
+  /// Every rank's `t` (same shape on every rank), indexed by rank.
+  std::vector<at::Tensor> all_gather(const at::Tensor& t);
+  /// Returns once every rank has reached the barrier.
+  void barrier();
+
+  struct Impl;  // private; defined in process_group.cpp
+
+ private:
+  explicit ProcessGroup(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cppfabric::collectives

@@ -1,0 +1,311 @@
+// Fabric: the five lines that make a LibTorch training loop run anywhere.
+//
+//   cppfabric::Fabric fabric({.accelerator = "auto", .devices = "auto", .precision = "32-true"});
+//   fabric.launch();
+//   auto [net, opt] = fabric.setup(model, optimizer);
+//   ...
+//   fabric.backward(loss);
+//
+// FabricOptions mirrors Python's `Fabric(...)` keyword arguments, in the same order, with the
+// same strings and defaults; LT_ACCELERATOR, LT_STRATEGY, LT_DEVICES, LT_NUM_NODES and
+// LT_PRECISION override them as in Python.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cppfabric/callbacks.hpp"
+#include "cppfabric/detail/fmt.hpp"
+#include "cppfabric/detail/fwd.hpp"
+#include "cppfabric/guard.hpp"
+#include "cppfabric/options.hpp"
+#include "cppfabric/plugins.hpp"
+#include "cppfabric/strategies/strategy.hpp"
+#include "cppfabric/utilities/errors.hpp"
+#include "cppfabric/wrappers.hpp"
+
+namespace cppfabric {
+
+namespace accelerators {
+class Accelerator;
+}
+namespace loggers {
+class Logger;
+}
+
+struct FabricOptions {
+  NameOr<accelerators::Accelerator> accelerator = "auto";
+  NameOr<strategies::Strategy> strategy = "auto";
+  DevicesArg devices = "auto";
+  int num_nodes = 1;
+  PrecisionArg precision = {};
+  std::vector<std::shared_ptr<Plugin>> plugins = {};
+  std::vector<std::shared_ptr<Callback>> callbacks = {};
+  std::vector<std::shared_ptr<loggers::Logger>> loggers = {};
+};
+
+/// Arguments of `fabric.clip_gradients`: exactly one of clip_val / max_norm.
+struct ClipGradientsOptions {
+  std::optional<double> clip_val = std::nullopt;
+  std::optional<double> max_norm = std::nullopt;
+  double norm_type = 2.0;
+  bool error_if_nonfinite = true;
+};
+
+namespace detail {
+template <typename C>
+std::shared_ptr<C> module_ptr(const torch::nn::ModuleHolder<C>& holder) {
+  return holder.ptr();
+}
+template <typename C>
+std::shared_ptr<C> module_ptr(const std::shared_ptr<C>& module) {
+  static_assert(std::is_base_of_v<torch::nn::Module, C>, "setup() takes a torch::nn::Module");
+  return module;
+}
+template <typename>
+using AsFabricOptimizer = FabricOptimizer;
+template <typename T>
+inline constexpr bool is_fabric_module_v = false;
+template <typename M>
+inline constexpr bool is_fabric_module_v<FabricModule<M>> = true;
+}  // namespace detail
+
+class Fabric {
+ public:
+  explicit Fabric(FabricOptions options = {});
+  ~Fabric();
+  Fabric(const Fabric&) = delete;
+  Fabric& operator=(const Fabric&) = delete;
+
+  // ---------------------------------------------------------------- launch
+  /// Starts the processes this Fabric needs (none on one device) and sets up the environment.
+  void launch();
+  /// Runs `fn(fabric)` in every process after launching; returns its result.
+  template <typename F>
+  auto launch(F&& fn) -> std::invoke_result_t<F, Fabric&> {
+    launch();
+    return std::invoke(std::forward<F>(fn), *this);
+  }
+
+  // ---------------------------------------------------------------- setup
+  /// Sets up a model and any number of optimizers: returns the FabricModule alone, or a tuple
+  /// (FabricModule, FabricOptimizer...) for structured bindings.
+  template <typename ModuleT, typename... Opts>
+  auto setup(const ModuleT& model, const Opts&... optimizers) {
+    if constexpr (detail::is_fabric_module_v<ModuleT>) {
+      throw_already_setup("A model", "setup");
+      return model;
+    } else if constexpr ((std::is_same_v<Opts, FabricOptimizer> || ...)) {
+      throw_already_setup("An optimizer", "setup");
+      return model;
+    } else {
+      auto module = detail::module_ptr(model);
+      using M = typename decltype(module)::element_type;
+      std::vector<std::shared_ptr<torch::optim::Optimizer>> opts{optimizer_ptr(optimizers)...};
+      auto forward = setup_module_impl(module, opts, /*move_to_device=*/true, "setup");
+      FabricModule<M> fabric_module(module, forward, strategy(), module_device(module, true));
+      notify_after_setup(*module);
+      if constexpr (sizeof...(Opts) == 0) {
+        return fabric_module;
+      } else {
+        return [&]<std::size_t... I>(std::index_sequence<I...>) {
+          return std::tuple<FabricModule<M>, detail::AsFabricOptimizer<Opts>...>(
+              fabric_module, make_optimizer(opts[I])...);
+        }(std::index_sequence_for<Opts...>{});
+      }
+    }
+  }
+  /// Sets up a model alone (no on_after_setup callback), as Python's setup_module.
+  template <typename ModuleT>
+  auto setup_module(const ModuleT& model, bool move_to_device = true) {
+    if constexpr (detail::is_fabric_module_v<ModuleT>) {
+      throw_already_setup("A model", "setup_module");
+      return model;
+    } else {
+      auto module = detail::module_ptr(model);
+      using M = typename decltype(module)::element_type;
+      auto forward = setup_module_impl(module, {}, move_to_device, "setup_module");
+      return FabricModule<M>(module, forward, strategy(), module_device(module, move_to_device));
+    }
+  }
+  /// Sets up optimizers alone: one FabricOptimizer, or a tuple of them.
+  template <typename... Opts>
+  auto setup_optimizers(const Opts&... optimizers) {
+    if constexpr (sizeof...(Opts) == 0) {
+      throw_no_optimizers();
+    } else if constexpr ((std::is_same_v<Opts, FabricOptimizer> || ...)) {
+      throw_already_setup("An optimizer", "setup_optimizers");
+    } else {
+      std::vector<std::shared_ptr<torch::optim::Optimizer>> opts{optimizer_ptr(optimizers)...};
+      validate_setup_optimizers(opts);
+      if constexpr (sizeof...(Opts) == 1) {
+        return make_optimizer(opts[0]);
+      } else {
+        return [&]<std::size_t... I>(std::index_sequence<I...>) {
+          return std::tuple<detail::AsFabricOptimizer<Opts>...>(make_optimizer(opts[I])...);
+        }(std::index_sequence_for<Opts...>{});
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- training
+  /// Backward through the strategy and precision plugin (the arguments of at::Tensor::backward).
+  void backward(const at::Tensor& tensor, const at::Tensor& gradient = {},
+                std::optional<bool> retain_graph = std::nullopt, bool create_graph = false);
+  /// Clips by value (returns an undefined tensor) or by norm (returns the norm before clipping).
+  at::Tensor clip_gradients(const FabricModuleBase& module, const FabricOptimizer& optimizer,
+                            const ClipGradientsOptions& options);
+  /// The precision plugin's forward context, for code outside the model's forward.
+  Guard autocast();
+  /// Skips gradient synchronisation for `module` while the guard lives (gradient accumulation).
+  Guard no_backward_sync(const FabricModuleBase& module, bool enabled = true);
+  /// Default dtype (and device, where LibTorch allows it) for tensors/modules created meanwhile.
+  Guard init_tensor();
+  Guard init_module(std::optional<bool> empty_init = std::nullopt);
+
+  // ---------------------------------------------------------------- devices
+  at::Tensor to_device(const at::Tensor& tensor) const;
+  template <typename C>
+  torch::nn::ModuleHolder<C> to_device(const torch::nn::ModuleHolder<C>& module) const {
+    move_module(*module.ptr());
+    return module;
+  }
+  template <typename C>
+    requires std::is_base_of_v<torch::nn::Module, C>
+  std::shared_ptr<C> to_device(const std::shared_ptr<C>& module) const {
+    move_module(*module);
+    return module;
+  }
+  template <typename T>
+  std::vector<T> to_device(const std::vector<T>& items) const {
+    std::vector<T> out;
+    out.reserve(items.size());
+    for (const auto& item : items) out.push_back(to_device(item));
+    return out;
+  }
+  template <typename K, typename V>
+  std::map<K, V> to_device(const std::map<K, V>& items) const {
+    std::map<K, V> out;
+    for (const auto& [key, value] : items) out.emplace(key, to_device(value));
+    return out;
+  }
+  template <typename... T>
+  std::tuple<T...> to_device(const std::tuple<T...>& items) const {
+    return std::apply([this](const auto&... x) { return std::tuple<T...>(to_device(x)...); }, items);
+  }
+  template <typename A, typename B>
+  std::pair<A, B> to_device(const std::pair<A, B>& item) const {
+    return {to_device(item.first), to_device(item.second)};
+  }
+  template <typename T>
+    requires std::is_arithmetic_v<T> || std::is_same_v<T, std::string>
+  T to_device(const T& value) const {
+    return value;
+  }
+
+  // ---------------------------------------------------------------- output
+  /// fmt-style print on local rank 0 only.
+  template <typename... Args>
+  void print(fmt::format_string<Args...> format, Args&&... args) const {
+    if (local_rank() == 0) print_line(fmt::format(format, std::forward<Args>(args)...));
+  }
+  /// Sends one scalar to every logger (global rank 0 only).
+  void log(const std::string& name, double value, std::optional<int64_t> step = std::nullopt);
+  /// One-element tensors are accepted; anything larger is rejected as in Python.
+  void log(const std::string& name, const at::Tensor& value,
+           std::optional<int64_t> step = std::nullopt);
+  void log_dict(const std::map<std::string, double>& metrics,
+                std::optional<int64_t> step = std::nullopt);
+  void log_dict(const std::map<std::string, at::Tensor>& metrics,
+                std::optional<int64_t> step = std::nullopt);
+
+  // ---------------------------------------------------------------- collectives
+  void barrier(const std::string& name = "");
+  at::Tensor broadcast(const at::Tensor& tensor, int src = 0);
+  at::Tensor all_gather(const at::Tensor& tensor, bool sync_grads = false);
+  at::Tensor all_reduce(const at::Tensor& tensor, const std::string& reduce_op = "mean");
+  /// Python's conversion for plain numbers: bool -> uint8, integers -> int32, floats -> float32.
+  template <typename T>
+    requires std::is_arithmetic_v<T>
+  at::Tensor all_reduce(T value, const std::string& reduce_op = "mean") {
+    return all_reduce(scalar_to_tensor(static_cast<double>(value), std::is_same_v<T, bool>,
+                                       std::is_integral_v<T>),
+                      reduce_op);
+  }
+  template <typename T>
+    requires std::is_arithmetic_v<T>
+  at::Tensor all_gather(T value) {
+    return all_gather(scalar_to_tensor(static_cast<double>(value), std::is_same_v<T, bool>,
+                                       std::is_integral_v<T>));
+  }
+  /// Rank 0 (global, or local per node) runs the guarded block first; the others wait.
+  Guard rank_zero_first(bool local = false);
+
+  // ---------------------------------------------------------------- callbacks, seeding
+  /// Calls `on_hook(name, args)` on every callback.
+  template <typename... Args>
+  void call(std::string_view hook_name, Args&&... args) {
+    call_impl(hook_name, HookArgs(std::vector<std::any>{std::any(std::forward<Args>(args))...}));
+  }
+  /// Seeds every RNG cppfabric and LibTorch use; reads PL_GLOBAL_SEED when `seed` is unset.
+  /// Returns the seed. `workers` defaults to true, as in Fabric.
+  static uint64_t seed_everything(std::optional<int64_t> seed = std::nullopt,
+                                  std::optional<bool> workers = std::nullopt, bool verbose = true);
+
+  // ---------------------------------------------------------------- properties
+  c10::Device device() const;
+  int global_rank() const;
+  int local_rank() const;
+  int node_rank() const;
+  int world_size() const;
+  bool is_global_zero() const;
+  const std::shared_ptr<accelerators::Accelerator>& accelerator() const;
+  const std::shared_ptr<strategies::Strategy>& strategy() const;
+  /// The first logger; std::out_of_range when there is none.
+  const std::shared_ptr<loggers::Logger>& logger() const;
+  const std::vector<std::shared_ptr<loggers::Logger>>& loggers() const;
+  const std::vector<std::shared_ptr<Callback>>& callbacks() const;
+
+ private:
+  template <typename O>
+  static std::shared_ptr<torch::optim::Optimizer> optimizer_ptr(const std::shared_ptr<O>& opt) {
+    static_assert(std::is_base_of_v<torch::optim::Optimizer, O>,
+                  "setup() takes optimizers as std::shared_ptr<torch::optim::Optimizer>");
+    return opt;
+  }
+  [[noreturn]] static void throw_already_setup(const char* what, const char* method);
+  [[noreturn]] static void throw_no_optimizers();
+
+  std::shared_ptr<torch::nn::Module> setup_module_impl(
+      const std::shared_ptr<torch::nn::Module>& module,
+      const std::vector<std::shared_ptr<torch::optim::Optimizer>>& optimizers, bool move_to_device,
+      const char* method);
+  void validate_setup_optimizers(const std::vector<std::shared_ptr<torch::optim::Optimizer>>& opts);
+  FabricOptimizer make_optimizer(const std::shared_ptr<torch::optim::Optimizer>& opt);
+  c10::Device module_device(const std::shared_ptr<torch::nn::Module>& module,
+                            bool move_to_device) const;
+  void notify_after_setup(torch::nn::Module& module);
+  void move_module(torch::nn::Module& module) const;
+  void print_line(const std::string& line) const;
+  void call_impl(std::string_view hook_name, const HookArgs& args);
+  at::Tensor scalar_to_tensor(double value, bool is_bool, bool is_integral) const;
+  void validate_launched(const char* what) const;
+
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cppfabric

@@ -1,0 +1,56 @@
+// Precision: how a Fabric casts modules, inputs and outputs, runs backward and steps optimizers.
+//
+//   Fabric fabric({.precision = "64-true"});
+//   auto guard = fabric.autocast();              // the plugin's forward context
+//
+// The base class is `32-true` (everything float32, nothing changes). Subclasses override the
+// hooks they need; `precision::DoublePrecision` is `64-true`.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "cppfabric/detail/fwd.hpp"
+#include "cppfabric/guard.hpp"
+#include "cppfabric/plugins.hpp"
+
+namespace cppfabric::precision {
+
+class Precision : public Plugin {
+ public:
+  /// The precision string this plugin implements, e.g. "32-true".
+  virtual std::string name() const { return "32-true"; }
+  std::string describe() const override;
+
+  /// Casts the module's parameters and buffers (identity for 32-true).
+  virtual void convert_module(torch::nn::Module& module);
+  /// Active while the module's forward runs (autocast, default dtype, ...).
+  virtual Guard forward_context();
+  /// Active while `fabric.init_tensor()` / `fabric.init_module()` are held.
+  virtual Guard tensor_init_context();
+  virtual Guard module_init_context();
+  /// Casts a floating-point input to the compute dtype (identity for 32-true).
+  virtual at::Tensor convert_input(const at::Tensor& tensor);
+  /// Casts a floating-point output back to the default dtype (identity for 32-true).
+  virtual at::Tensor convert_output(const at::Tensor& tensor);
+
+  virtual void pre_backward(const at::Tensor& tensor) {}
+  /// Runs backward on `tensor` (the arguments of at::Tensor::backward).
+  virtual void backward(const at::Tensor& tensor, const at::Tensor& gradient,
+                        std::optional<bool> retain_graph, bool create_graph);
+  virtual void post_backward(const at::Tensor& tensor) {}
+  /// True when this plugin changes backward, so a bare `loss.backward()` would be wrong and
+  /// FabricModule outputs refuse it.
+  virtual bool requires_fabric_backward() const { return false; }
+
+  virtual void optimizer_step(torch::optim::Optimizer& optimizer);
+  /// Undoes loss scaling on the optimizer's gradients (no-op without a scaler).
+  virtual void unscale_gradients(torch::optim::Optimizer& optimizer) {}
+  virtual void teardown() {}
+};
+
+/// Sets the default floating dtype until the guard goes away.
+Guard default_dtype_guard(c10::ScalarType dtype);
+
+}  // namespace cppfabric::precision

@@ -1,0 +1,115 @@
+// Strategy: how a model, its optimizers and their gradients are spread over devices and
+// processes. Fabric delegates setup, backward, optimizer steps and collectives to it.
+//
+//   Fabric fabric({.strategy = "auto"});          // single device here
+//   fabric.strategy()->name();                    // "single_device"
+//
+// A strategy never reads options: the connector hands it an accelerator, a precision plugin
+// and its devices once.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cppfabric/collectives/process_group.hpp"
+#include "cppfabric/detail/fwd.hpp"
+#include "cppfabric/guard.hpp"
+
+namespace cppfabric::accelerators {
+class Accelerator;
+}
+namespace cppfabric::precision {
+class Precision;
+}
+namespace cppfabric::checkpoint {
+class CheckpointIO;
+}
+namespace cppfabric::environments {
+class ClusterEnvironment;
+}
+
+namespace cppfabric::strategies {
+
+class Strategy {
+ public:
+  virtual ~Strategy();
+  /// Registry name, e.g. "single_device", "ddp".
+  virtual std::string name() const = 0;
+  /// True for strategies that run several processes (launch() required).
+  virtual bool is_parallel() const { return false; }
+
+  // Wiring, done once by the connector.
+  void set_accelerator(std::shared_ptr<accelerators::Accelerator> accelerator);
+  void set_precision(std::shared_ptr<precision::Precision> precision);
+  void set_checkpoint_io(std::shared_ptr<checkpoint::CheckpointIO> io);
+  void set_cluster_environment(std::shared_ptr<environments::ClusterEnvironment> env);
+  virtual void set_parallel_devices(std::vector<c10::Device> devices);
+  void set_num_nodes(int num_nodes) { num_nodes_ = num_nodes; }
+  const std::shared_ptr<accelerators::Accelerator>& accelerator() const { return accelerator_; }
+  const std::shared_ptr<precision::Precision>& precision() const { return precision_; }
+  const std::shared_ptr<checkpoint::CheckpointIO>& checkpoint_io() const { return checkpoint_io_; }
+  const std::shared_ptr<environments::ClusterEnvironment>& cluster_environment() const {
+    return cluster_environment_;
+  }
+  const std::vector<c10::Device>& parallel_devices() const { return parallel_devices_; }
+  int num_nodes() const { return num_nodes_; }
+
+  // Ranks.
+  virtual c10::Device root_device() const = 0;
+  virtual int global_rank() const { return 0; }
+  virtual int local_rank() const { return 0; }
+  virtual int node_rank() const { return 0; }
+  virtual int world_size() const { return 1; }
+  bool is_global_zero() const { return global_rank() == 0; }
+
+  /// Device set-up and, for parallel strategies, the process group.
+  virtual void setup_environment();
+  virtual void module_to_device(torch::nn::Module& module);
+  /// Wraps the module for this strategy (DDP hooks, sharding); returns the module to run.
+  virtual std::shared_ptr<torch::nn::Module> setup_module(std::shared_ptr<torch::nn::Module> module);
+  virtual void setup_optimizer(torch::optim::Optimizer& optimizer) {}
+
+  /// Called around every FabricModule forward.
+  virtual Guard forward_context(torch::nn::Module& module) { return {}; }
+
+  virtual void backward(const at::Tensor& tensor, const at::Tensor& gradient,
+                        std::optional<bool> retain_graph, bool create_graph);
+  virtual void optimizer_step(torch::optim::Optimizer& optimizer);
+  /// Clips the optimizer's gradients to `max_norm`; returns the total norm before clipping.
+  virtual at::Tensor clip_gradients_norm(torch::optim::Optimizer& optimizer, double max_norm,
+                                         double norm_type, bool error_if_nonfinite);
+  virtual void clip_gradients_value(torch::optim::Optimizer& optimizer, double clip_val);
+  /// Skips gradient synchronisation while the guard lives (no-op on one device).
+  virtual Guard no_backward_sync(torch::nn::Module& module, bool enabled) { return {}; }
+
+  virtual Guard tensor_init_context();
+  virtual Guard module_init_context(bool empty_init);
+
+  // Collectives; on one process they return their input.
+  virtual void barrier(const std::string& name = "") {}
+  virtual at::Tensor broadcast(const at::Tensor& tensor, int src = 0) { return tensor; }
+  virtual at::Tensor all_gather(const at::Tensor& tensor, bool sync_grads = false) {
+    return tensor;
+  }
+  virtual at::Tensor all_reduce(const at::Tensor& tensor,
+                                collectives::ReduceKind op = collectives::ReduceKind::Avg) {
+    return tensor;
+  }
+
+  virtual void teardown();
+
+ protected:
+  std::shared_ptr<accelerators::Accelerator> accelerator_;
+  std::shared_ptr<precision::Precision> precision_;
+  std::shared_ptr<checkpoint::CheckpointIO> checkpoint_io_;
+  std::shared_ptr<environments::ClusterEnvironment> cluster_environment_;
+  std::vector<c10::Device> parallel_devices_;
+  int num_nodes_ = 1;
+};
+
+}  // namespace cppfabric::strategies

@@ -1,0 +1,154 @@
+// FabricModule<M> and FabricOptimizer: what `fabric.setup(...)` returns.
+//
+//   auto [net, opt] = fabric.setup(model, optimizer);
+//   auto out = net(x);            // forward through the precision/strategy contexts
+//   net->fc1;                     // the user's module
+//   net.train(); net.eval();
+//   opt.zero_grad();
+//   fabric.backward(loss);
+//   opt.step();                   // routed through precision and strategy, then callbacks
+//
+// Both are cheap handles (shared ownership); copies refer to the same module/optimizer.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <memory>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cppfabric/detail/fwd.hpp"
+#include "cppfabric/guard.hpp"
+
+namespace cppfabric {
+
+class Callback;
+namespace strategies {
+class Strategy;
+}
+
+/// The non-template part of FabricModule: strategy wiring and precision conversions.
+class FabricModuleBase {
+ public:
+  FabricModuleBase(std::shared_ptr<torch::nn::Module> original,
+                   std::shared_ptr<torch::nn::Module> forward_module,
+                   std::shared_ptr<strategies::Strategy> strategy, c10::Device device);
+
+  /// The user's module, as a torch::nn::Module.
+  torch::nn::Module& base_module() const { return *original_; }
+  const std::shared_ptr<torch::nn::Module>& base_module_ptr() const { return original_; }
+  /// The module the strategy runs (the same object for single-device and DDP).
+  const std::shared_ptr<torch::nn::Module>& forward_module() const { return forward_module_; }
+  const std::shared_ptr<strategies::Strategy>& strategy() const { return strategy_; }
+  /// Where the module's parameters live after setup.
+  c10::Device device() const { return device_; }
+
+  void train(bool on = true);
+  void eval() { train(false); }
+  bool is_training() const;
+
+ protected:
+  /// Enters the precision's and the strategy's forward contexts.
+  Guard begin_forward() const;
+  at::Tensor convert_input(const at::Tensor& tensor) const;
+  /// Casts an output back and, where fabric.backward is required, guards against loss.backward().
+  at::Tensor finish_output(const at::Tensor& tensor) const;
+
+  template <typename T>
+  decltype(auto) convert_arg(T&& arg) const {
+    if constexpr (std::is_same_v<std::decay_t<T>, at::Tensor>) {
+      return convert_input(arg);
+    } else {
+      return std::forward<T>(arg);
+    }
+  }
+  template <typename T>
+  T convert_result(T&& out) const {
+    using D = std::decay_t<T>;
+    if constexpr (std::is_same_v<D, at::Tensor>) {
+      return finish_output(out);
+    } else if constexpr (requires { std::tuple_size<D>::value; }) {
+      std::apply([this](auto&... items) { ((items = convert_result(std::move(items))), ...); }, out);
+      return std::forward<T>(out);
+    } else if constexpr (std::is_same_v<D, std::vector<at::Tensor>>) {
+      for (auto& item : out) item = finish_output(item);
+      return std::forward<T>(out);
+    } else {
+      return std::forward<T>(out);
+    }
+  }
+
+ private:
+  std::shared_ptr<torch::nn::Module> original_;
+  std::shared_ptr<torch::nn::Module> forward_module_;
+  std::shared_ptr<strategies::Strategy> strategy_;
+  c10::Device device_;
+};
+
+/// A set-up module: call it like the module, reach the module with `->`.
+template <typename M>
+class FabricModule : public FabricModuleBase {
+ public:
+  using ModuleType = M;
+  FabricModule(std::shared_ptr<M> module, std::shared_ptr<torch::nn::Module> forward_module,
+               std::shared_ptr<strategies::Strategy> strategy, c10::Device device)
+      : FabricModuleBase(module, std::move(forward_module), std::move(strategy), device),
+        module_(std::move(module)) {}
+
+  /// Runs M::forward with inputs converted for the precision, inside its forward context, and
+  /// outputs cast back to the default dtype.
+  template <typename... Args>
+  auto operator()(Args&&... args) const {
+    auto result = [&] {
+      Guard context = begin_forward();
+      return module_->forward(convert_arg(std::forward<Args>(args))...);
+    }();
+    return convert_result(std::move(result));
+  }
+
+  M* operator->() const { return module_.get(); }
+  M& operator*() const { return *module_; }
+  /// The user's module (Python's `.module`).
+  const std::shared_ptr<M>& module() const { return module_; }
+
+  auto parameters(bool recurse = true) const { return module_->parameters(recurse); }
+  auto named_parameters(bool recurse = true) const { return module_->named_parameters(recurse); }
+  auto buffers(bool recurse = true) const { return module_->buffers(recurse); }
+  auto named_buffers(bool recurse = true) const { return module_->named_buffers(recurse); }
+  /// Parameters and buffers by name, without any wrapper prefix (Python's state_dict()).
+  auto state_dict() const {
+    auto state = module_->named_parameters(true);
+    for (const auto& item : module_->named_buffers(true)) state.insert(item.key(), item.value());
+    return state;
+  }
+
+ private:
+  std::shared_ptr<M> module_;
+};
+
+/// A set-up optimizer: step() goes through the precision plugin and the strategy.
+class FabricOptimizer {
+ public:
+  FabricOptimizer(std::shared_ptr<torch::optim::Optimizer> optimizer,
+                  std::shared_ptr<strategies::Strategy> strategy,
+                  std::shared_ptr<const std::vector<std::shared_ptr<Callback>>> callbacks);
+
+  void step();
+  void zero_grad(bool set_to_none = true);
+  std::vector<torch::optim::OptimizerParamGroup>& param_groups() const;
+
+  torch::optim::Optimizer& optimizer() const { return *optimizer_; }
+  const std::shared_ptr<torch::optim::Optimizer>& optimizer_ptr() const { return optimizer_; }
+  torch::optim::Optimizer* operator->() const { return optimizer_.get(); }
+
+ private:
+  std::shared_ptr<torch::optim::Optimizer> optimizer_;
+  std::shared_ptr<strategies::Strategy> strategy_;
+  std::shared_ptr<const std::vector<std::shared_ptr<Callback>>> callbacks_;
+};
+
+}  // namespace cppfabric

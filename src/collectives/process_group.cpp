@@ -1,0 +1,412 @@
+// ProcessGroup on top of c10d: TCPStore (rank 0 hosts it) -> PrefixStore -> ProcessGroupGloo.
+//
+// This is the only translation unit that includes the c10d headers. ProcessGroupGloo.hpp needs
+// gloo's headers, which the PyTorch wheel does not ship; the build supplies Debian's libgloo-dev
+// headers (CPPFABRIC_HAS_GLOO) for declarations only. Those headers are older than the gloo
+// LibTorch is built with and gloo::rendezvous::Store has a different virtual layout there, so
+// this file must never construct, subclass or call virtual members of gloo classes: it only
+// passes the shared_ptr<gloo::transport::Device> it gets from LibTorch back to LibTorch, and
+// talks to the backend through c10d::Backend's (LibTorch-defined) interface.
+#include "cppfabric/collectives/process_group.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+#if defined(CPPFABRIC_HAS_GLOO) && defined(USE_C10D_GLOO)
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#define CPPFABRIC_GLOO_ENABLED 1
+#endif
+
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
+#include "cppfabric/utilities/errors.hpp"
+
+namespace cppfabric::collectives {
+
+namespace {
+
+// Extra time a blocking wait allows beyond the group timeout, so that the backend's own timeout
+// error (which says which peer and which operation) wins the race against ours.
+constexpr std::chrono::milliseconds kWaitGrace{1000};
+
+std::string describe_duration(std::chrono::milliseconds timeout) {
+  const auto ms = timeout.count();
+  if (ms % 1000 == 0) {
+    return std::to_string(ms / 1000) + " s";
+  }
+  return std::to_string(ms) + " ms";
+}
+
+// c10::Error's what() carries a C++ backtrace; keep only the message.
+std::string error_text(const std::exception& e) {
+  std::string text;
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
+    text = c10_error->what_without_backtrace();
+  } else {
+    text = e.what();
+  }
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) {
+    text.pop_back();
+  }
+  return text;
+}
+
+std::chrono::milliseconds wait_limit(std::chrono::milliseconds timeout) {
+  if (timeout > std::chrono::milliseconds::max() - kWaitGrace) {
+    return std::chrono::milliseconds::max();
+  }
+  return timeout + kWaitGrace;
+}
+
+c10d::ReduceOp to_c10d(ReduceKind op) {
+  switch (op) {
+    case ReduceKind::Sum:
+    case ReduceKind::Avg:  // Gloo has no AVG: sum, then divide (see finish_average)
+      return c10d::ReduceOp(c10d::ReduceOp::SUM);
+    case ReduceKind::Max:
+      return c10d::ReduceOp(c10d::ReduceOp::MAX);
+    case ReduceKind::Min:
+      return c10d::ReduceOp(c10d::ReduceOp::MIN);
+    case ReduceKind::Product:
+      return c10d::ReduceOp(c10d::ReduceOp::PRODUCT);
+  }
+  throw std::invalid_argument("cppfabric: unknown ReduceKind value " +
+                              std::to_string(static_cast<int>(op)));
+}
+
+// Fabric divides a Gloo sum by the world size in place; integer tensors take the true quotient
+// and truncate it toward zero when it is copied back.
+void finish_average(at::Tensor& buffer, int64_t world_size) {
+  if (world_size == 1) {
+    return;
+  }
+  if (at::isFloatingType(buffer.scalar_type()) || at::isComplexType(buffer.scalar_type())) {
+    buffer.div_(world_size);
+  } else {
+    buffer.copy_(buffer.div(world_size));
+  }
+}
+
+void check_defined(const at::Tensor& t, const char* op) {
+  if (!t.defined()) {
+    throw std::invalid_argument(std::string("cppfabric: ") + op +
+                                " needs a defined tensor, got an undefined one");
+  }
+}
+
+void validate(const ProcessGroupOptions& o) {
+  if (o.backend != "gloo" && o.backend != "nccl") {
+    throw std::invalid_argument("cppfabric: invalid process group backend '" + o.backend +
+                                "'. Valid choices: 'gloo', 'nccl'.");
+  }
+  if (o.world_size < 1) {
+    throw std::invalid_argument("cppfabric: process group world_size must be >= 1, got " +
+                                std::to_string(o.world_size));
+  }
+  if (o.rank < 0 || o.rank >= o.world_size) {
+    throw std::invalid_argument("cppfabric: process group rank must be in [0, " +
+                                std::to_string(o.world_size) + ") for world_size " +
+                                std::to_string(o.world_size) + ", got " +
+                                std::to_string(o.rank));
+  }
+  if (o.main_port < 1 || o.main_port > 65535) {
+    throw std::invalid_argument("cppfabric: process group main_port must be in 1..65535, got " +
+                                std::to_string(o.main_port));
+  }
+  if (o.main_address.empty()) {
+    throw std::invalid_argument(
+        "cppfabric: process group main_address is empty; give rank 0's host name or IP "
+        "address (e.g. '127.0.0.1')");
+  }
+  if (o.timeout.count() <= 0) {
+    throw std::invalid_argument("cppfabric: process group timeout must be positive, got " +
+                                std::to_string(o.timeout.count()) + " ms");
+  }
+}
+
+std::string group_text(const ProcessGroupOptions& o) {
+  return "rank " + std::to_string(o.rank) + " of " + std::to_string(o.world_size) + " (" +
+         o.backend + ", " + o.main_address + ":" + std::to_string(o.main_port) + ", timeout " +
+         describe_duration(o.timeout) + ")";
+}
+
+c10::intrusive_ptr<c10d::Store> make_store(const ProcessGroupOptions& o) {
+  c10d::TCPStoreOptions store_options;
+  store_options.port = static_cast<std::uint16_t>(o.main_port);
+  store_options.isServer = o.rank == 0;
+  store_options.numWorkers = static_cast<std::size_t>(o.world_size);
+  store_options.waitWorkers = true;
+  store_options.timeout = o.timeout;
+  try {
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(o.main_address, store_options);
+    return c10::make_intrusive<c10d::PrefixStore>("cppfabric/default_pg", tcp);
+  } catch (const std::exception& e) {
+    const std::string hint =
+        o.rank == 0 ? "Rank 0 hosts the store: check that the port is free and that all " +
+                          std::to_string(o.world_size) + " ranks start"
+                    : "Check that rank 0 is running and that main_address/main_port are the "
+                      "same on every rank";
+    throw std::runtime_error("cppfabric: " + group_text(o) +
+                             " could not set up the rendezvous store: " + error_text(e) + ". " +
+                             hint + ".");
+  }
+}
+
+#ifdef CPPFABRIC_GLOO_ENABLED
+std::vector<std::shared_ptr<::gloo::transport::Device>> make_gloo_devices(
+    const ProcessGroupOptions& o) {
+  std::vector<std::shared_ptr<::gloo::transport::Device>> devices;
+  // Like torch.distributed: GLOO_SOCKET_IFNAME (comma-separated interfaces) wins.
+  if (const char* ifnames = std::getenv("GLOO_SOCKET_IFNAME"); ifnames && *ifnames) {
+    std::stringstream list(ifnames);
+    std::string name;
+    while (std::getline(list, name, ',')) {
+      if (!name.empty()) {
+        devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+      }
+    }
+    return devices;
+  }
+  try {
+    // Binds to the address main_address resolves to: right on rank 0's host (and for loopback
+    // jobs); on other hosts that address is not local, so fall back to this host's default.
+    devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.main_address));
+  } catch (const std::exception&) {
+    devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  }
+  return devices;
+}
+#endif
+
+c10::intrusive_ptr<c10d::Backend> make_gloo(const ProcessGroupOptions& o,
+                                            const c10::intrusive_ptr<c10d::Store>& store) {
+#ifdef CPPFABRIC_GLOO_ENABLED
+  try {
+    auto gloo_options = c10d::ProcessGroupGloo::Options::create(o.timeout);
+    gloo_options->devices = make_gloo_devices(o);
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(store, o.rank, o.world_size, gloo_options);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("cppfabric: " + group_text(o) +
+                             " could not join the gloo process group: " + error_text(e) +
+                             ". Check that every rank started with the same world_size and that "
+                             "the hosts can reach each other.");
+  }
+#else
+  (void)store;
+  throw std::runtime_error(
+      "cppfabric: process group backend 'gloo' is unavailable: cppfabric was built without "
+      "gloo's headers (the PyTorch wheel does not ship them). Install them (e.g. `apt-get "
+      "install libgloo-dev`) and rebuild cppfabric.");
+#endif
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ ReduceKind
+
+std::string_view to_string(ReduceKind op) {
+  switch (op) {
+    case ReduceKind::Sum:
+      return "sum";
+    case ReduceKind::Max:
+      return "max";
+    case ReduceKind::Min:
+      return "min";
+    case ReduceKind::Product:
+      return "product";
+    case ReduceKind::Avg:
+      return "avg";
+  }
+  return "unknown";
+}
+
+ReduceKind reduce_kind_from_string(std::string_view name) {
+  std::string lower(name);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (lower == "sum") return ReduceKind::Sum;
+  if (lower == "mean" || lower == "avg") return ReduceKind::Avg;
+  if (lower == "max") return ReduceKind::Max;
+  if (lower == "min") return ReduceKind::Min;
+  if (lower == "product") return ReduceKind::Product;
+  throw std::invalid_argument("cppfabric: unsupported reduce operation '" + std::string(name) +
+                              "'. Valid choices: 'sum', 'mean', 'avg', 'max', 'min', 'product'.");
+}
+
+// ------------------------------------------------------------------ CollectiveWork
+
+struct CollectiveWork::Impl {
+  c10::intrusive_ptr<c10d::Work> work;
+  at::Tensor target;   // the caller's tensor
+  at::Tensor buffer;   // what the backend reduces (target itself when contiguous)
+  int64_t divisor = 1; // world size for ReduceKind::Avg
+  std::chrono::milliseconds timeout{0};
+  std::string what;    // "all_reduce on rank 0 of 2 (...)", for errors
+  bool done = false;
+  std::string failure;  // set once a wait failed; later waits throw it again
+
+  void wait() {
+    if (done) {
+      if (!failure.empty()) throw std::runtime_error(failure);
+      return;
+    }
+    done = true;
+    try {
+      work->wait(wait_limit(timeout));
+    } catch (const std::exception& e) {
+      failure = "cppfabric: " + what + " failed: " + error_text(e) +
+                ". Another rank may have exited, crashed or not reached this collective; check "
+                "its output, or raise the timeout.";
+      throw std::runtime_error(failure);
+    }
+    if (divisor > 1) finish_average(buffer, divisor);
+    if (!buffer.is_same(target)) target.copy_(buffer);
+  }
+};
+
+CollectiveWork::CollectiveWork(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CollectiveWork::CollectiveWork(CollectiveWork&&) noexcept = default;
+CollectiveWork& CollectiveWork::operator=(CollectiveWork&&) noexcept = default;
+CollectiveWork::~CollectiveWork() = default;
+
+void CollectiveWork::wait() {
+  if (!impl_) throw std::logic_error("cppfabric: wait() on a moved-from CollectiveWork");
+  impl_->wait();
+}
+
+bool CollectiveWork::is_completed() const {
+  return !impl_ || impl_->done || impl_->work->isCompleted();
+}
+
+// ------------------------------------------------------------------ ProcessGroup
+
+struct ProcessGroup::Impl {
+  ProcessGroupOptions options;
+  c10::intrusive_ptr<c10d::Store> store;      // PrefixStore over the TCPStore
+  c10::intrusive_ptr<c10d::Backend> backend;  // declared last: released first
+
+  ~Impl() {
+    backend.reset();  // drains its queue and joins its threads
+    store.reset();    // then the store (rank 0 stops serving it)
+  }
+
+  std::string what(const char* op) const { return std::string(op) + " on " + group_text(options); }
+
+  // Runs a blocking collective: waits at most the group timeout, names `op` on failure.
+  void run(const char* op, const c10::intrusive_ptr<c10d::Work>& work) const {
+    CollectiveWork::Impl pending;
+    pending.work = work;
+    pending.timeout = options.timeout;
+    pending.what = what(op);
+    pending.wait();
+  }
+
+  template <typename Launch>
+  c10::intrusive_ptr<c10d::Work> launch(const char* op, Launch&& fn) const {
+    try {
+      return fn();
+    } catch (const std::invalid_argument&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw std::runtime_error("cppfabric: " + what(op) + " could not start: " + error_text(e));
+    }
+  }
+};
+
+ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ProcessGroup::~ProcessGroup() = default;
+
+std::shared_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& options) {
+  validate(options);
+  if (options.backend == "nccl") {
+    throw NotYetAvailableError(
+        "cppfabric: process group backend 'nccl' is not yet available in this build of "
+        "cppfabric; use backend 'gloo' (CPU tensors) for now.");
+  }
+#ifndef CPPFABRIC_GLOO_ENABLED
+  make_gloo(options, {});  // throws the "built without gloo headers" error
+#endif
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->store = make_store(options);
+  impl->backend = make_gloo(options, impl->store);
+  return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
+}
+
+int ProcessGroup::rank() const { return impl_->options.rank; }
+int ProcessGroup::world_size() const { return impl_->options.world_size; }
+const std::string& ProcessGroup::backend() const { return impl_->options.backend; }
+std::chrono::milliseconds ProcessGroup::timeout() const { return impl_->options.timeout; }
+
+CollectiveWork ProcessGroup::all_reduce_async(at::Tensor& t, ReduceKind op) {
+  check_defined(t, "all_reduce");
+  auto pending = std::make_unique<CollectiveWork::Impl>();
+  pending->target = t;
+  pending->buffer = t.is_contiguous() ? t : t.contiguous();
+  pending->divisor = op == ReduceKind::Avg ? impl_->options.world_size : 1;
+  pending->timeout = impl_->options.timeout;
+  pending->what = impl_->what("all_reduce");
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = to_c10d(op);
+  opts.timeout = impl_->options.timeout;
+  std::vector<at::Tensor> tensors{pending->buffer};
+  pending->work = impl_->launch("all_reduce", [&] { return impl_->backend->allreduce(tensors, opts); });
+  return CollectiveWork(std::move(pending));
+}
+
+void ProcessGroup::all_reduce(at::Tensor& t, ReduceKind op) { all_reduce_async(t, op).wait(); }
+
+void ProcessGroup::broadcast(at::Tensor& t, int src) {
+  check_defined(t, "broadcast");
+  if (src < 0 || src >= impl_->options.world_size) {
+    throw std::invalid_argument("cppfabric: broadcast source rank must be in [0, " +
+                                std::to_string(impl_->options.world_size) + "), got " +
+                                std::to_string(src));
+  }
+  at::Tensor buffer = t.is_contiguous() ? t : t.contiguous();
+  c10d::BroadcastOptions opts;
+  opts.rootRank = src;
+  opts.rootTensor = 0;
+  opts.timeout = impl_->options.timeout;
+  std::vector<at::Tensor> tensors{buffer};
+  impl_->run("broadcast",
+             impl_->launch("broadcast", [&] { return impl_->backend->broadcast(tensors, opts); }));
+  if (!buffer.is_same(t)) t.copy_(buffer);
+}
+
+std::vector<at::Tensor> ProcessGroup::all_gather(const at::Tensor& t) {
+  check_defined(t, "all_gather");
+  std::vector<at::Tensor> inputs{t.contiguous()};
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  outputs[0].reserve(impl_->options.world_size);
+  for (int r = 0; r < impl_->options.world_size; ++r) {
+    outputs[0].push_back(at::empty_like(inputs[0], at::MemoryFormat::Contiguous));
+  }
+  c10d::AllgatherOptions opts;
+  opts.timeout = impl_->options.timeout;
+  impl_->run("all_gather", impl_->launch("all_gather", [&] {
+    return impl_->backend->allgather(outputs, inputs, opts);
+  }));
+  return std::move(outputs[0]);
+}
+
+void ProcessGroup::barrier() {
+  c10d::BarrierOptions opts;
+  opts.timeout = impl_->options.timeout;
+  impl_->run("barrier", impl_->launch("barrier", [&] { return impl_->backend->barrier(opts); }));
+}
+
+}  // namespace cppfabric::collectives

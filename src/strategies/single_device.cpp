@@ -1,0 +1,18 @@
+#include "cppfabric/strategies/single_device.hpp"
+
+#include "cppfabric/detail/fmt.hpp"
+
+namespace cppfabric::strategies {
+
+void SingleDeviceStrategy::set_parallel_devices(std::vector<c10::Device> devices) {
+  if (devices.size() > 1) {
+    throw std::invalid_argument(fmt::format(
+        "strategy='single_device' runs on one device, but {} devices were selected. Use devices=1, "
+        "or strategy='ddp' for several devices.",
+        devices.size()));
+  }
+  if (!devices.empty()) device_ = devices.front();
+  Strategy::set_parallel_devices(std::move(devices));
+}
+
+}  // namespace cppfabric::strategies

@@ -1,0 +1,301 @@
+// ProcessGroup over Gloo with real processes on loopback (see multiprocess.hpp).
+#include "cppfabric/collectives/process_group.hpp"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cppfabric/utilities/errors.hpp"
+#include "multiprocess.hpp"
+
+namespace {
+
+using cppfabric::collectives::CollectiveWork;
+using cppfabric::collectives::ProcessGroup;
+using cppfabric::collectives::ProcessGroupOptions;
+using cppfabric::collectives::ReduceKind;
+using cppfabric::testing::run_ranks;
+using namespace std::chrono_literals;
+
+ProcessGroupOptions loopback(int rank, int world_size, int port,
+                             std::chrono::milliseconds timeout = 30s) {
+  ProcessGroupOptions o;
+  o.backend = "gloo";
+  o.main_address = "127.0.0.1";
+  o.main_port = port;
+  o.rank = rank;
+  o.world_size = world_size;
+  o.timeout = timeout;
+  return o;
+}
+
+// Whether `text` contains `part`; prints both when it does not.
+::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
+}
+
+// A child's exit code: 0 when every EXPECT_* in it passed.
+int child_status() { return ::testing::Test::HasFailure() ? 1 : 0; }
+
+template <typename Fn>
+std::string invalid_argument_message(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("wrong exception type: ") + e.what();
+  }
+  return "no exception";
+}
+
+// ------------------------------------------------------------ no processes needed
+
+TEST(ProcessGroupOptionsTest, DefaultsFollowFabric) {
+  ProcessGroupOptions o;
+  EXPECT_EQ(o.backend, "gloo");
+  EXPECT_EQ(o.main_address, "127.0.0.1");
+  EXPECT_EQ(o.main_port, 29500);
+  EXPECT_EQ(o.rank, 0);
+  EXPECT_EQ(o.world_size, 1);
+  EXPECT_EQ(o.timeout, std::chrono::minutes(30));
+}
+
+TEST(ProcessGroupValidationTest, RejectsUnknownBackend) {
+  ProcessGroupOptions o;
+  o.backend = "mpi";
+  const std::string msg = invalid_argument_message([&] { ProcessGroup::create(o); });
+  EXPECT_TRUE(Contains(msg, "'mpi'"));
+  EXPECT_TRUE(Contains(msg, "'gloo'"));
+  EXPECT_TRUE(Contains(msg, "'nccl'"));
+}
+
+TEST(ProcessGroupValidationTest, NcclIsNotYetAvailable) {
+  ProcessGroupOptions o;
+  o.backend = "nccl";
+  EXPECT_THROW(ProcessGroup::create(o), cppfabric::NotYetAvailableError);
+  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "not yet available"));
+}
+
+TEST(ProcessGroupValidationTest, RejectsRankOutOfRange) {
+  ProcessGroupOptions o;
+  o.world_size = 2;
+  o.rank = 2;
+  std::string msg = invalid_argument_message([&] { ProcessGroup::create(o); });
+  EXPECT_TRUE(Contains(msg, "rank"));
+  EXPECT_TRUE(Contains(msg, "[0, 2)"));
+  EXPECT_TRUE(Contains(msg, "got 2"));
+  o.rank = -1;
+  msg = invalid_argument_message([&] { ProcessGroup::create(o); });
+  EXPECT_TRUE(Contains(msg, "got -1"));
+}
+
+TEST(ProcessGroupValidationTest, RejectsBadWorldSizePortAndTimeout) {
+  ProcessGroupOptions o;
+  o.world_size = 0;
+  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "world_size must be >= 1, got 0"));
+  o = {};
+  o.main_port = 0;
+  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "main_port must be in 1..65535, got 0"));
+  o.main_port = 65536;
+  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "65536"));
+  o = {};
+  o.timeout = 0ms;
+  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "timeout"));
+  o = {};
+  o.main_address = "";
+  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "main_address"));
+}
+
+TEST(ReduceKindTest, ParsesFabricNames) {
+  using cppfabric::collectives::reduce_kind_from_string;
+  EXPECT_EQ(reduce_kind_from_string("sum"), ReduceKind::Sum);
+  EXPECT_EQ(reduce_kind_from_string("mean"), ReduceKind::Avg);
+  EXPECT_EQ(reduce_kind_from_string("AVG"), ReduceKind::Avg);
+  EXPECT_EQ(reduce_kind_from_string("max"), ReduceKind::Max);
+  EXPECT_EQ(reduce_kind_from_string("min"), ReduceKind::Min);
+  EXPECT_EQ(reduce_kind_from_string("product"), ReduceKind::Product);
+  EXPECT_EQ(cppfabric::collectives::to_string(ReduceKind::Avg), "avg");
+  EXPECT_TRUE(Contains(invalid_argument_message([] { reduce_kind_from_string("median"); }), "'median'"));
+}
+
+// ------------------------------------------------------------ real processes
+
+TEST(ProcessGroupTest, TwoRanksRunEveryCollective) {
+  const auto codes = run_ranks(2, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 2, port));
+    EXPECT_EQ(pg->rank(), rank);
+    EXPECT_EQ(pg->world_size(), 2);
+    EXPECT_EQ(pg->backend(), "gloo");
+
+    auto t = torch::full({3}, rank + 1.0);
+    pg->all_reduce(t, ReduceKind::Sum);
+    EXPECT_TRUE(torch::equal(t, torch::full({3}, 3.0))) << t;
+
+    t = torch::full({3}, rank + 1.0);
+    pg->all_reduce(t, ReduceKind::Avg);
+    EXPECT_TRUE(torch::equal(t, torch::full({3}, 1.5))) << t;
+
+    // Integers: the average truncates toward zero, as Fabric's copy_(t / world_size) does.
+    auto i = torch::full({2}, rank + 1, torch::kInt64);
+    pg->all_reduce(i, ReduceKind::Avg);
+    EXPECT_EQ(i.scalar_type(), torch::kInt64);
+    EXPECT_TRUE(torch::equal(i, torch::full({2}, 1, torch::kInt64))) << i;
+    auto neg = torch::full({2}, -(rank + 1), torch::kInt32);
+    pg->all_reduce(neg, ReduceKind::Avg);
+    EXPECT_TRUE(torch::equal(neg, torch::full({2}, -1, torch::kInt32))) << neg;
+
+    t = torch::full({3}, rank + 1.0);
+    pg->all_reduce(t, ReduceKind::Max);
+    EXPECT_TRUE(torch::equal(t, torch::full({3}, 2.0))) << t;
+    t = torch::full({3}, rank + 1.0);
+    pg->all_reduce(t, ReduceKind::Min);
+    EXPECT_TRUE(torch::equal(t, torch::full({3}, 1.0))) << t;
+    t = torch::full({3}, rank + 2.0);
+    pg->all_reduce(t, ReduceKind::Product);
+    EXPECT_TRUE(torch::equal(t, torch::full({3}, 6.0))) << t;
+
+    // Non-contiguous views are reduced through a contiguous copy and written back.
+    auto base = torch::arange(6, torch::kFloat32).reshape({2, 3}) * (rank + 1);
+    auto view = base.t();
+    EXPECT_FALSE(view.is_contiguous()) << "test setup";
+    pg->all_reduce(view, ReduceKind::Sum);
+    EXPECT_TRUE(torch::equal(base, torch::arange(6, torch::kFloat32).reshape({2, 3}) * 3)) << base;
+
+    // Async: nothing is final before wait(); wait() applies the Avg division.
+    t = torch::full({4}, rank + 1.0);
+    CollectiveWork work = pg->all_reduce_async(t, ReduceKind::Avg);
+    work.wait();
+    EXPECT_TRUE(work.is_completed());
+    EXPECT_TRUE(torch::equal(t, torch::full({4}, 1.5))) << t;
+    work.wait();  // a second wait is a no-op
+    EXPECT_TRUE(torch::equal(t, torch::full({4}, 1.5))) << t;
+
+    auto b = torch::full({2, 2}, rank * 10, torch::kInt64);
+    pg->broadcast(b, /*src=*/1);
+    EXPECT_TRUE(torch::equal(b, torch::full({2, 2}, 10, torch::kInt64))) << b;
+    EXPECT_THROW(pg->broadcast(b, 2), std::invalid_argument);
+
+    const auto parts = pg->all_gather(torch::tensor({static_cast<int64_t>(rank)}));
+    EXPECT_EQ(parts.size(), 2u);
+    EXPECT_TRUE(torch::equal(torch::stack(parts), torch::tensor({{0}, {1}}, torch::kInt64)));
+    const auto rows = pg->all_gather(torch::full({2, 3}, rank + 0.5).t());
+    EXPECT_EQ(rows.size(), 2u);
+    if (rows.size() == 2) {
+      EXPECT_TRUE(torch::equal(rows[1], torch::full({3, 2}, 1.5)));
+    }
+
+    pg->barrier();
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
+TEST(ProcessGroupTest, ThreeRanks) {
+  const auto codes = run_ranks(3, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 3, port));
+    auto t = torch::full({5}, rank + 1.0);
+    pg->all_reduce(t, ReduceKind::Avg);
+    EXPECT_TRUE(torch::equal(t, torch::full({5}, 2.0))) << t;
+    auto b = torch::full({1}, rank);
+    pg->broadcast(b, /*src=*/2);
+    EXPECT_EQ(b.item<float>(), 2.0f);
+    const auto parts = pg->all_gather(torch::full({1}, rank, torch::kInt32));
+    EXPECT_TRUE(torch::equal(torch::cat(parts), torch::tensor({0, 1, 2}, torch::kInt32)));
+    pg->barrier();
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
+TEST(ProcessGroupTest, SingleRankCollectivesAreIdentities) {
+  const auto codes = run_ranks(1, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 1, port));
+    auto i = torch::tensor({3, -3}, torch::kInt64);
+    pg->all_reduce(i, ReduceKind::Avg);
+    EXPECT_TRUE(torch::equal(i, torch::tensor({3, -3}, torch::kInt64))) << i;
+    auto t = torch::full({2}, 4.0);
+    pg->broadcast(t, 0);
+    EXPECT_TRUE(torch::equal(t, torch::full({2}, 4.0)));
+    EXPECT_EQ(pg->all_gather(t).size(), 1u);
+    pg->barrier();
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
+// A peer that leaves: the next collective fails fast with an error naming the operation.
+TEST(ProcessGroupTest, CollectiveFailsWhenPeerExits) {
+  const auto codes = run_ranks(2, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 2, port, 2s));
+    pg->barrier();
+    if (rank == 1) return 0;  // leaves without joining the all_reduce
+    const auto start = std::chrono::steady_clock::now();
+    auto t = torch::ones({4});
+    try {
+      pg->all_reduce(t, ReduceKind::Sum);
+      ADD_FAILURE() << "all_reduce succeeded without its peer";
+    } catch (const std::runtime_error& e) {
+      std::fprintf(stderr, "[rank 0] expected error: %s\n", e.what());
+      EXPECT_TRUE(Contains(e.what(), "all_reduce"));
+      EXPECT_TRUE(Contains(e.what(), "rank 0 of 2"));
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
+// A peer that is alive but never joins: the collective times out after the group timeout.
+TEST(ProcessGroupTest, CollectiveTimesOutWhenPeerStalls) {
+  const auto codes = run_ranks(2, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 2, port, 2s));
+    pg->barrier();
+    if (rank == 1) {
+      std::this_thread::sleep_for(4s);  // alive, but never calls all_reduce
+      return 0;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    auto t = torch::ones({4});
+    try {
+      pg->all_reduce(t, ReduceKind::Sum);
+      ADD_FAILURE() << "all_reduce succeeded without its peer";
+    } catch (const std::runtime_error& e) {
+      std::fprintf(stderr, "[rank 0] expected error: %s\n", e.what());
+      EXPECT_TRUE(Contains(e.what(), "all_reduce"));
+      EXPECT_TRUE(Contains(e.what(), "rank 0 of 2"));
+      EXPECT_TRUE(Contains(e.what(), "timeout 2 s"));
+    }
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    EXPECT_GE(elapsed, 1500ms);
+    EXPECT_LT(elapsed, 3500ms);
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
+// Rank 0 alone in a group of two: create() gives up after the timeout instead of hanging.
+TEST(ProcessGroupTest, CreateFailsWhenPeersNeverJoin) {
+  const auto codes = run_ranks(1, [](int, int port) {
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      ProcessGroup::create(loopback(0, 2, port, 2s));
+      ADD_FAILURE() << "create() succeeded without rank 1";
+    } catch (const std::runtime_error& e) {
+      std::fprintf(stderr, "[rank 0] expected error: %s\n", e.what());
+      EXPECT_TRUE(Contains(e.what(), "rank 0 of 2"));
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
+}  // namespace
