@@ -1,1 +1,121 @@
-int main() { return 0; }
+// Fabric's per-step overhead against a raw LibTorch loop.
+//
+//   bench_overhead [--rounds 30] [--steps 20] [--batch 128] [--width 512] [--device cpu|cuda]
+//
+// The same model/optimizer/data train side by side in one process: every round times `steps`
+// raw steps, then `steps` Fabric steps (the order alternates each round), so drift in the
+// machine affects both. Prints both medians (microseconds per step) and the ratio Fabric/raw.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cppfabric/cppfabric.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct MLPImpl : torch::nn::Module {
+  MLPImpl(int64_t in, int64_t width, int64_t out) {
+    l1 = register_module("l1", torch::nn::Linear(in, width));
+    l2 = register_module("l2", torch::nn::Linear(width, width));
+    l3 = register_module("l3", torch::nn::Linear(width, out));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return l3(torch::relu(l2(torch::relu(l1(x)))));
+  }
+  torch::nn::Linear l1{nullptr}, l2{nullptr}, l3{nullptr};
+};
+TORCH_MODULE(MLP);
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void sync(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int rounds = 30, steps = 20;
+  int64_t batch = 128, width = 512;
+  std::string device_name = "cpu";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--rounds") rounds = std::stoi(value);
+    else if (flag == "--steps") steps = std::stoi(value);
+    else if (flag == "--batch") batch = std::stoll(value);
+    else if (flag == "--width") width = std::stoll(value);
+    else if (flag == "--device") device_name = value;
+    else {
+      std::fprintf(stderr, "unknown flag %s (valid: --rounds --steps --batch --width --device)\n", flag.c_str());
+      return 2;
+    }
+  }
+
+  cppfabric::Fabric fabric({.accelerator = device_name, .devices = 1});
+  fabric.launch();
+  const torch::Device device = fabric.device();
+  torch::manual_seed(0);
+
+  MLP raw_model(256, width, 10), fabric_model(256, width, 10);
+  raw_model->to(device);
+  auto raw_opt = std::make_shared<torch::optim::AdamW>(raw_model->parameters(), torch::optim::AdamWOptions(1e-3));
+  auto fabric_opt_raw =
+      std::make_shared<torch::optim::AdamW>(fabric_model->parameters(), torch::optim::AdamWOptions(1e-3));
+  auto [net, opt] = fabric.setup(fabric_model, fabric_opt_raw);
+
+  auto x = torch::randn({batch, 256}, device);
+  auto y = torch::randint(0, 10, {batch}, torch::TensorOptions().dtype(torch::kLong).device(device));
+
+  auto raw_step = [&] {
+    raw_opt->zero_grad();
+    auto loss = torch::nn::functional::cross_entropy(raw_model(x), y);
+    loss.backward();
+    raw_opt->step();
+  };
+  auto fabric_step = [&] {
+    opt.zero_grad();
+    auto loss = torch::nn::functional::cross_entropy(net(x), y);
+    fabric.backward(loss);
+    opt.step();
+  };
+  auto time_steps = [&](auto& step) {
+    sync(device);
+    const auto start = std::chrono::steady_clock::now();
+    for (int s = 0; s < steps; ++s) step();
+    sync(device);
+    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() / steps;
+  };
+
+  for (int s = 0; s < 5; ++s) {  // warm-up
+    raw_step();
+    fabric_step();
+  }
+  std::vector<double> raw_times, fabric_times, ratios;
+  for (int r = 0; r < rounds; ++r) {
+    double raw_us = 0, fabric_us = 0;
+    if (r % 2 == 0) {
+      raw_us = time_steps(raw_step);
+      fabric_us = time_steps(fabric_step);
+    } else {
+      fabric_us = time_steps(fabric_step);
+      raw_us = time_steps(raw_step);
+    }
+    raw_times.push_back(raw_us);
+    fabric_times.push_back(fabric_us);
+    ratios.push_back(fabric_us / raw_us);
+  }
+  const double raw_med = median(raw_times), fabric_med = median(fabric_times);
+  std::printf("device %s | batch %lld | width %lld | %d rounds x %d steps\n", device.str().c_str(),
+              static_cast<long long>(batch), static_cast<long long>(width), rounds, steps);
+  std::printf("raw LibTorch   median %10.1f us/step\n", raw_med);
+  std::printf("cppfabric      median %10.1f us/step\n", fabric_med);
+  std::printf("ratio fabric/raw (of medians) %.4f | median of per-round ratios %.4f\n",
+              fabric_med / raw_med, median(ratios));
+  return 0;
+}

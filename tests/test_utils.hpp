@@ -64,7 +64,7 @@ class CaptureConsole {
       ADD_FAILURE() << "expected " #Exception " from: " #statement;                    \
     } catch (const Exception& e) {                                                     \
       const std::string message = e.what();                                            \
-      for (const std::string part : {__VA_ARGS__}) {                                   \
+      for (const std::string& part : std::initializer_list<std::string>{__VA_ARGS__}) { \
         EXPECT_NE(message.find(part), std::string::npos)                               \
             << "message lacks '" << part << "': " << message;                          \
       }                                                                                \

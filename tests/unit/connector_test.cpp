@@ -163,7 +163,7 @@ TEST_F(ConnectorTest, GpuIdParsingMatchesPython) {
 
 TEST_F(ConnectorTest, GpuIdErrors) {
   EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids(2, 0), cppfabric::MisconfigurationError,
-                    "none are available");
+                    "You requested gpu: [0, 1]", "only has: []");
   EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids(-1, 0), cppfabric::MisconfigurationError,
                     "none are available");
   EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids("1,1", 4), cppfabric::MisconfigurationError,
@@ -386,7 +386,7 @@ TEST_F(ConnectorTest, EnvironmentDevicesAndNodes) {
 
 TEST_F(ConnectorTest, EnvironmentStrategyIsValidated) {
   ScopedEnv strategy("LT_STRATEGY", "bogus");
-  EXPECT_THROW_WITH(Fabric({}), std::invalid_argument, "`strategy='bogus'`");
+  EXPECT_THROW_WITH(Fabric(FabricOptions{}), std::invalid_argument, "`strategy='bogus'`");
 }
 
 TEST_F(ConnectorTest, CliConflict) {
