@@ -22,9 +22,7 @@ struct MLPImpl : torch::nn::Module {
     l2 = register_module("l2", torch::nn::Linear(width, width));
     l3 = register_module("l3", torch::nn::Linear(width, out));
   }
-  torch::Tensor forward(const torch::Tensor& x) {
-    return l3(torch::relu(l2(torch::relu(l1(x)))));
-  }
+  torch::Tensor forward(const torch::Tensor& x) { return l3(torch::relu(l2(torch::relu(l1(x))))); }
   torch::nn::Linear l1{nullptr}, l2{nullptr}, l3{nullptr};
 };
 TORCH_MODULE(MLP);
@@ -46,13 +44,19 @@ int main(int argc, char** argv) {
   std::string device_name = "cpu";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--rounds") rounds = std::stoi(value);
-    else if (flag == "--steps") steps = std::stoi(value);
-    else if (flag == "--batch") batch = std::stoll(value);
-    else if (flag == "--width") width = std::stoll(value);
-    else if (flag == "--device") device_name = value;
+    if (flag == "--rounds")
+      rounds = std::stoi(value);
+    else if (flag == "--steps")
+      steps = std::stoi(value);
+    else if (flag == "--batch")
+      batch = std::stoll(value);
+    else if (flag == "--width")
+      width = std::stoll(value);
+    else if (flag == "--device")
+      device_name = value;
     else {
-      std::fprintf(stderr, "unknown flag %s (valid: --rounds --steps --batch --width --device)\n", flag.c_str());
+      std::fprintf(stderr, "unknown flag %s (valid: --rounds --steps --batch --width --device)\n",
+                   flag.c_str());
       return 2;
     }
   }
@@ -64,13 +68,15 @@ int main(int argc, char** argv) {
 
   MLP raw_model(256, width, 10), fabric_model(256, width, 10);
   raw_model->to(device);
-  auto raw_opt = std::make_shared<torch::optim::AdamW>(raw_model->parameters(), torch::optim::AdamWOptions(1e-3));
-  auto fabric_opt_raw =
-      std::make_shared<torch::optim::AdamW>(fabric_model->parameters(), torch::optim::AdamWOptions(1e-3));
+  auto raw_opt = std::make_shared<torch::optim::AdamW>(raw_model->parameters(),
+                                                       torch::optim::AdamWOptions(1e-3));
+  auto fabric_opt_raw = std::make_shared<torch::optim::AdamW>(fabric_model->parameters(),
+                                                              torch::optim::AdamWOptions(1e-3));
   auto [net, opt] = fabric.setup(fabric_model, fabric_opt_raw);
 
   auto x = torch::randn({batch, 256}, device);
-  auto y = torch::randint(0, 10, {batch}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  auto y =
+      torch::randint(0, 10, {batch}, torch::TensorOptions().dtype(torch::kLong).device(device));
 
   auto raw_step = [&] {
     raw_opt->zero_grad();
@@ -89,7 +95,9 @@ int main(int argc, char** argv) {
     const auto start = std::chrono::steady_clock::now();
     for (int s = 0; s < steps; ++s) step();
     sync(device);
-    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() / steps;
+    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+               .count() /
+           steps;
   };
 
   for (int s = 0; s < 5; ++s) {  // warm-up

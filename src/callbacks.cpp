@@ -12,8 +12,9 @@ void HookArgs::check_index(std::size_t i) const {
 }
 
 void HookArgs::throw_bad_type(std::size_t i, const std::type_info& wanted) const {
-  throw std::invalid_argument(fmt::format("fabric.call(...) argument {} has type {}, not the {} asked for",
-                                          i, args_[i].type().name(), wanted.name()));
+  throw std::invalid_argument(
+      fmt::format("fabric.call(...) argument {} has type {}, not the {} asked for", i,
+                  args_[i].type().name(), wanted.name()));
 }
 
 }  // namespace cppfabric

@@ -86,9 +86,9 @@ void Fabric::throw_no_optimizers() {
 }
 
 namespace {
-void check_optimizers_belong(torch::nn::Module& module,
-                             const std::vector<std::shared_ptr<torch::optim::Optimizer>>& optimizers,
-                             const char* method) {
+void check_optimizers_belong(
+    torch::nn::Module& module,
+    const std::vector<std::shared_ptr<torch::optim::Optimizer>>& optimizers, const char* method) {
   std::unordered_set<const void*> owned;
   for (const auto& p : module.parameters()) owned.insert(p.unsafeGetTensorImpl());
   for (std::size_t i = 0; i < optimizers.size(); ++i) {
@@ -115,7 +115,8 @@ std::shared_ptr<torch::nn::Module> Fabric::setup_module_impl(
     const std::vector<std::shared_ptr<torch::optim::Optimizer>>& optimizers, bool move_to_device,
     const char* method) {
   validate_launched(method);
-  if (!module) throw std::invalid_argument(fmt::format("The module passed to `{}` is null.", method));
+  if (!module)
+    throw std::invalid_argument(fmt::format("The module passed to `{}` is null.", method));
   check_optimizers_belong(*module, optimizers, method);
   const auto& strat = strategy();
   strat->precision()->convert_module(*module);
@@ -133,7 +134,8 @@ std::shared_ptr<torch::nn::Module> Fabric::setup_module_impl(
               "The model passed to `Fabric.{}()` has parameters on different devices (for example "
               "'{}' on {} and '{}' on {}). Since move_to_device is true, all parameters will be "
               "moved to {}.",
-              method, first->first, first->second.str(), item.key(), device.str(), this->device().str()));
+              method, first->first, first->second.str(), item.key(), device.str(),
+              this->device().str()));
         }
       }
     }
@@ -149,7 +151,8 @@ void Fabric::validate_setup_optimizers(
     const std::vector<std::shared_ptr<torch::optim::Optimizer>>& optimizers) {
   validate_launched("setup_optimizers");
   for (const auto& optimizer : optimizers) {
-    if (!optimizer) throw std::invalid_argument("An optimizer passed to `setup_optimizers` is null.");
+    if (!optimizer)
+      throw std::invalid_argument("An optimizer passed to `setup_optimizers` is null.");
     for (const auto& group : optimizer->param_groups()) {
       for (const auto& param : group.params()) {
         if (param.is_meta()) {
@@ -255,7 +258,8 @@ void Fabric::log_dict(const std::map<std::string, double>& metrics, std::optiona
   for (const auto& logger : impl_->loggers) logger->log_metrics(metrics, step);
 }
 
-void Fabric::log_dict(const std::map<std::string, at::Tensor>& metrics, std::optional<int64_t> step) {
+void Fabric::log_dict(const std::map<std::string, at::Tensor>& metrics,
+                      std::optional<int64_t> step) {
   std::map<std::string, double> scalars;
   for (const auto& [name, tensor] : metrics) {
     if (!tensor.defined() || tensor.numel() != 1) {
@@ -279,8 +283,8 @@ void Fabric::barrier(const std::string& name) {
 at::Tensor Fabric::broadcast(const at::Tensor& tensor, int src) {
   validate_launched("broadcast");
   if (src < 0 || src >= world_size()) {
-    throw std::invalid_argument(
-        fmt::format("broadcast(src={}) is not a rank: valid ranks are 0..{}.", src, world_size() - 1));
+    throw std::invalid_argument(fmt::format(
+        "broadcast(src={}) is not a rank: valid ranks are 0..{}.", src, world_size() - 1));
   }
   return strategy()->broadcast(tensor, src);
 }
@@ -341,7 +345,11 @@ const std::shared_ptr<loggers::Logger>& Fabric::logger() const {
   }
   return impl_->loggers.front();
 }
-const std::vector<std::shared_ptr<loggers::Logger>>& Fabric::loggers() const { return impl_->loggers; }
-const std::vector<std::shared_ptr<Callback>>& Fabric::callbacks() const { return *impl_->callbacks; }
+const std::vector<std::shared_ptr<loggers::Logger>>& Fabric::loggers() const {
+  return impl_->loggers;
+}
+const std::vector<std::shared_ptr<Callback>>& Fabric::callbacks() const {
+  return *impl_->callbacks;
+}
 
 }  // namespace cppfabric

@@ -5,7 +5,9 @@
 
 namespace cppfabric {
 namespace {
-std::string list_repr(const std::vector<int>& ids) { return fmt::format("[{}]", fmt::join(ids, ", ")); }
+std::string list_repr(const std::vector<int>& ids) {
+  return fmt::format("[{}]", fmt::join(ids, ", "));
+}
 }  // namespace
 
 bool DevicesArg::is_auto() const {

@@ -64,7 +64,8 @@ FabricOptimizer::FabricOptimizer(
 void FabricOptimizer::step() {
   strategy_->optimizer_step(*optimizer_);
   if (callbacks_) {
-    for (const auto& callback : *callbacks_) callback->on_after_optimizer_step(*strategy_, *optimizer_);
+    for (const auto& callback : *callbacks_)
+      callback->on_after_optimizer_step(*strategy_, *optimizer_);
   }
 }
 

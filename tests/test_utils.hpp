@@ -57,18 +57,18 @@ class CaptureConsole {
 };
 
 /// Expects `statement` to throw `Exception` whose message contains every one of `parts`.
-#define EXPECT_THROW_WITH(statement, Exception, ...)                                   \
-  do {                                                                                 \
-    try {                                                                              \
-      statement;                                                                       \
-      ADD_FAILURE() << "expected " #Exception " from: " #statement;                    \
-    } catch (const Exception& e) {                                                     \
-      const std::string message = e.what();                                            \
+#define EXPECT_THROW_WITH(statement, Exception, ...)                                    \
+  do {                                                                                  \
+    try {                                                                               \
+      statement;                                                                        \
+      ADD_FAILURE() << "expected " #Exception " from: " #statement;                     \
+    } catch (const Exception& e) {                                                      \
+      const std::string message = e.what();                                             \
       for (const std::string& part : std::initializer_list<std::string>{__VA_ARGS__}) { \
-        EXPECT_NE(message.find(part), std::string::npos)                               \
-            << "message lacks '" << part << "': " << message;                          \
-      }                                                                                \
-    }                                                                                  \
+        EXPECT_NE(message.find(part), std::string::npos)                                \
+            << "message lacks '" << part << "': " << message;                           \
+      }                                                                                 \
+    }                                                                                   \
   } while (0)
 
 }  // namespace cppfabric::testing

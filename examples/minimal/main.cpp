@@ -44,8 +44,10 @@ int main(int argc, char** argv) {
     } else if (flag == "--seed") {
       seed = std::stoll(value);
     } else {
-      std::fprintf(stderr, "unknown flag %s (valid: --steps --accelerator --precision --seed --require-ratio)\n",
-                   flag.c_str());
+      std::fprintf(
+          stderr,
+          "unknown flag %s (valid: --steps --accelerator --precision --seed --require-ratio)\n",
+          flag.c_str());
       return 2;
     }
   }
@@ -60,15 +62,16 @@ int main(int argc, char** argv) {
   auto y = torch::sin(x.mm(w)) + 0.5 * x.mm(v).pow(2);
 
   MLP model(8, 64);
-  auto optimizer = std::make_shared<torch::optim::Adam>(model->parameters(),
-                                                        torch::optim::AdamOptions(3e-3));
+  auto optimizer =
+      std::make_shared<torch::optim::Adam>(model->parameters(), torch::optim::AdamOptions(3e-3));
   auto [net, opt] = fabric.setup(model, optimizer);  // 3
-  x = fabric.to_device(x);                           // 4 (a loader would do this in setup_dataloaders)
+  x = fabric.to_device(x);  // 4 (a loader would do this in setup_dataloaders)
   y = fabric.to_device(y);
 
   double first = 0.0, last = 0.0;
   for (int step = 0; step < steps; ++step) {
-    auto idx = torch::randint(0, x.size(0), {128}, torch::TensorOptions().dtype(torch::kLong)).to(x.device());
+    auto idx = torch::randint(0, x.size(0), {128}, torch::TensorOptions().dtype(torch::kLong))
+                   .to(x.device());
     opt.zero_grad();
     auto loss = torch::mse_loss(net(x.index_select(0, idx)), y.index_select(0, idx));
     fabric.backward(loss);  // 5
@@ -82,6 +85,8 @@ int main(int argc, char** argv) {
   fabric.print("final loss {:.5f} (start {:.5f}, ratio {:.1f}x) on {} with {}", last, first,
                first / last, fabric.device().str(), precision);
   const bool ok = last > 0 && first / last >= require_ratio && last < first;
-  if (!ok) fabric.print("FAILED: the loss fell {:.1f}x, less than the {:.1f}x required", first / last, require_ratio);
+  if (!ok)
+    fabric.print("FAILED: the loss fell {:.1f}x, less than the {:.1f}x required", first / last,
+                 require_ratio);
   return ok ? EXIT_SUCCESS : EXIT_FAILURE;
 }

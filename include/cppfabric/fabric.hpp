@@ -124,7 +124,8 @@ class Fabric {
         return [&]<std::size_t... I>(std::index_sequence<I...>) {
           return std::tuple<FabricModule<M>, detail::AsFabricOptimizer<Opts>...>(
               fabric_module, make_optimizer(opts[I])...);
-        }(std::index_sequence_for<Opts...>{});
+        }
+        (std::index_sequence_for<Opts...>{});
       }
     }
   }
@@ -156,7 +157,8 @@ class Fabric {
       } else {
         return [&]<std::size_t... I>(std::index_sequence<I...>) {
           return std::tuple<detail::AsFabricOptimizer<Opts>...>(make_optimizer(opts[I])...);
-        }(std::index_sequence_for<Opts...>{});
+        }
+        (std::index_sequence_for<Opts...>{});
       }
     }
   }
@@ -184,8 +186,9 @@ class Fabric {
     return module;
   }
   template <typename C>
-    requires std::is_base_of_v<torch::nn::Module, C>
-  std::shared_ptr<C> to_device(const std::shared_ptr<C>& module) const {
+  requires std::is_base_of_v<torch::nn::Module, C> std::shared_ptr<C> to_device(
+      const std::shared_ptr<C>& module)
+  const {
     move_module(*module);
     return module;
   }
@@ -204,17 +207,16 @@ class Fabric {
   }
   template <typename... T>
   std::tuple<T...> to_device(const std::tuple<T...>& items) const {
-    return std::apply([this](const auto&... x) { return std::tuple<T...>(to_device(x)...); }, items);
+    return std::apply([this](const auto&... x) { return std::tuple<T...>(to_device(x)...); },
+                      items);
   }
   template <typename A, typename B>
   std::pair<A, B> to_device(const std::pair<A, B>& item) const {
     return {to_device(item.first), to_device(item.second)};
   }
   template <typename T>
-    requires std::is_arithmetic_v<T> || std::is_same_v<T, std::string>
-  T to_device(const T& value) const {
-    return value;
-  }
+  requires std::is_arithmetic_v<T> || std::is_same_v<T, std::string> T to_device(const T& value)
+  const { return value; }
 
   // ---------------------------------------------------------------- output
   /// fmt-style print on local rank 0 only.
@@ -239,15 +241,14 @@ class Fabric {
   at::Tensor all_reduce(const at::Tensor& tensor, const std::string& reduce_op = "mean");
   /// Python's conversion for plain numbers: bool -> uint8, integers -> int32, floats -> float32.
   template <typename T>
-    requires std::is_arithmetic_v<T>
-  at::Tensor all_reduce(T value, const std::string& reduce_op = "mean") {
+  requires std::is_arithmetic_v<T> at::Tensor all_reduce(T value,
+                                                         const std::string& reduce_op = "mean") {
     return all_reduce(scalar_to_tensor(static_cast<double>(value), std::is_same_v<T, bool>,
                                        std::is_integral_v<T>),
                       reduce_op);
   }
   template <typename T>
-    requires std::is_arithmetic_v<T>
-  at::Tensor all_gather(T value) {
+  requires std::is_arithmetic_v<T> at::Tensor all_gather(T value) {
     return all_gather(scalar_to_tensor(static_cast<double>(value), std::is_same_v<T, bool>,
                                        std::is_integral_v<T>));
   }

@@ -21,10 +21,10 @@ class DevicesArg {
  public:
   using Value = std::variant<std::string, int, std::vector<int>>;
   DevicesArg() : value_(std::string("auto")) {}
-  DevicesArg(int n) : value_(n) {}  // NOLINT(google-explicit-constructor)
-  DevicesArg(const char* s) : value_(std::string(s)) {}          // NOLINT
-  DevicesArg(std::string s) : value_(std::move(s)) {}            // NOLINT
-  DevicesArg(std::vector<int> ids) : value_(std::move(ids)) {}   // NOLINT
+  DevicesArg(int n) : value_(n) {}                       // NOLINT(google-explicit-constructor)
+  DevicesArg(const char* s) : value_(std::string(s)) {}  // NOLINT
+  DevicesArg(std::string s) : value_(std::move(s)) {}    // NOLINT
+  DevicesArg(std::vector<int> ids) : value_(std::move(ids)) {}                   // NOLINT
   DevicesArg(std::initializer_list<int> ids) : value_(std::vector<int>(ids)) {}  // NOLINT
 
   const Value& value() const { return value_; }
@@ -46,14 +46,15 @@ class Precision;
 /// precision plugin object. Unset means "32-true".
 class PrecisionArg {
  public:
-  using Value = std::variant<std::monostate, std::string, int, std::shared_ptr<precision::Precision>>;
+  using Value =
+      std::variant<std::monostate, std::string, int, std::shared_ptr<precision::Precision>>;
   PrecisionArg() = default;
-  PrecisionArg(int p) : value_(p) {}                          // NOLINT
-  PrecisionArg(const char* s) : value_(std::string(s)) {}     // NOLINT
-  PrecisionArg(std::string s) : value_(std::move(s)) {}       // NOLINT
+  PrecisionArg(int p) : value_(p) {}                       // NOLINT
+  PrecisionArg(const char* s) : value_(std::string(s)) {}  // NOLINT
+  PrecisionArg(std::string s) : value_(std::move(s)) {}    // NOLINT
   template <typename P>
-    requires std::is_base_of_v<precision::Precision, P>
-  PrecisionArg(std::shared_ptr<P> plugin)  // NOLINT
+  requires std::is_base_of_v<precision::Precision, P> PrecisionArg(
+      std::shared_ptr<P> plugin)  // NOLINT
       : value_(std::shared_ptr<precision::Precision>(std::move(plugin))) {}
 
   const Value& value() const { return value_; }
@@ -69,11 +70,11 @@ class PrecisionArg {
 template <typename T>
 class NameOr {
  public:
-  NameOr(const char* name) : name_(name) {}        // NOLINT
+  NameOr(const char* name) : name_(name) {}             // NOLINT
   NameOr(std::string name) : name_(std::move(name)) {}  // NOLINT
   template <typename U>
-    requires std::is_base_of_v<T, U>
-  NameOr(std::shared_ptr<U> object) : object_(std::move(object)) {}  // NOLINT
+  requires std::is_base_of_v<T, U> NameOr(std::shared_ptr<U> object)
+      : object_(std::move(object)) {}  // NOLINT
 
   bool is_name() const { return object_ == nullptr; }
   const std::string& name() const { return name_; }

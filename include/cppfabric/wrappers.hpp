@@ -72,7 +72,8 @@ class FabricModuleBase {
     if constexpr (std::is_same_v<D, at::Tensor>) {
       return finish_output(out);
     } else if constexpr (requires { std::tuple_size<D>::value; }) {
-      std::apply([this](auto&... items) { ((items = convert_result(std::move(items))), ...); }, out);
+      std::apply([this](auto&... items) { ((items = convert_result(std::move(items))), ...); },
+                 out);
       return std::forward<T>(out);
     } else if constexpr (std::is_same_v<D, std::vector<at::Tensor>>) {
       for (auto& item : out) item = finish_output(item);

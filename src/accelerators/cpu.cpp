@@ -23,7 +23,8 @@ int CPUAccelerator::parse_cpu_cores(const DevicesArg& devices) {
   }
   if (cores <= 0) {
     throw TypeError(fmt::format(
-        "`devices={}` is not valid with the CPUAccelerator: `devices` must be an int > 0 (the number "
+        "`devices={}` is not valid with the CPUAccelerator: `devices` must be an int > 0 (the "
+        "number "
         "of processes), e.g. 1 or 4. Lists, -1 and index strings such as \"0,1\" select GPUs.",
         devices.repr()));
   }

@@ -15,7 +15,9 @@
 
 namespace cppfabric::accelerators {
 namespace {
-std::string ids_repr(const std::vector<int>& ids) { return fmt::format("[{}]", fmt::join(ids, ", ")); }
+std::string ids_repr(const std::vector<int>& ids) {
+  return fmt::format("[{}]", fmt::join(ids, ", "));
+}
 
 std::string trim(std::string s) {
   s.erase(0, s.find_first_not_of(" \t"));
@@ -31,10 +33,11 @@ int parse_index(const std::string& text, const DevicesArg& devices) {
     if (used == t.size()) return value;
   } catch (const std::exception&) {
   }
-  throw std::invalid_argument(fmt::format(
-      "`devices={}` is not a valid GPU selection: '{}' is not an integer. Use a count (2), -1 for all "
-      "GPUs, or comma-separated indices (\"0,2\").",
-      devices.repr(), t));
+  throw std::invalid_argument(
+      fmt::format("`devices={}` is not a valid GPU selection: '{}' is not an integer. Use a count "
+                  "(2), -1 for all "
+                  "GPUs, or comma-separated indices (\"0,2\").",
+                  devices.repr(), t));
 }
 }  // namespace
 
@@ -93,8 +96,8 @@ std::vector<int> CUDAAccelerator::parse_gpu_ids(const DevicesArg& devices, int a
     if (id < 0 || id >= available) {
       std::vector<int> all(available);
       for (int i = 0; i < available; ++i) all[i] = i;
-      throw MisconfigurationError(fmt::format("You requested gpu: {}\n But your machine only has: {}",
-                                              ids_repr(ids), ids_repr(all)));
+      throw MisconfigurationError(fmt::format(
+          "You requested gpu: {}\n But your machine only has: {}", ids_repr(ids), ids_repr(all)));
     }
   }
   return ids;
@@ -110,7 +113,8 @@ std::vector<c10::Device> CUDAAccelerator::parse_devices(const DevicesArg& device
 
 void CUDAAccelerator::setup_device(const c10::Device& device) {
   if (device.type() != c10::kCUDA) {
-    throw std::invalid_argument(fmt::format("Device should be CUDA, got {} instead.", device.str()));
+    throw std::invalid_argument(
+        fmt::format("Device should be CUDA, got {} instead.", device.str()));
   }
 #ifdef CPPFABRIC_WITH_CUDA
   c10::cuda::set_device(device.index());

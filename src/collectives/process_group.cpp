@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -119,8 +120,7 @@ void validate(const ProcessGroupOptions& o) {
   if (o.rank < 0 || o.rank >= o.world_size) {
     throw std::invalid_argument("cppfabric: process group rank must be in [0, " +
                                 std::to_string(o.world_size) + ") for world_size " +
-                                std::to_string(o.world_size) + ", got " +
-                                std::to_string(o.rank));
+                                std::to_string(o.world_size) + ", got " + std::to_string(o.rank));
   }
   if (o.main_port < 1 || o.main_port > 65535) {
     throw std::invalid_argument("cppfabric: process group main_port must be in 1..65535, got " +
@@ -250,11 +250,11 @@ ReduceKind reduce_kind_from_string(std::string_view name) {
 
 struct CollectiveWork::Impl {
   c10::intrusive_ptr<c10d::Work> work;
-  at::Tensor target;   // the caller's tensor
-  at::Tensor buffer;   // what the backend reduces (target itself when contiguous)
-  int64_t divisor = 1; // world size for ReduceKind::Avg
+  at::Tensor target;    // the caller's tensor
+  at::Tensor buffer;    // what the backend reduces (target itself when contiguous)
+  int64_t divisor = 1;  // world size for ReduceKind::Avg
   std::chrono::milliseconds timeout{0};
-  std::string what;    // "all_reduce on rank 0 of 2 (...)", for errors
+  std::string what;  // "all_reduce on rank 0 of 2 (...)", for errors
   bool done = false;
   std::string failure;  // set once a wait failed; later waits throw it again
 
@@ -363,7 +363,8 @@ CollectiveWork ProcessGroup::all_reduce_async(at::Tensor& t, ReduceKind op) {
   opts.reduceOp = to_c10d(op);
   opts.timeout = impl_->options.timeout;
   std::vector<at::Tensor> tensors{pending->buffer};
-  pending->work = impl_->launch("all_reduce", [&] { return impl_->backend->allreduce(tensors, opts); });
+  pending->work =
+      impl_->launch("all_reduce", [&] { return impl_->backend->allreduce(tensors, opts); });
   return CollectiveWork(std::move(pending));
 }
 

@@ -23,9 +23,14 @@ const std::vector<std::string> kUpcomingStrategies = {"ddp", "ddp_find_unused_pa
                                                       "fsdp", "deepspeed_stage_2"};
 const std::vector<std::string> kAcceleratorNames = {"cpu", "cuda", "mps", "tpu"};
 
-const std::vector<std::string> kPrecisionStrings = {
-    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
-    "bf16-mixed",         "32-true",                    "64-true"};
+const std::vector<std::string> kPrecisionStrings = {"transformer-engine",
+                                                    "transformer-engine-float16",
+                                                    "16-true",
+                                                    "16-mixed",
+                                                    "bf16-true",
+                                                    "bf16-mixed",
+                                                    "32-true",
+                                                    "64-true"};
 const std::vector<int> kPrecisionInts = {64, 32, 16};
 const std::map<std::string, std::string> kPrecisionAliases = {
     {"64", "64-true"}, {"32", "32-true"}, {"16", "16-mixed"}, {"bf16", "bf16-mixed"}};
@@ -55,7 +60,8 @@ bool using_cli() {
 
 // Python's _argument_from_env: the environment wins; with the CLI in use, an explicit
 // non-default value in code that disagrees with it is an error.
-std::optional<std::string> argument_from_env(const std::string& name, const std::string& current_str,
+std::optional<std::string> argument_from_env(const std::string& name,
+                                             const std::string& current_str,
                                              const std::string& current_repr,
                                              const std::string& default_str) {
   std::string upper = name;
@@ -134,14 +140,16 @@ void Connector::apply_env_overrides(FabricOptions& options) {
   const auto& acc = options.accelerator;
   const std::string acc_str = acc.is_name() ? acc.name() : object_str(acc.object(), "Accelerator");
   const std::string acc_repr = acc.is_name() ? fmt::format("'{}'", acc.name()) : acc_str;
-  if (auto env = argument_from_env("accelerator", acc_str, acc_repr, "auto")) options.accelerator = *env;
+  if (auto env = argument_from_env("accelerator", acc_str, acc_repr, "auto"))
+    options.accelerator = *env;
 
   const auto& st = options.strategy;
   const std::string st_str = st.is_name() ? st.name() : object_str(st.object(), "Strategy");
   const std::string st_repr = st.is_name() ? fmt::format("'{}'", st.name()) : st_str;
   if (auto env = argument_from_env("strategy", st_str, st_repr, "auto")) options.strategy = *env;
 
-  if (auto env = argument_from_env("devices", options.devices.str(), options.devices.repr(), "auto")) {
+  if (auto env =
+          argument_from_env("devices", options.devices.str(), options.devices.repr(), "auto")) {
     options.devices = *env;
   }
 
@@ -167,17 +175,20 @@ void Connector::check_config(const FabricOptions& options) {
   // 1. strategy name
   if (options.strategy.is_name()) {
     strategy_flag_ = options.strategy.name();
-    for (auto& c : strategy_flag_) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (auto& c : strategy_flag_)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (strategy_flag_ != "auto" && !contains(registered_strategies(), strategy_flag_)) {
-      throw std::invalid_argument(fmt::format(
-          "You selected an invalid strategy name: `strategy='{}'`. It must be either a string or an "
-          "instance of `cppfabric::strategies::Strategy`. Valid names: auto, {}.",
-          strategy_flag_, fmt::join(registered_strategies(), ", ")));
+      throw std::invalid_argument(
+          fmt::format("You selected an invalid strategy name: `strategy='{}'`. It must be either a "
+                      "string or an "
+                      "instance of `cppfabric::strategies::Strategy`. Valid names: auto, {}.",
+                      strategy_flag_, fmt::join(registered_strategies(), ", ")));
     }
   } else {
     strategy_object_ = options.strategy.object();
     if (!strategy_object_) {
-      throw TypeError("FabricOptions::strategy holds a null Strategy pointer; pass a name or an object.");
+      throw TypeError(
+          "FabricOptions::strategy holds a null Strategy pointer; pass a name or an object.");
     }
   }
 
@@ -186,15 +197,17 @@ void Connector::check_config(const FabricOptions& options) {
     accelerator_flag_ = options.accelerator.name();
     if (!contains(kAcceleratorNames, accelerator_flag_) && accelerator_flag_ != "auto" &&
         accelerator_flag_ != "gpu") {
-      throw std::invalid_argument(fmt::format(
-          "You selected an invalid accelerator name: `accelerator='{}'`. Available names are: auto, "
-          "gpu, {}.",
-          accelerator_flag_, fmt::join(kAcceleratorNames, ", ")));
+      throw std::invalid_argument(
+          fmt::format("You selected an invalid accelerator name: `accelerator='{}'`. Available "
+                      "names are: auto, "
+                      "gpu, {}.",
+                      accelerator_flag_, fmt::join(kAcceleratorNames, ", ")));
     }
   } else {
     accelerator_object_ = options.accelerator.object();
     if (!accelerator_object_) {
-      throw TypeError("FabricOptions::accelerator holds a null Accelerator pointer; pass a name or an object.");
+      throw TypeError(
+          "FabricOptions::accelerator holds a null Accelerator pointer; pass a name or an object.");
     }
   }
 
@@ -203,7 +216,8 @@ void Connector::check_config(const FabricOptions& options) {
 
   // 4. plugins (a precision object given as `precision` counts as a precision plugin)
   std::vector<std::shared_ptr<Plugin>> plugins = options.plugins;
-  if (const auto* p = std::get_if<std::shared_ptr<precision::Precision>>(&options.precision.value())) {
+  if (const auto* p =
+          std::get_if<std::shared_ptr<precision::Precision>>(&options.precision.value())) {
     if (!*p) throw TypeError("FabricOptions::precision holds a null Precision pointer.");
     plugins.push_back(*p);
   }
@@ -230,10 +244,10 @@ void Connector::check_config(const FabricOptions& options) {
       cluster_environment = env;
       count("ClusterEnvironment");
     } else {
-      throw TypeError(fmt::format(
-          "Found invalid type for plugin {}. Expected one of: Precision, CheckpointIO, "
-          "ClusterEnvironment.",
-          plugin->describe()));
+      throw TypeError(
+          fmt::format("Found invalid type for plugin {}. Expected one of: Precision, CheckpointIO, "
+                      "ClusterEnvironment.",
+                      plugin->describe()));
     }
   }
   std::vector<std::string> duplicated;
@@ -247,8 +261,9 @@ void Connector::check_config(const FabricOptions& options) {
         fmt::join(duplicated, ", ")));
   }
   if (precision_instance_ && precision_input) {
-    throw std::invalid_argument(fmt::format("Received both `precision={}` and `plugins={}`. Choose one.",
-                                            *precision_input, precision_instance_->describe()));
+    throw std::invalid_argument(
+        fmt::format("Received both `precision={}` and `plugins={}`. Choose one.", *precision_input,
+                    precision_instance_->describe()));
   }
   precision_input_ = precision_input.value_or("32-true");
 
@@ -264,7 +279,8 @@ void Connector::check_config(const FabricOptions& options) {
     }
     if (strategy_object_->precision()) {
       if (precision_instance_) {
-        throw std::invalid_argument("precision set through both strategy class and plugins, choose one");
+        throw std::invalid_argument(
+            "precision set through both strategy class and plugins, choose one");
       }
       precision_instance_ = strategy_object_->precision();
     }
@@ -284,7 +300,8 @@ void Connector::check_config(const FabricOptions& options) {
     }
     const auto& devices = strategy_object_->parallel_devices();
     if (!devices.empty()) {
-      const std::string current = accelerator_object_ ? accelerator_object_->name() : accelerator_flag_;
+      const std::string current =
+          accelerator_object_ ? accelerator_object_->name() : accelerator_flag_;
       if (devices.front().is_cpu()) {
         if (current != "auto" && current != "cpu") {
           throw std::invalid_argument(fmt::format(
@@ -319,7 +336,8 @@ void Connector::check_device_config(const FabricOptions& options) {
   const auto* s = std::get_if<std::string>(&value);
   const auto* list = std::get_if<std::vector<int>>(&value);
   if ((n && *n == 0) || (s && *s == "0") || (list && list->empty())) {
-    const std::string name = accelerator_object_ ? accelerator_object_->class_name() : accelerator_flag_;
+    const std::string name =
+        accelerator_object_ ? accelerator_object_->class_name() : accelerator_flag_;
     throw std::invalid_argument(fmt::format(
         "`Fabric(devices={})` value is not a valid input using {} accelerator. Select at least one "
         "device: a count such as 1, -1 for all GPUs, or indices such as \"0,1\".",
@@ -348,10 +366,9 @@ void Connector::init_accelerator(const FabricOptions& options) {
   std::vector<std::string> available = {"cpu"};
   if (accelerators::CUDAAccelerator::device_count() > 0) available.push_back("cuda");
   if (!accelerator_object_ || !accelerator_object_->is_available()) {
-    const std::string cls = accelerator_object_ ? accelerator_object_->class_name()
-                            : accelerator_flag_ == "mps"
-                                ? "MPSAccelerator"
-                                : "XLAAccelerator";
+    const std::string cls = accelerator_object_          ? accelerator_object_->class_name()
+                            : accelerator_flag_ == "mps" ? "MPSAccelerator"
+                                                         : "XLAAccelerator";
     throw std::runtime_error(fmt::format(
         "`{}` can not run on your system since the accelerator is not available. The following "
         "accelerator(s) is available and can be passed into `accelerator`: ['{}'].",
@@ -412,7 +429,8 @@ void Connector::init_precision() {
   }
   if (precision_input_.rfind("transformer-engine", 0) == 0) {
     throw NotYetAvailableError(fmt::format(
-        "precision='{}' needs NVIDIA Transformer Engine, a Python library that cppfabric cannot use. "
+        "precision='{}' needs NVIDIA Transformer Engine, a Python library that cppfabric cannot "
+        "use. "
         "Choose one of: '32-true', '64-true', '16-mixed', 'bf16-mixed', '16-true', 'bf16-true'.",
         precision_input_));
   }

@@ -6,7 +6,9 @@
 
 namespace cppfabric::precision {
 
-std::string Precision::describe() const { return fmt::format("{}('{}')", Plugin::describe(), name()); }
+std::string Precision::describe() const {
+  return fmt::format("{}('{}')", Plugin::describe(), name());
+}
 
 void Precision::convert_module(torch::nn::Module& module) {}
 Guard Precision::forward_context() { return {}; }

@@ -35,7 +35,8 @@ void Strategy::setup_environment() {
 
 void Strategy::module_to_device(torch::nn::Module& module) { module.to(root_device()); }
 
-std::shared_ptr<torch::nn::Module> Strategy::setup_module(std::shared_ptr<torch::nn::Module> module) {
+std::shared_ptr<torch::nn::Module> Strategy::setup_module(
+    std::shared_ptr<torch::nn::Module> module) {
   return module;
 }
 
@@ -78,7 +79,8 @@ at::Tensor Strategy::clip_gradients_norm(torch::optim::Optimizer& optimizer, dou
   }
   auto stacked = torch::stack(norms);
   at::Tensor total =
-      inf_norm ? stacked.max() : torch::linalg_vector_norm(stacked, norm_type, std::nullopt, false, std::nullopt);
+      inf_norm ? stacked.max()
+               : torch::linalg_vector_norm(stacked, norm_type, std::nullopt, false, std::nullopt);
   if (error_if_nonfinite && !torch::isfinite(total).item<bool>()) {
     throw std::runtime_error(fmt::format(
         "The total norm of order {} for gradients is non-finite, so it cannot be clipped. Pass "

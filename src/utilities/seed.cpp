@@ -1,5 +1,6 @@
 #include "cppfabric/utilities/seed.hpp"
 
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -8,8 +9,6 @@
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
-
-#include <spdlog/spdlog.h>
 
 namespace cppfabric::utilities {
 namespace {
@@ -34,9 +33,10 @@ uint64_t seed_everything(std::optional<int64_t> seed, bool workers, bool verbose
     } else {
       seed = parse_int(env);
       if (!seed) {
-        throw std::invalid_argument(fmt::format(
-            "Invalid seed specified via PL_GLOBAL_SEED: '{}'. Set it to an integer between 0 and {}.",
-            env, kMaxSeed));
+        throw std::invalid_argument(
+            fmt::format("Invalid seed specified via PL_GLOBAL_SEED: '{}'. Set it to an integer "
+                        "between 0 and {}.",
+                        env, kMaxSeed));
       }
     }
   }

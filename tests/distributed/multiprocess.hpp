@@ -68,7 +68,8 @@ inline int find_free_port() {
 /// Forks `world_size` children; child r runs `body(r, port)` and exits with its return value.
 /// Returns each rank's exit code, indexed by rank (see kDeadlineExceeded, kUncaughtException).
 /// Children still running at `deadline` are killed with SIGKILL.
-inline std::vector<int> run_ranks(int world_size, const std::function<int(int rank, int port)>& body,
+inline std::vector<int> run_ranks(int world_size,
+                                  const std::function<int(int rank, int port)>& body,
                                   std::chrono::milliseconds deadline = std::chrono::seconds(60)) {
   if (world_size < 1) throw std::invalid_argument("run_ranks: world_size must be >= 1");
   const int port = find_free_port();
@@ -125,9 +126,9 @@ inline std::vector<int> run_ranks(int world_size, const std::function<int(int ra
     if (std::chrono::steady_clock::now() >= until) {
       for (int rank = 0; rank < world_size; ++rank) {
         if (codes[rank] != -1) continue;
-        std::fprintf(stderr, "run_ranks: rank %d (pid %d) still running after %lld ms; killing it\n",
-                     rank, static_cast<int>(pids[rank]),
-                     static_cast<long long>(deadline.count()));
+        std::fprintf(stderr,
+                     "run_ranks: rank %d (pid %d) still running after %lld ms; killing it\n", rank,
+                     static_cast<int>(pids[rank]), static_cast<long long>(deadline.count()));
         ::kill(pids[rank], SIGKILL);
         ::waitpid(pids[rank], nullptr, 0);
         codes[rank] = kDeadlineExceeded;

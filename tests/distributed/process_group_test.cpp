@@ -81,7 +81,8 @@ TEST(ProcessGroupValidationTest, NcclIsNotYetAvailable) {
   ProcessGroupOptions o;
   o.backend = "nccl";
   EXPECT_THROW(ProcessGroup::create(o), cppfabric::NotYetAvailableError);
-  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "not yet available"));
+  EXPECT_TRUE(
+      Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "not yet available"));
 }
 
 TEST(ProcessGroupValidationTest, RejectsRankOutOfRange) {
@@ -100,10 +101,12 @@ TEST(ProcessGroupValidationTest, RejectsRankOutOfRange) {
 TEST(ProcessGroupValidationTest, RejectsBadWorldSizePortAndTimeout) {
   ProcessGroupOptions o;
   o.world_size = 0;
-  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "world_size must be >= 1, got 0"));
+  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }),
+                       "world_size must be >= 1, got 0"));
   o = {};
   o.main_port = 0;
-  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "main_port must be in 1..65535, got 0"));
+  EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }),
+                       "main_port must be in 1..65535, got 0"));
   o.main_port = 65536;
   EXPECT_TRUE(Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "65536"));
   o = {};
@@ -123,7 +126,8 @@ TEST(ReduceKindTest, ParsesFabricNames) {
   EXPECT_EQ(reduce_kind_from_string("min"), ReduceKind::Min);
   EXPECT_EQ(reduce_kind_from_string("product"), ReduceKind::Product);
   EXPECT_EQ(cppfabric::collectives::to_string(ReduceKind::Avg), "avg");
-  EXPECT_TRUE(Contains(invalid_argument_message([] { reduce_kind_from_string("median"); }), "'median'"));
+  EXPECT_TRUE(
+      Contains(invalid_argument_message([] { reduce_kind_from_string("median"); }), "'median'"));
 }
 
 // ------------------------------------------------------------ real processes

@@ -123,8 +123,8 @@ TEST_F(ConnectorTest, AcceleratorObject) {
 // ------------------------------------------------------------------ devices
 
 TEST_F(ConnectorTest, ZeroDevicesIsInvalid) {
-  for (const cppfabric::DevicesArg& devices :
-       {cppfabric::DevicesArg(0), cppfabric::DevicesArg("0"), cppfabric::DevicesArg(std::vector<int>{})}) {
+  for (const cppfabric::DevicesArg& devices : {cppfabric::DevicesArg(0), cppfabric::DevicesArg("0"),
+                                               cppfabric::DevicesArg(std::vector<int>{})}) {
     EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .devices = devices}), std::invalid_argument,
                       "`Fabric(devices=" + devices.repr() + ")` value is not a valid input",
                       "cpu accelerator");
@@ -212,8 +212,9 @@ TEST_F(ConnectorTest, StrategyIsValidatedBeforeAccelerator) {
 
 TEST_F(ConnectorTest, RecognisedStrategiesAreNotYetAvailable) {
   for (const char* name : {"ddp", "ddp_find_unused_parameters_true", "deepspeed_stage_2"}) {
-    EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .strategy = name}), cppfabric::NotYetAvailableError,
-                      std::string("strategy='") + name + "'", "not yet available");
+    EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .strategy = name}),
+                      cppfabric::NotYetAvailableError, std::string("strategy='") + name + "'",
+                      "not yet available");
   }
 }
 
@@ -246,7 +247,8 @@ TEST_F(ConnectorTest, StrategyObjectConflicts) {
     auto s = std::make_shared<SingleDeviceStrategy>();
     s->set_precision(std::make_shared<cppfabric::precision::Precision>());
     EXPECT_THROW_WITH(
-        Fabric({.strategy = s, .plugins = {std::make_shared<cppfabric::precision::DoublePrecision>()}}),
+        Fabric({.strategy = s,
+                .plugins = {std::make_shared<cppfabric::precision::DoublePrecision>()}}),
         std::invalid_argument, "precision set through both strategy class and plugins");
   }
   {
@@ -302,14 +304,18 @@ TEST_F(ConnectorTest, PrecisionStrings) {
 TEST_F(ConnectorTest, LegacyAliases) {
   {
     CaptureConsole console;
-    EXPECT_EQ(Fabric({.accelerator = "cpu", .precision = 32}).strategy()->precision()->name(), "32-true");
-    EXPECT_EQ(Fabric({.accelerator = "cpu", .precision = "64"}).strategy()->precision()->name(), "64-true");
-    EXPECT_EQ(Fabric({.accelerator = "cpu", .precision = 64}).strategy()->precision()->name(), "64-true");
+    EXPECT_EQ(Fabric({.accelerator = "cpu", .precision = 32}).strategy()->precision()->name(),
+              "32-true");
+    EXPECT_EQ(Fabric({.accelerator = "cpu", .precision = "64"}).strategy()->precision()->name(),
+              "64-true");
+    EXPECT_EQ(Fabric({.accelerator = "cpu", .precision = 64}).strategy()->precision()->name(),
+              "64-true");
     EXPECT_EQ(console.text(), "") << "32 and 64 aliases do not warn";
   }
   {
     CaptureConsole console;
-    EXPECT_THROW(Fabric({.accelerator = "cpu", .precision = "bf16"}), cppfabric::NotYetAvailableError);
+    EXPECT_THROW(Fabric({.accelerator = "cpu", .precision = "bf16"}),
+                 cppfabric::NotYetAvailableError);
     EXPECT_NE(console.text().find("`precision=bf16` is supported for historical reasons"),
               std::string::npos)
         << console.text();
@@ -319,17 +325,19 @@ TEST_F(ConnectorTest, LegacyAliases) {
 
 TEST_F(ConnectorTest, SixteenMixedOnCpuBecomesBf16Mixed) {
   CaptureConsole console;
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .precision = 16}), cppfabric::NotYetAvailableError,
-                    "precision='bf16-mixed'");
-  EXPECT_NE(console.text().find("`precision=16` is supported for historical reasons"), std::string::npos);
+  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .precision = 16}),
+                    cppfabric::NotYetAvailableError, "precision='bf16-mixed'");
+  EXPECT_NE(console.text().find("`precision=16` is supported for historical reasons"),
+            std::string::npos);
   EXPECT_NE(console.text().find("AMP with fp16 is not supported on CPU"), std::string::npos);
-  EXPECT_NE(console.text().find("Using bfloat16 Automatic Mixed Precision (AMP)"), std::string::npos);
+  EXPECT_NE(console.text().find("Using bfloat16 Automatic Mixed Precision (AMP)"),
+            std::string::npos);
 }
 
 TEST_F(ConnectorTest, UpcomingPrecisions) {
   for (const char* p : {"16-true", "bf16-true", "bf16-mixed"}) {
-    EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .precision = p}), cppfabric::NotYetAvailableError,
-                      std::string("precision='") + p + "'");
+    EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .precision = p}),
+                      cppfabric::NotYetAvailableError, std::string("precision='") + p + "'");
   }
   EXPECT_THROW_WITH(Fabric({.precision = "transformer-engine"}), cppfabric::NotYetAvailableError,
                     "Transformer Engine");
@@ -350,19 +358,22 @@ TEST_F(ConnectorTest, PluginTypes) {
   EXPECT_EQ(fabric.strategy()->cluster_environment(), env);
   EXPECT_EQ(fabric.strategy()->checkpoint_io(), io);
   EXPECT_THROW_WITH(Fabric({.plugins = {std::make_shared<NotAPlugin>()}}), cppfabric::TypeError,
-                    "Found invalid type for plugin", "NotAPlugin", "Precision, CheckpointIO, ClusterEnvironment");
+                    "Found invalid type for plugin", "NotAPlugin",
+                    "Precision, CheckpointIO, ClusterEnvironment");
   EXPECT_THROW_WITH(Fabric({.plugins = {nullptr}}), cppfabric::TypeError, "null plugin");
 }
 
 TEST_F(ConnectorTest, DuplicatePlugins) {
   auto p = [] { return std::make_shared<cppfabric::precision::Precision>(); };
-  EXPECT_THROW_WITH(Fabric({.plugins = {p(), std::make_shared<MyIO>(), p(), std::make_shared<MyIO>()}}),
-                    std::invalid_argument, "Received multiple values for Precision, CheckpointIO flags");
+  EXPECT_THROW_WITH(
+      Fabric({.plugins = {p(), std::make_shared<MyIO>(), p(), std::make_shared<MyIO>()}}),
+      std::invalid_argument, "Received multiple values for Precision, CheckpointIO flags");
 }
 
 TEST_F(ConnectorTest, PrecisionPluginAndString) {
   EXPECT_THROW_WITH(
-      Fabric({.precision = "64-true", .plugins = {std::make_shared<cppfabric::precision::DoublePrecision>()}}),
+      Fabric({.precision = "64-true",
+              .plugins = {std::make_shared<cppfabric::precision::DoublePrecision>()}}),
       std::invalid_argument, "Received both `precision=64-true` and `plugins=", "DoublePrecision",
       "Choose one");
 }
@@ -409,7 +420,8 @@ TEST_F(ConnectorTest, CliConflictDevices) {
   EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .devices = 2}), std::invalid_argument,
                     "Fabric(devices=2, ...)", "`--devices=1`");
   ScopedEnv bad("LT_CLI_USED", "yes");
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .devices = 2}), std::invalid_argument, "LT_CLI_USED='yes'");
+  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .devices = 2}), std::invalid_argument,
+                    "LT_CLI_USED='yes'");
 }
 
 TEST_F(ConnectorTest, CliMarksLaunchedAndForbidsLaunch) {

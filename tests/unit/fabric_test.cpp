@@ -48,7 +48,8 @@ struct Recorder : cppfabric::Callback {
   std::vector<std::string> hooks;
   int last_value = 0;
   void on_after_setup(Fabric&, torch::nn::Module&) override { ++setups; }
-  void on_after_optimizer_step(cppfabric::strategies::Strategy&, torch::optim::Optimizer&) override {
+  void on_after_optimizer_step(cppfabric::strategies::Strategy&,
+                               torch::optim::Optimizer&) override {
     ++steps;
   }
   void on_hook(std::string_view name, const cppfabric::HookArgs& args) override {
@@ -103,8 +104,10 @@ TEST(FabricSetup, ModuleOnlyAndSharedPtr) {
 TEST(FabricSetup, SeveralOptimizers) {
   Fabric fabric = cpu_fabric();
   Net model;
-  auto a = std::make_shared<torch::optim::SGD>(model->fc1->parameters(), torch::optim::SGDOptions(0.1));
-  auto b = std::make_shared<torch::optim::Adam>(model->fc2->parameters(), torch::optim::AdamOptions(0.1));
+  auto a =
+      std::make_shared<torch::optim::SGD>(model->fc1->parameters(), torch::optim::SGDOptions(0.1));
+  auto b = std::make_shared<torch::optim::Adam>(model->fc2->parameters(),
+                                                torch::optim::AdamOptions(0.1));
   auto [net, opt_a, opt_b] = fabric.setup(model, a, b);
   EXPECT_EQ(&opt_b.optimizer(), b.get());
   auto [x, y] = fabric.setup_optimizers(a, b);
@@ -283,7 +286,8 @@ TEST(FabricClip, NormMatchesLibTorch) {
   Net a, b;
   {
     torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < a->parameters().size(); ++i) b->parameters()[i].copy_(a->parameters()[i]);
+    for (std::size_t i = 0; i < a->parameters().size(); ++i)
+      b->parameters()[i].copy_(a->parameters()[i]);
   }
   auto x = torch::randn({8, 4}) * 10;
   (a(x).pow(2).sum()).backward();
@@ -305,9 +309,11 @@ TEST(FabricClip, ValueAndNonFinite) {
   auto [net, opt] = fabric.setup(model, sgd(*model));
   fabric.backward(net(torch::ones({2, 4}) * 100).sum());
   EXPECT_FALSE(fabric.clip_gradients(net, opt, {.clip_val = 0.01}).defined());
-  for (const auto& p : model->parameters()) EXPECT_LE(p.grad().abs().max().item<double>(), 0.01 + 1e-9);
+  for (const auto& p : model->parameters())
+    EXPECT_LE(p.grad().abs().max().item<double>(), 0.01 + 1e-9);
   model->fc1->weight.grad()[0][0] = std::numeric_limits<float>::infinity();
-  EXPECT_THROW_WITH(fabric.clip_gradients(net, opt, {.max_norm = 1.0}), std::runtime_error, "non-finite");
+  EXPECT_THROW_WITH(fabric.clip_gradients(net, opt, {.max_norm = 1.0}), std::runtime_error,
+                    "non-finite");
   EXPECT_NO_THROW(fabric.clip_gradients(net, opt, {.max_norm = 1.0, .error_if_nonfinite = false}));
 }
 
@@ -427,8 +433,8 @@ TEST(FabricOutput, LogGoesToEveryLogger) {
   EXPECT_EQ(a->rows[0].step, 3);
   EXPECT_DOUBLE_EQ(a->rows[1].value, 0.75);
   EXPECT_EQ(a->rows[1].step, -1);
-  EXPECT_THROW_WITH(fabric.log("bad", torch::ones({2})), std::invalid_argument,
-                    "`bad`", "does not contain a single element");
+  EXPECT_THROW_WITH(fabric.log("bad", torch::ones({2})), std::invalid_argument, "`bad`",
+                    "does not contain a single element");
 }
 
 TEST(FabricOutput, LoggerWithoutLoggers) {

@@ -40,11 +40,11 @@ ReduceKind reduce_kind_from_string(std::string_view name);
 
 /// How to form (or join) a process group. Defaults follow Lightning Fabric.
 struct ProcessGroupOptions {
-  std::string backend = "gloo";             ///< "gloo" (CPU) or "nccl" (CUDA, not yet available)
-  std::string main_address = "127.0.0.1";   ///< where rank 0 hosts the rendezvous store
-  int main_port = 29500;                    ///< 1..65535
-  int rank = 0;                             ///< 0 <= rank < world_size
-  int world_size = 1;                       ///< >= 1
+  std::string backend = "gloo";            ///< "gloo" (CPU) or "nccl" (CUDA, not yet available)
+  std::string main_address = "127.0.0.1";  ///< where rank 0 hosts the rendezvous store
+  int main_port = 29500;                   ///< 1..65535
+  int rank = 0;                            ///< 0 <= rank < world_size
+  int world_size = 1;                      ///< >= 1
   std::chrono::milliseconds timeout = std::chrono::minutes(30);  ///< Fabric's default
 };
 

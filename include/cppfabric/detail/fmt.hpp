@@ -7,5 +7,6 @@
 #include <fmt/ranges.h>
 
 #if defined(CPPFABRIC_FMT_VERSION) && FMT_VERSION != CPPFABRIC_FMT_VERSION
-#error "cppfabric: a different {fmt} was found first on the include path (LibTorch ships one). Link cppfabric::cppfabric before torch so its fmt include directory comes first."
+#error \
+    "cppfabric: a different {fmt} was found first on the include path (LibTorch ships one). Link cppfabric::cppfabric before torch so its fmt include directory comes first."
 #endif

@@ -71,7 +71,8 @@ class Strategy {
   virtual void setup_environment();
   virtual void module_to_device(torch::nn::Module& module);
   /// Wraps the module for this strategy (DDP hooks, sharding); returns the module to run.
-  virtual std::shared_ptr<torch::nn::Module> setup_module(std::shared_ptr<torch::nn::Module> module);
+  virtual std::shared_ptr<torch::nn::Module> setup_module(
+      std::shared_ptr<torch::nn::Module> module);
   virtual void setup_optimizer(torch::optim::Optimizer& optimizer) {}
 
   /// Called around every FabricModule forward.

@@ -1,0 +1,16 @@
+# Fails when a public header includes LibTorch's heavy umbrella headers or c10d (DESIGN.md §4).
+# Run as: cmake -DINCLUDE_DIR=<repo>/include -P header_hygiene.cmake
+file(GLOB_RECURSE headers "${INCLUDE_DIR}/*.hpp")
+set(bad "")
+foreach(header IN LISTS headers)
+  file(STRINGS "${header}" lines REGEX "^[ \t]*#[ \t]*include[ \t]*[<\"](torch/torch\\.h|torch/all\\.h|ATen/ATen\\.h|torch/csrc/distributed)")
+  if(lines)
+    list(APPEND bad "${header}: ${lines}")
+  endif()
+endforeach()
+list(LENGTH headers count)
+if(bad)
+  string(REPLACE ";" "\n" bad "${bad}")
+  message(FATAL_ERROR "public headers must stay light:\n${bad}")
+endif()
+message(STATUS "${count} public headers checked: none includes torch/torch.h, ATen/ATen.h or c10d")
