@@ -59,7 +59,9 @@ std::string error_text(const std::exception& e) {
   } else {
     text = e.what();
   }
-  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) {
+  // Trailing blanks and full stops: our messages append their own sentence.
+  while (!text.empty() &&
+         (std::isspace(static_cast<unsigned char>(text.back())) || text.back() == '.')) {
     text.pop_back();
   }
   return text;
