@@ -23,6 +23,8 @@
 #define CPPFABRIC_GLOO_ENABLED 1
 #endif
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
@@ -331,8 +333,22 @@ struct ProcessGroup::Impl {
 ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ProcessGroup::~ProcessGroup() = default;
 
+namespace {
+// A peer that dies closes its sockets; the next write to one raises SIGPIPE, whose default
+// action kills this process silently (exit 141) instead of letting the collective fail with an
+// error. Python ignores SIGPIPE at start-up, so PyTorch never meets this; a C++ program must.
+// A handler the program installed itself is left alone.
+void ignore_sigpipe_unless_handled() {
+  struct sigaction current {};
+  if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+    ::signal(SIGPIPE, SIG_IGN);
+  }
+}
+}  // namespace
+
 std::shared_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& options) {
   validate(options);
+  ignore_sigpipe_unless_handled();
   if (options.backend == "nccl") {
     throw NotYetAvailableError(
         "cppfabric: process group backend 'nccl' is not yet available in this build of "
