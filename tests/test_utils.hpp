@@ -5,12 +5,17 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <array>
+#include <cstdio>
 #include <cppfabric/utilities/rank_zero.hpp>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace cppfabric::testing {
 
@@ -55,6 +60,35 @@ class CaptureConsole {
   std::ostringstream stream_;
   std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
 };
+
+/// The bootstrapped virtual environment's python (for reference checks against Python), or
+/// nullopt when it is missing. Looks in $CPPFABRIC_CACHE, then ~/.cache/cppfabric.
+inline std::optional<std::string> venv_python() {
+  std::vector<std::string> roots;
+  if (const char* cache = std::getenv("CPPFABRIC_CACHE")) roots.emplace_back(cache);
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME")) roots.push_back(std::string(xdg) + "/cppfabric");
+  if (const char* home = std::getenv("HOME")) roots.push_back(std::string(home) + "/.cache/cppfabric");
+  for (const auto& root : roots) {
+    const std::string python = root + "/venv/bin/python";
+    struct stat info {};
+    if (::stat(python.c_str(), &info) == 0) return python;
+  }
+  return std::nullopt;
+}
+
+/// Runs a shell command; returns its standard output and stores the exit status.
+inline std::string run_command(const std::string& command, int* status) {
+  std::string output;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) {
+    *status = -1;
+    return output;
+  }
+  std::array<char, 4096> buffer{};
+  while (std::size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
+  *status = ::pclose(pipe);
+  return output;
+}
 
 /// Expects `statement` to throw `Exception` whose message contains every one of `parts`.
 #define EXPECT_THROW_WITH(statement, Exception, ...)                                    \

@@ -10,6 +10,8 @@
 #include "cppfabric/checkpoint/checkpoint_io.hpp"
 #include "cppfabric/environments/cluster_environment.hpp"
 #include "cppfabric/precision/double.hpp"
+#include "cppfabric/precision/half.hpp"
+#include "cppfabric/precision/mixed.hpp"
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/strategies/single_device.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
@@ -430,25 +432,27 @@ void Connector::init_precision() {
   if (precision_input_.rfind("transformer-engine", 0) == 0) {
     throw NotYetAvailableError(fmt::format(
         "precision='{}' needs NVIDIA Transformer Engine, a Python library that cppfabric cannot "
-        "use. "
-        "Choose one of: '32-true', '64-true', '16-mixed', 'bf16-mixed', '16-true', 'bf16-true'.",
+        "use. Choose one of: '32-true', '64-true', '16-mixed', 'bf16-mixed', '16-true', "
+        "'bf16-true'.",
         precision_input_));
   }
-  if (precision_input_ == "16-mixed" && accelerator_flag_ == "cpu") {
+  if (precision_input_ == "16-true" || precision_input_ == "bf16-true") {
+    precision = std::make_shared<precision::HalfPrecision>(precision_input_);
+    return;
+  }
+  // The accelerator as resolved ("auto" -> "cpu"/"cuda"), or an object's own name.
+  const std::string accelerator_name = accelerator_object_->name();
+  if (precision_input_ == "16-mixed" && accelerator_name == "cpu") {
     utilities::rank_zero_warn(
         "You passed `Fabric(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not "
         "supported on CPU. Using `precision='bf16-mixed'` instead.");
     precision_input_ = "bf16-mixed";
   }
-  if (precision_input_ == "16-mixed" || precision_input_ == "bf16-mixed") {
-    utilities::rank_zero_info(precision_input_ == "16-mixed"
-                                  ? "Using 16-bit Automatic Mixed Precision (AMP)"
-                                  : "Using bfloat16 Automatic Mixed Precision (AMP)");
-  }
-  throw NotYetAvailableError(fmt::format(
-      "precision='{}' is recognised but not yet available in this cppfabric release; use "
-      "'32-true' or '64-true' for now.",
-      precision_input_));
+  utilities::rank_zero_info(precision_input_ == "16-mixed"
+                                ? "Using 16-bit Automatic Mixed Precision (AMP)"
+                                : "Using bfloat16 Automatic Mixed Precision (AMP)");
+  precision = std::make_shared<precision::MixedPrecision>(
+      precision_input_, accelerator_name == "cpu" ? "cpu" : "cuda");
 }
 
 void Connector::wire_strategy() {

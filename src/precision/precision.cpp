@@ -30,4 +30,24 @@ Guard default_dtype_guard(c10::ScalarType dtype) {
   return Guard([previous] { c10::set_default_dtype(previous); });
 }
 
+at::Tensor cast_floating(const at::Tensor& tensor, c10::ScalarType dtype) {
+  return tensor.defined() && tensor.is_floating_point() && tensor.scalar_type() != dtype
+             ? tensor.to(dtype)
+             : tensor;
+}
+
+DtypePrecision::DtypePrecision(c10::ScalarType dtype, std::string name)
+    : dtype_(dtype), name_(std::move(name)) {}
+
+void DtypePrecision::convert_module(torch::nn::Module& module) { module.to(dtype_); }
+Guard DtypePrecision::forward_context() { return default_dtype_guard(dtype_); }
+Guard DtypePrecision::tensor_init_context() { return default_dtype_guard(dtype_); }
+Guard DtypePrecision::module_init_context() { return default_dtype_guard(dtype_); }
+at::Tensor DtypePrecision::convert_input(const at::Tensor& tensor) {
+  return cast_floating(tensor, dtype_);
+}
+at::Tensor DtypePrecision::convert_output(const at::Tensor& tensor) {
+  return cast_floating(tensor, c10::get_default_dtype_as_scalartype());
+}
+
 }  // namespace cppfabric::precision

@@ -314,8 +314,8 @@ TEST_F(ConnectorTest, LegacyAliases) {
   }
   {
     CaptureConsole console;
-    EXPECT_THROW(Fabric({.accelerator = "cpu", .precision = "bf16"}),
-                 cppfabric::NotYetAvailableError);
+    EXPECT_EQ(Fabric({.accelerator = "cpu", .precision = "bf16"}).strategy()->precision()->name(),
+              "bf16-mixed");
     EXPECT_NE(console.text().find("`precision=bf16` is supported for historical reasons"),
               std::string::npos)
         << console.text();
@@ -325,8 +325,13 @@ TEST_F(ConnectorTest, LegacyAliases) {
 
 TEST_F(ConnectorTest, SixteenMixedOnCpuBecomesBf16Mixed) {
   CaptureConsole console;
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .precision = 16}),
-                    cppfabric::NotYetAvailableError, "precision='bf16-mixed'");
+  Fabric fabric({.accelerator = "cpu", .precision = 16});
+  auto mixed = std::dynamic_pointer_cast<cppfabric::precision::MixedPrecision>(
+      fabric.strategy()->precision());
+  ASSERT_TRUE(mixed);
+  EXPECT_EQ(mixed->name(), "bf16-mixed");
+  EXPECT_EQ(mixed->device(), "cpu");
+  EXPECT_FALSE(mixed->scaler()) << "bf16-mixed has no scaler";
   EXPECT_NE(console.text().find("`precision=16` is supported for historical reasons"),
             std::string::npos);
   EXPECT_NE(console.text().find("AMP with fp16 is not supported on CPU"), std::string::npos);
@@ -334,13 +339,27 @@ TEST_F(ConnectorTest, SixteenMixedOnCpuBecomesBf16Mixed) {
             std::string::npos);
 }
 
-TEST_F(ConnectorTest, UpcomingPrecisions) {
-  for (const char* p : {"16-true", "bf16-true", "bf16-mixed"}) {
-    EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .precision = p}),
-                      cppfabric::NotYetAvailableError, std::string("precision='") + p + "'");
+TEST_F(ConnectorTest, EveryPrecisionStringResolves) {
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"32-true", "32-true"},      {"64-true", "64-true"},     {"16-true", "16-true"},
+      {"bf16-true", "bf16-true"},  {"bf16-mixed", "bf16-mixed"}, {"16-mixed", "bf16-mixed"}};
+  for (const auto& [input, name] : expected) {
+    Fabric fabric({.accelerator = "cpu", .precision = input});
+    EXPECT_EQ(fabric.strategy()->precision()->name(), name) << input;
   }
   EXPECT_THROW_WITH(Fabric({.precision = "transformer-engine"}), cppfabric::NotYetAvailableError,
                     "Transformer Engine");
+  EXPECT_THROW_WITH(Fabric({.precision = "transformer-engine-float16"}),
+                    cppfabric::NotYetAvailableError, "Transformer Engine");
+}
+
+TEST_F(ConnectorTest, SixteenMixedOnCudaUsesAScaler) {
+  if (!has_gpu()) GTEST_SKIP() << "needs a GPU";
+  Fabric fabric({.accelerator = "cuda", .devices = 1, .precision = "16-mixed"});
+  auto mixed = std::dynamic_pointer_cast<cppfabric::precision::MixedPrecision>(
+      fabric.strategy()->precision());
+  ASSERT_TRUE(mixed && mixed->scaler());
+  EXPECT_TRUE(mixed->scaler()->is_enabled());
 }
 
 TEST_F(ConnectorTest, PrecisionObject) {

@@ -8,15 +8,9 @@
 
 namespace cppfabric::precision {
 
-class DoublePrecision : public Precision {
+class DoublePrecision : public DtypePrecision {
  public:
-  std::string name() const override { return "64-true"; }
-  void convert_module(torch::nn::Module& module) override;
-  Guard forward_context() override;
-  Guard tensor_init_context() override;
-  Guard module_init_context() override;
-  at::Tensor convert_input(const at::Tensor& tensor) override;
-  at::Tensor convert_output(const at::Tensor& tensor) override;
+  DoublePrecision();
 };
 
 }  // namespace cppfabric::precision

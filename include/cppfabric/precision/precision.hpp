@@ -9,6 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <map>
 #include <string>
 
 #include "cppfabric/detail/fwd.hpp"
@@ -48,7 +49,33 @@ class Precision : public Plugin {
   /// Undoes loss scaling on the optimizer's gradients (no-op without a scaler).
   virtual void unscale_gradients(torch::optim::Optimizer& optimizer) {}
   virtual void teardown() {}
+
+  /// The plugin's state for checkpoints (the GradScaler's, under 16-mixed); empty otherwise.
+  virtual std::map<std::string, double> state_dict() const { return {}; }
+  virtual void load_state_dict(const std::map<std::string, double>& state) {}
 };
+
+/// A "true" precision: the module, its inputs and the default dtype inside Fabric's contexts
+/// all use one floating dtype; outputs are cast back to the default dtype.
+class DtypePrecision : public Precision {
+ public:
+  DtypePrecision(c10::ScalarType dtype, std::string name);
+  std::string name() const override { return name_; }
+  c10::ScalarType dtype() const { return dtype_; }
+  void convert_module(torch::nn::Module& module) override;
+  Guard forward_context() override;
+  Guard tensor_init_context() override;
+  Guard module_init_context() override;
+  at::Tensor convert_input(const at::Tensor& tensor) override;
+  at::Tensor convert_output(const at::Tensor& tensor) override;
+
+ private:
+  c10::ScalarType dtype_;
+  std::string name_;
+};
+
+/// Casts a floating-point tensor to `dtype`; other tensors pass through.
+at::Tensor cast_floating(const at::Tensor& tensor, c10::ScalarType dtype);
 
 /// Sets the default floating dtype until the guard goes away.
 Guard default_dtype_guard(c10::ScalarType dtype);

@@ -1,0 +1,90 @@
+// GradScaler: dynamic loss scaling for float16 training, as `torch.amp.GradScaler`.
+//
+//   auto scaler = std::make_shared<cppfabric::precision::GradScaler>("cuda");
+//   fabric.backward(loss);                 // with "16-mixed", Fabric scales the loss ...
+//   opt.step();                            // ... and calls scaler.step(opt) + scaler.update()
+//
+//   // by hand:
+//   scaler.scale(loss).backward();
+//   scaler.unscale_(optimizer);            // optional, e.g. before clipping; once per step
+//   scaler.step(optimizer);                // skipped when a gradient is inf or NaN
+//   scaler.update();                       // back off on overflow, grow after clean steps
+//
+// Defaults are torch's: init_scale 65536, growth x2 every 2000 clean steps, backoff x0.5.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cppfabric/detail/fwd.hpp"
+
+namespace cppfabric::precision {
+
+struct GradScalerOptions {
+  double init_scale = 65536.0;
+  double growth_factor = 2.0;
+  double backoff_factor = 0.5;
+  int64_t growth_interval = 2000;
+  bool enabled = true;
+};
+
+class GradScaler {
+ public:
+  /// `device` is "cuda" (the default, as in torch) or "cpu". A "cuda" scaler without a GPU
+  /// warns and disables itself, as torch does.
+  explicit GradScaler(std::string device = "cuda", GradScalerOptions options = {});
+  ~GradScaler();
+  GradScaler(const GradScaler&) = delete;
+  GradScaler& operator=(const GradScaler&) = delete;
+
+  /// `outputs * scale` (identity when disabled). Creates the scale on first use.
+  at::Tensor scale(const at::Tensor& outputs);
+  std::vector<at::Tensor> scale(const std::vector<at::Tensor>& outputs);
+  /// Divides the optimizer's gradients by the scale and records inf/NaN. At most once per
+  /// optimizer between update() calls.
+  void unscale_(torch::optim::Optimizer& optimizer);
+  /// Unscales if needed, then runs optimizer.step() unless a gradient was inf/NaN. Returns
+  /// whether the optimizer stepped.
+  bool step(torch::optim::Optimizer& optimizer);
+  /// Updates the scale from this iteration's inf/NaN checks (or sets `new_scale`).
+  void update(std::optional<double> new_scale = std::nullopt);
+
+  double get_scale() const;
+  double get_growth_factor() const { return growth_factor_; }
+  void set_growth_factor(double value) { growth_factor_ = value; }
+  double get_backoff_factor() const { return backoff_factor_; }
+  void set_backoff_factor(double value) { backoff_factor_ = value; }
+  int64_t get_growth_interval() const { return growth_interval_; }
+  void set_growth_interval(int64_t value) { growth_interval_ = value; }
+  bool is_enabled() const { return enabled_; }
+  const std::string& device() const { return device_; }
+
+  /// Python's keys: scale, growth_factor, backoff_factor, growth_interval, _growth_tracker
+  /// (empty when disabled).
+  std::map<std::string, double> state_dict() const;
+  void load_state_dict(const std::map<std::string, double>& state);
+
+ private:
+  void lazy_init(const at::Tensor& like);
+  int64_t growth_tracker_value() const;
+
+  std::string device_;
+  bool enabled_;
+  double init_scale_;
+  double growth_factor_;
+  double backoff_factor_;
+  int64_t growth_interval_;
+  int64_t init_growth_tracker_ = 0;
+  at::Tensor scale_;           // float32, 0-dim
+  at::Tensor growth_tracker_;  // int32, 0-dim
+  struct OptimizerStates;
+  std::unique_ptr<OptimizerStates> states_;
+};
+
+}  // namespace cppfabric::precision

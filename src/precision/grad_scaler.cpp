@@ -1,0 +1,228 @@
+#include "cppfabric/precision/grad_scaler.hpp"
+
+#include <torch/torch.h>
+
+#include <unordered_map>
+
+#include "cppfabric/detail/fmt.hpp"
+#include "cppfabric/precision/autocast.hpp"
+#include "cppfabric/utilities/rank_zero.hpp"
+
+namespace cppfabric::precision {
+
+namespace {
+enum class Stage { Ready, Unscaled, Stepped };
+
+struct DeviceHash {
+  std::size_t operator()(const c10::Device& d) const { return std::hash<c10::Device>()(d); }
+};
+
+struct OptimizerState {
+  Stage stage = Stage::Ready;
+  std::unordered_map<c10::Device, at::Tensor, DeviceHash> found_inf_per_device;
+};
+}  // namespace
+
+struct GradScaler::OptimizerStates {
+  std::unordered_map<const torch::optim::Optimizer*, OptimizerState> by_optimizer;
+};
+
+GradScaler::GradScaler(std::string device, GradScalerOptions options)
+    : device_(std::move(device)),
+      enabled_(options.enabled),
+      init_scale_(options.init_scale),
+      growth_factor_(options.growth_factor),
+      backoff_factor_(options.backoff_factor),
+      growth_interval_(options.growth_interval),
+      states_(std::make_unique<OptimizerStates>()) {
+  autocast_device_type(device_);  // validates the name
+  if (device_ == "cuda" && enabled_ && torch::cuda::device_count() == 0) {
+    utilities::rank_zero_warn("GradScaler is enabled, but CUDA is not available. Disabling.");
+    enabled_ = false;
+  }
+  if (enabled_) {
+    if (growth_factor_ <= 1.0) {
+      throw std::invalid_argument(
+          fmt::format("The growth factor must be > 1.0, got growth_factor={}.", growth_factor_));
+    }
+    if (backoff_factor_ >= 1.0) {
+      throw std::invalid_argument(
+          fmt::format("The backoff factor must be < 1.0, got backoff_factor={}.", backoff_factor_));
+    }
+    if (growth_interval_ < 1) {
+      throw std::invalid_argument(fmt::format(
+          "The growth interval must be >= 1, got growth_interval={}.", growth_interval_));
+    }
+  }
+}
+
+GradScaler::~GradScaler() = default;
+
+void GradScaler::lazy_init(const at::Tensor& like) {
+  if (scale_.defined()) return;
+  const auto options = torch::TensorOptions().device(like.device());
+  scale_ = torch::full({}, init_scale_, options.dtype(torch::kFloat32));
+  growth_tracker_ = torch::full({}, init_growth_tracker_, options.dtype(torch::kInt32));
+}
+
+at::Tensor GradScaler::scale(const at::Tensor& outputs) {
+  if (!enabled_) return outputs;
+  lazy_init(outputs);
+  return outputs * scale_.to(outputs.device(), /*non_blocking=*/true);
+}
+
+std::vector<at::Tensor> GradScaler::scale(const std::vector<at::Tensor>& outputs) {
+  std::vector<at::Tensor> scaled;
+  scaled.reserve(outputs.size());
+  for (const auto& output : outputs) scaled.push_back(scale(output));
+  return scaled;
+}
+
+void GradScaler::unscale_(torch::optim::Optimizer& optimizer) {
+  if (!enabled_) return;
+  if (!scale_.defined()) {
+    throw std::runtime_error(
+        "GradScaler.unscale_() was called before scale(): scale the loss (or call "
+        "fabric.backward) first.");
+  }
+  auto& state = states_->by_optimizer[&optimizer];
+  if (state.stage == Stage::Unscaled) {
+    throw std::runtime_error(
+        "unscale_() has already been called on this optimizer since the last update().");
+  }
+  if (state.stage == Stage::Stepped) {
+    throw std::runtime_error("unscale_() is being called after step().");
+  }
+  // The reciprocal in float64, as torch does, so large scales stay exact.
+  const auto inv_scale = scale_.to(torch::kFloat64).reciprocal().to(torch::kFloat32);
+  const auto found_inf = torch::zeros({}, scale_.options().dtype(torch::kFloat32));
+
+  // Group gradients by device, then dtype: the foreach kernel needs one of each per call.
+  std::unordered_map<c10::Device, std::map<c10::ScalarType, std::vector<at::Tensor>>, DeviceHash>
+      grads;
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& param : group.params()) {
+      const auto& grad = param.grad();
+      if (!grad.defined()) continue;
+      if (grad.scalar_type() == torch::kHalf) {
+        throw std::invalid_argument(
+            "Attempting to unscale FP16 gradients. Keep the parameters in float32 with "
+            "\"16-mixed\" (autocast makes float16 copies), or use \"16-true\" without a scaler.");
+      }
+      grads[grad.device()][grad.scalar_type()].push_back(grad.is_sparse() ? grad.coalesce() : grad);
+    }
+  }
+  torch::NoGradGuard no_grad;
+  std::unordered_map<c10::Device, at::Tensor, DeviceHash> found;
+  for (auto& [device, by_dtype] : grads) {
+    auto& device_found = found[device];
+    if (!device_found.defined()) device_found = found_inf.to(torch::TensorOptions().device(device).dtype(torch::kFloat32),
+                                                  /*non_blocking=*/true, /*copy=*/true);
+    const auto device_inv = inv_scale.to(device, /*non_blocking=*/true);
+    for (auto& [dtype, list] : by_dtype) {
+      at::_amp_foreach_non_finite_check_and_unscale_(list, device_found, device_inv);
+    }
+  }
+  state.found_inf_per_device = std::move(found);
+  state.stage = Stage::Unscaled;
+}
+
+bool GradScaler::step(torch::optim::Optimizer& optimizer) {
+  if (!enabled_) {
+    optimizer.step();
+    return true;
+  }
+  if (!scale_.defined()) {
+    throw std::runtime_error("GradScaler.step() was called before scale(): nothing was scaled.");
+  }
+  auto& state = states_->by_optimizer[&optimizer];
+  if (state.stage == Stage::Stepped) {
+    throw std::runtime_error("step() has already been called since the last update().");
+  }
+  if (state.stage == Stage::Ready) unscale_(optimizer);
+  auto& checked = states_->by_optimizer[&optimizer];
+  if (checked.found_inf_per_device.empty()) {
+    throw std::runtime_error(
+        "No inf checks were recorded for this optimizer: none of its parameters has a gradient. "
+        "Run backward before step().");
+  }
+  double found = 0.0;
+  for (const auto& [device, flag] : checked.found_inf_per_device) found += flag.item<double>();
+  const bool stepped = found == 0.0;
+  if (stepped) optimizer.step();
+  checked.stage = Stage::Stepped;
+  return stepped;
+}
+
+void GradScaler::update(std::optional<double> new_scale) {
+  if (!enabled_) return;
+  if (!scale_.defined()) {
+    throw std::runtime_error("GradScaler.update() was called before scale(): nothing was scaled.");
+  }
+  if (new_scale) {
+    scale_.fill_(*new_scale);
+  } else {
+    std::vector<at::Tensor> found;
+    for (const auto& [optimizer, state] : states_->by_optimizer) {
+      for (const auto& [device, flag] : state.found_inf_per_device) {
+        found.push_back(flag.to(scale_.device(), /*non_blocking=*/true));
+      }
+    }
+    if (found.empty()) {
+      throw std::runtime_error(
+          "No inf checks were recorded prior to update(): call step() (or unscale_()) on an "
+          "optimizer first.");
+    }
+    at::Tensor combined = found.front().clone();
+    for (std::size_t i = 1; i < found.size(); ++i) combined += found[i];
+    at::_amp_update_scale_(scale_, growth_tracker_, combined, growth_factor_, backoff_factor_,
+                           growth_interval_);
+  }
+  states_->by_optimizer.clear();
+}
+
+double GradScaler::get_scale() const {
+  if (!enabled_) return 1.0;
+  return scale_.defined() ? scale_.item<double>() : init_scale_;
+}
+
+int64_t GradScaler::growth_tracker_value() const {
+  return growth_tracker_.defined() ? growth_tracker_.item<int64_t>() : init_growth_tracker_;
+}
+
+std::map<std::string, double> GradScaler::state_dict() const {
+  if (!enabled_) return {};
+  return {{"scale", get_scale()},
+          {"growth_factor", growth_factor_},
+          {"backoff_factor", backoff_factor_},
+          {"growth_interval", static_cast<double>(growth_interval_)},
+          {"_growth_tracker", static_cast<double>(growth_tracker_value())}};
+}
+
+void GradScaler::load_state_dict(const std::map<std::string, double>& state) {
+  if (!enabled_) return;
+  if (state.empty()) {
+    throw std::runtime_error(
+        "The source state dict is empty, possibly because it was saved from a disabled "
+        "GradScaler.");
+  }
+  auto get = [&state](const char* key) {
+    auto it = state.find(key);
+    if (it == state.end()) {
+      throw std::invalid_argument(fmt::format(
+          "GradScaler state dict lacks '{}'; expected keys: scale, growth_factor, "
+          "backoff_factor, growth_interval, _growth_tracker.",
+          key));
+    }
+    return it->second;
+  };
+  init_scale_ = get("scale");
+  growth_factor_ = get("growth_factor");
+  backoff_factor_ = get("backoff_factor");
+  growth_interval_ = static_cast<int64_t>(get("growth_interval"));
+  init_growth_tracker_ = static_cast<int64_t>(get("_growth_tracker"));
+  if (scale_.defined()) scale_.fill_(init_scale_);
+  if (growth_tracker_.defined()) growth_tracker_.fill_(init_growth_tracker_);
+}
+
+}  // namespace cppfabric::precision
