@@ -3,10 +3,11 @@
 if(CPPFABRIC_USE_CCACHE)
   find_program(CPPFABRIC_CCACHE ccache)
   if(CPPFABRIC_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
-    # PCH-friendly ccache settings; passed through the environment of each compile.
+    # PCH-friendly ccache settings, passed through the environment of each compile. BASEDIR
+    # makes paths inside the source tree relative, so a fresh clone elsewhere (CI) hits the cache.
     set(CMAKE_CXX_COMPILER_LAUNCHER ${CMAKE_COMMAND} -E env
         CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
-        ${CPPFABRIC_CCACHE})
+        CCACHE_BASEDIR=${PROJECT_SOURCE_DIR} ${CPPFABRIC_CCACHE})
     message(STATUS "cppfabric: compiling through ccache (${CPPFABRIC_CCACHE})")
   endif()
 endif()
