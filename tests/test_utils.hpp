@@ -4,13 +4,12 @@
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
-
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
-#include <cstdio>
 #include <cppfabric/utilities/rank_zero.hpp>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
@@ -66,8 +65,10 @@ class CaptureConsole {
 inline std::optional<std::string> venv_python() {
   std::vector<std::string> roots;
   if (const char* cache = std::getenv("CPPFABRIC_CACHE")) roots.emplace_back(cache);
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME")) roots.push_back(std::string(xdg) + "/cppfabric");
-  if (const char* home = std::getenv("HOME")) roots.push_back(std::string(home) + "/.cache/cppfabric");
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"))
+    roots.push_back(std::string(xdg) + "/cppfabric");
+  if (const char* home = std::getenv("HOME"))
+    roots.push_back(std::string(home) + "/.cache/cppfabric");
   for (const auto& root : roots) {
     const std::string python = root + "/venv/bin/python";
     struct stat info {};
@@ -85,7 +86,8 @@ inline std::string run_command(const std::string& command, int* status) {
     return output;
   }
   std::array<char, 4096> buffer{};
-  while (std::size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
+  while (std::size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe))
+    output.append(buffer.data(), n);
   *status = ::pclose(pipe);
   return output;
 }

@@ -133,6 +133,8 @@ Connector::Connector(FabricOptions options) {
   check_config(options);
   check_device_config(options);
   init_accelerator(options);
+  // A plugin wins; otherwise Python's detection order (TorchElastic, SLURM, MPI, Lightning).
+  if (!cluster_environment) cluster_environment = environments::detect_cluster_environment();
   choose_strategy();
   init_precision();
   wire_strategy();

@@ -13,7 +13,9 @@ namespace cppfabric::precision {
 // a version switch again.
 namespace compat {
 bool enabled(c10::DeviceType device) { return at::autocast::is_autocast_enabled(device); }
-void set_enabled(c10::DeviceType device, bool on) { at::autocast::set_autocast_enabled(device, on); }
+void set_enabled(c10::DeviceType device, bool on) {
+  at::autocast::set_autocast_enabled(device, on);
+}
 c10::ScalarType dtype(c10::DeviceType device) { return at::autocast::get_autocast_dtype(device); }
 void set_dtype(c10::DeviceType device, c10::ScalarType t) {
   at::autocast::set_autocast_dtype(device, t);
@@ -23,8 +25,8 @@ void set_dtype(c10::DeviceType device, c10::ScalarType t) {
 c10::DeviceType autocast_device_type(const std::string& device) {
   if (device == "cpu") return c10::kCPU;
   if (device == "cuda") return c10::kCUDA;
-  throw std::invalid_argument(fmt::format(
-      "Unsupported autocast device_type '{}'. Valid choices: 'cpu', 'cuda'.", device));
+  throw std::invalid_argument(
+      fmt::format("Unsupported autocast device_type '{}'. Valid choices: 'cpu', 'cuda'.", device));
 }
 
 bool is_autocast_enabled(c10::DeviceType device_type) { return compat::enabled(device_type); }
@@ -36,9 +38,9 @@ AutocastGuard::AutocastGuard(c10::DeviceType device_type, std::optional<c10::Sca
       dtype_(dtype.value_or(compat::dtype(device_type))),
       enabled_(enabled) {
   if (device_type_ != c10::kCPU && device_type_ != c10::kCUDA) {
-    throw std::invalid_argument(fmt::format(
-        "Unsupported autocast device_type '{}'. Valid choices: 'cpu', 'cuda'.",
-        c10::DeviceTypeName(device_type_, /*lower_case=*/true)));
+    throw std::invalid_argument(
+        fmt::format("Unsupported autocast device_type '{}'. Valid choices: 'cpu', 'cuda'.",
+                    c10::DeviceTypeName(device_type_, /*lower_case=*/true)));
   }
   if (enabled_) {
     if (device_type_ == c10::kCUDA && torch::cuda::device_count() == 0) {

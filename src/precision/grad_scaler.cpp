@@ -116,8 +116,9 @@ void GradScaler::unscale_(torch::optim::Optimizer& optimizer) {
   std::unordered_map<c10::Device, at::Tensor, DeviceHash> found;
   for (auto& [device, by_dtype] : grads) {
     auto& device_found = found[device];
-    if (!device_found.defined()) device_found = found_inf.to(torch::TensorOptions().device(device).dtype(torch::kFloat32),
-                                                  /*non_blocking=*/true, /*copy=*/true);
+    if (!device_found.defined())
+      device_found = found_inf.to(torch::TensorOptions().device(device).dtype(torch::kFloat32),
+                                  /*non_blocking=*/true, /*copy=*/true);
     const auto device_inv = inv_scale.to(device, /*non_blocking=*/true);
     for (auto& [dtype, list] : by_dtype) {
       at::_amp_foreach_non_finite_check_and_unscale_(list, device_found, device_inv);
@@ -209,10 +210,10 @@ void GradScaler::load_state_dict(const std::map<std::string, double>& state) {
   auto get = [&state](const char* key) {
     auto it = state.find(key);
     if (it == state.end()) {
-      throw std::invalid_argument(fmt::format(
-          "GradScaler state dict lacks '{}'; expected keys: scale, growth_factor, "
-          "backoff_factor, growth_interval, _growth_tracker.",
-          key));
+      throw std::invalid_argument(
+          fmt::format("GradScaler state dict lacks '{}'; expected keys: scale, growth_factor, "
+                      "backoff_factor, growth_interval, _growth_tracker.",
+                      key));
     }
     return it->second;
   };

@@ -70,6 +70,9 @@ TEST_F(ConnectorTest, DefaultsResolveToOneDeviceAnd32True) {
   EXPECT_EQ(fabric.node_rank(), 0);
   EXPECT_EQ(fabric.world_size(), 1);
   EXPECT_TRUE(fabric.is_global_zero());
+  EXPECT_TRUE(std::dynamic_pointer_cast<cppfabric::environments::LightningEnvironment>(
+      fabric.strategy()->cluster_environment()))
+      << "no scheduler variables here: Fabric's own environment";
 }
 
 TEST_F(ConnectorTest, CpuSingleDevice) {
@@ -341,8 +344,8 @@ TEST_F(ConnectorTest, SixteenMixedOnCpuBecomesBf16Mixed) {
 
 TEST_F(ConnectorTest, EveryPrecisionStringResolves) {
   const std::vector<std::pair<std::string, std::string>> expected = {
-      {"32-true", "32-true"},      {"64-true", "64-true"},     {"16-true", "16-true"},
-      {"bf16-true", "bf16-true"},  {"bf16-mixed", "bf16-mixed"}, {"16-mixed", "bf16-mixed"}};
+      {"32-true", "32-true"},     {"64-true", "64-true"},       {"16-true", "16-true"},
+      {"bf16-true", "bf16-true"}, {"bf16-mixed", "bf16-mixed"}, {"16-mixed", "bf16-mixed"}};
   for (const auto& [input, name] : expected) {
     Fabric fabric({.accelerator = "cpu", .precision = input});
     EXPECT_EQ(fabric.strategy()->precision()->name(), name) << input;

@@ -167,8 +167,9 @@ std::vector<std::string> run_cpp_trajectory() {
     model->bias.copy_(torch::tensor({0.01, -0.02}));
   }
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
-  GradScaler scaler("cpu", {.init_scale = 1024.0, .growth_factor = 2.0, .backoff_factor = 0.5,
-                            .growth_interval = 3});
+  GradScaler scaler(
+      "cpu",
+      {.init_scale = 1024.0, .growth_factor = 2.0, .backoff_factor = 0.5, .growth_interval = 3});
   const double inf = std::numeric_limits<double>::infinity();
   std::vector<std::string> lines;
   for (int step = 0; step < 12; ++step) {
@@ -218,7 +219,8 @@ TEST(GradScalerParity, MatchesPythonTrajectoryExactly) {
   int status = 0;
   const std::string script =
       std::string(CPPFABRIC_SOURCE_DIR) + "/tests/python/grad_scaler_reference.py";
-  const auto expected = split_lines(cppfabric::testing::run_command(*python + " " + script, &status));
+  const auto expected =
+      split_lines(cppfabric::testing::run_command(*python + " " + script, &status));
   ASSERT_EQ(status, 0) << "the Python reference failed";
   const auto actual = run_cpp_trajectory();
   ASSERT_EQ(expected.size(), actual.size() + 1);
@@ -387,9 +389,8 @@ TEST(PrecisionPlugins, ScalerThroughFabric) {
   opt.step();  // scaler.step: no second unscale, then update()
   EXPECT_EQ(plugin->state_dict().at("scale"), 256.0);
   EXPECT_EQ(plugin->state_dict().at("_growth_tracker"), 1.0);
-  EXPECT_THROW_WITH(
-      Fabric({.accelerator = "cpu", .precision = "16-mixed", .plugins = {plugin}}),
-      std::invalid_argument, "Received both `precision=16-mixed`");
+  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .precision = "16-mixed", .plugins = {plugin}}),
+                    std::invalid_argument, "Received both `precision=16-mixed`");
 }
 
 // ------------------------------------------------------------------ training with every precision

@@ -5,27 +5,95 @@
 //     void log_metrics(const Metrics& m, std::optional<int64_t> step) override { ... }
 //   };
 //   Fabric fabric({.loggers = {std::make_shared<PrintLogger>()}});
+//
+// Ready-made loggers: CSVLogger (loggers/csv.hpp) and TensorBoardLogger (loggers/tensorboard.hpp).
+// Hyperparameters are a map of names to bool, integer, floating-point or string values:
+//
+//   logger->log_hyperparams({{"lr", 3e-4}, {"epochs", 20}, {"optimizer", "adamw"}});
 #pragma once
 
+#include <concepts>
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
+#include <variant>
 
 namespace cppfabric::loggers {
+
+/// One hyperparameter value: Python's bool, int, float or str.
+using HParamValue = std::variant<bool, int64_t, double, std::string>;
+/// Hyperparameters by name. Nested groups are written as "group/name" keys.
+using HParams = std::map<std::string, HParamValue>;
+
+/// A logger's `version` argument: unset (pick the next free `version_N`), a number N (the
+/// directory `version_N`) or a string (the directory name as is), as Python's `int | str | None`.
+class VersionArg {
+ public:
+  VersionArg() = default;
+  VersionArg(std::nullopt_t) {}                               // NOLINT(google-explicit-constructor)
+  VersionArg(int number) : number_(number) {}                 // NOLINT(google-explicit-constructor)
+  VersionArg(std::optional<int> number) : number_(number) {}  // NOLINT
+  VersionArg(const char* text) : text_(text) {}               // NOLINT(google-explicit-constructor)
+  VersionArg(std::string text) : text_(std::move(text)) {}    // NOLINT(google-explicit-constructor)
+
+  bool is_auto() const { return !number_ && !text_; }
+  const std::optional<int>& number() const { return number_; }
+  const std::optional<std::string>& text() const { return text_; }
+
+ private:
+  std::optional<int> number_;
+  std::optional<std::string> text_;
+};
 
 class Logger {
  public:
   using Metrics = std::map<std::string, double>;
   virtual ~Logger() = default;
   virtual std::string name() const = 0;
+  /// The version as text: "3" for `version_3`, or the string version as given.
   virtual std::string version() const { return ""; }
   virtual std::string root_dir() const { return ""; }
   virtual std::string log_dir() const { return ""; }
+  /// How the logger groups names into sections ("/", as in Python).
+  virtual std::string group_separator() const { return "/"; }
   virtual void log_metrics(const Metrics& metrics, std::optional<int64_t> step) = 0;
-  virtual void log_hyperparams(const std::map<std::string, std::string>& params) {}
+  virtual void log_hyperparams(const HParams& params) {}
+  /// Hyperparameters given as strings only (kept for existing callers).
+  template <typename M>
+  requires std::same_as<M, std::map<std::string, std::string>>
+  void log_hyperparams(const M& params) {
+    HParams converted;
+    for (const auto& [key, value] : params) converted.emplace(key, value);
+    log_hyperparams(converted);
+  }
+  /// Writes buffered data to disk.
   virtual void save() {}
-  virtual void finalize(const std::string& status) {}
+  /// Called once at the end of training with "success", "failed", ...; saves by default.
+  virtual void finalize(const std::string& status) { save(); }
 };
+
+namespace detail {
+/// Python's `str(float)`: the shortest text that reads back the same double ("0.1", "1.0",
+/// "1e-05", "1e+16", "inf", "nan").
+std::string python_float_repr(double value);
+/// The next free version number under `dir`: 1 + the largest N of the `version_N` folders, or 0.
+int next_version(const std::filesystem::path& dir);
+/// "prefix<separator>key" for every key when `prefix` is not empty.
+std::map<std::string, double> add_prefix(const std::map<std::string, double>& metrics,
+                                         const std::string& prefix, const std::string& separator);
+/// Checks a VersionArg (a negative number or an empty string is rejected).
+void validate_version(const VersionArg& version, const char* logger);
+/// True on global rank 0 (Python's @rank_zero_only).
+bool is_rank_zero();
+// File-system helpers on POSIX calls. (LibTorch's wheel exports its own copy of several
+// std::filesystem functions, which a process linked with it may call instead of libstdc++'s;
+// its remove_all crashes. The loggers therefore stay off std::filesystem's operations.)
+bool is_directory(const std::string& path);
+bool is_regular_file(const std::string& path);
+/// Creates `path` and its parents; std::runtime_error naming the path (and `who`) on failure.
+void create_directories(const std::string& path, const char* who);
+}  // namespace detail
 
 }  // namespace cppfabric::loggers

@@ -1,0 +1,111 @@
+// TensorBoardLogger: scalars and hyperparameters as TensorBoard event files
+// (`root_dir/name/version_N[/sub_dir]/events.out.tfevents.<time>.<host>.<pid>.<n>`), the files
+// Python Lightning Fabric's TensorBoardLogger writes. No TensorFlow or protobuf library is needed.
+//
+//   auto tb = std::make_shared<cppfabric::loggers::TensorBoardLogger>("logs");
+//   cppfabric::Fabric fabric({.loggers = {tb}});
+//   fabric.log("train/loss", loss.item<double>(), step);       // a scalar curve "train/loss"
+//   tb->log_hyperparams({{"lr", 3e-4}, {"optimizer", "adamw"}});  // the HPARAMS tab (+ hp_metric =
+//   -1) tb->log_hyperparams({{"lr", 3e-4}}, {{"val/acc", 0.91}});     // ... with your own metric
+//   tb->finalize("success");                                     // flush and close
+//
+//   // Options by name, including the SummaryWriter's max_queue / flush_secs:
+//   cppfabric::loggers::TensorBoardLogger logger("logs", {.name = "cifar10", .sub_dir = "train"});
+//
+// Then: `tensorboard --logdir logs`. Events are buffered and written after `max_queue` events or
+// `flush_secs` seconds (checked when logging), on save()/finalize(), and on destruction. Only
+// global rank 0 writes anything.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "cppfabric/loggers/logger.hpp"
+
+namespace cppfabric::loggers {
+
+struct TensorBoardLoggerOptions {
+  /// Experiment folder under root_dir; "" puts the versions directly in root_dir.
+  std::string name = "lightning_logs";
+  /// Unset: one more than the largest existing version_N (or 0).
+  VersionArg version = {};
+  /// log_hyperparams without metrics logs the placeholder metric `hp_metric = -1`.
+  bool default_hp_metric = true;
+  /// Put before every metric name, joined with "-".
+  std::string prefix = "";
+  /// An extra folder below the version folder (e.g. "train", "val").
+  std::optional<std::string> sub_dir = std::nullopt;
+  /// Flush after this many buffered events (SummaryWriter's max_queue; >= 1).
+  int max_queue = 10;
+  /// ... or when this many seconds passed since the last flush (SummaryWriter's flush_secs; > 0).
+  double flush_secs = 120.0;
+  /// Appended to the event file name.
+  std::string filename_suffix = "";
+};
+
+class TensorBoardLogger : public Logger {
+ public:
+  static constexpr const char* LOGGER_JOIN_CHAR = "-";
+
+  /// Positional arguments: (root_dir, name, version, prefix, sub_dir).
+  explicit TensorBoardLogger(std::filesystem::path root_dir)
+      : TensorBoardLogger(std::move(root_dir), TensorBoardLoggerOptions{}) {}
+  // (A template, so that a braced `{.name = ...}` second argument always means the options.)
+  template <typename Name>
+  requires std::convertible_to<Name, std::string> TensorBoardLogger(
+      std::filesystem::path root_dir, Name&& name, VersionArg version = {}, std::string prefix = "",
+      std::optional<std::string> sub_dir = std::nullopt)
+      : TensorBoardLogger(std::move(root_dir),
+                          TensorBoardLoggerOptions{.name = std::string(std::forward<Name>(name)),
+                                                   .version = std::move(version),
+                                                   .prefix = std::move(prefix),
+                                                   .sub_dir = std::move(sub_dir)}) {}
+  /// The same by name, plus default_hp_metric, max_queue, flush_secs and filename_suffix.
+  TensorBoardLogger(std::filesystem::path root_dir, TensorBoardLoggerOptions options);
+  /// Flushes and closes the event file (errors are reported on the console, not thrown).
+  ~TensorBoardLogger() override;
+  TensorBoardLogger(const TensorBoardLogger&) = delete;
+  TensorBoardLogger& operator=(const TensorBoardLogger&) = delete;
+
+  std::string name() const override;
+  std::string version() const override;
+  std::string root_dir() const override;
+  /// root_dir/name/version_N[/sub_dir], with `~` and `$VARS` expanded as in Python.
+  std::string log_dir() const override;
+  std::optional<std::string> sub_dir() const;
+  /// The event file being written ("" before the first event).
+  std::string event_file_path() const;
+
+  /// One scalar event per metric (names prefixed); `step` unset writes step 0.
+  void log_metrics(const Metrics& metrics, std::optional<int64_t> step = std::nullopt) override;
+  /// The hparams plugin's experiment, session-start and session-end summaries; with
+  /// default_hp_metric, first logs `hp_metric = -1` as the metric the HPARAMS tab shows.
+  void log_hyperparams(const HParams& params) override;
+  /// As above, with the metrics to relate the hyperparameters to (logged as scalars first).
+  /// Nothing is written when `metrics` is empty.
+  void log_hyperparams(const HParams& params, const Metrics& metrics,
+                       std::optional<int64_t> step = std::nullopt);
+  using Logger::log_hyperparams;
+  /// Flushes the event file (creating it if nothing was logged yet).
+  void save() override;
+  /// Flushes and closes the event file; logging afterwards starts a new file.
+  void finalize(const std::string& status) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+namespace detail {
+/// CRC-32C (Castagnoli) of `size` bytes, and TensorFlow's masked form used by TFRecord files.
+uint32_t crc32c(const void* data, std::size_t size);
+uint32_t masked_crc32c(const void* data, std::size_t size);
+/// One TFRecord: uint64 length, masked CRC of the length, the data, masked CRC of the data.
+std::string tfrecord(const std::string& data);
+}  // namespace detail
+
+}  // namespace cppfabric::loggers

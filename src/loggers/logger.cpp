@@ -1,0 +1,138 @@
+#include "cppfabric/loggers/logger.hpp"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+#include "cppfabric/detail/fmt.hpp"
+#include "cppfabric/utilities/rank_zero.hpp"
+
+namespace cppfabric::loggers::detail {
+
+std::string python_float_repr(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  // Shortest round-trip digits, then Python's layout: positional when the decimal exponent
+  // lies in [-4, 16), scientific otherwise, always with a ".0" or an exponent.
+  char buffer[64];
+  const auto result =
+      std::to_chars(buffer, buffer + sizeof(buffer), value, std::chars_format::scientific);
+  std::string text(buffer, result.ptr);
+  std::string sign;
+  if (!text.empty() && text[0] == '-') {
+    sign = "-";
+    text.erase(0, 1);
+  }
+  const std::size_t e = text.find('e');
+  std::string digits = text.substr(0, e);
+  const int exponent = std::atoi(text.c_str() + e + 1);
+  digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
+  // `digits` = d1 d2 ... dn; the value is d1.d2...dn x 10^exponent.
+  const int point = exponent + 1;  // the position of the decimal point after d1...
+  if (exponent < -4 || exponent >= 16) {
+    std::string mantissa = digits.substr(0, 1);
+    if (digits.size() > 1) mantissa += "." + digits.substr(1);
+    return fmt::format("{}{}e{}{:02d}", sign, mantissa, exponent < 0 ? '-' : '+',
+                       std::abs(exponent));
+  }
+  std::string out;
+  if (point <= 0) {
+    out = "0." + std::string(static_cast<std::size_t>(-point), '0') + digits;
+  } else if (static_cast<std::size_t>(point) >= digits.size()) {
+    out = digits + std::string(static_cast<std::size_t>(point) - digits.size(), '0') + ".0";
+  } else {
+    out = digits.substr(0, static_cast<std::size_t>(point)) + "." +
+          digits.substr(static_cast<std::size_t>(point));
+  }
+  return sign + out;
+}
+
+int next_version(const std::filesystem::path& dir) {
+  DIR* handle = ::opendir(dir.c_str());
+  if (handle == nullptr) return 0;
+  int best = -1;
+  while (const dirent* entry = ::readdir(handle)) {
+    const std::string name = entry->d_name;
+    if (name.rfind("version_", 0) != 0 || !is_directory((dir / name).string())) continue;
+    // As Python: the text between the first and the second "_" must be all digits.
+    const std::string rest = name.substr(8);
+    const std::string number = rest.substr(0, rest.find('_'));
+    if (number.empty() || number.size() > 9 ||
+        number.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    best = std::max(best, std::stoi(number));
+  }
+  ::closedir(handle);
+  return best + 1;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat info {};
+  return ::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
+}
+
+bool is_regular_file(const std::string& path) {
+  struct stat info {};
+  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
+}
+
+namespace {
+/// mkdir -p; returns 0 or the errno of the first folder that could not be made (`failed`).
+int make_directories(const std::string& path, std::string* failed) {
+  if (path.empty() || is_directory(path)) return 0;
+  const auto last = path.find_last_not_of('/');
+  const auto slash = last == std::string::npos ? std::string::npos : path.find_last_of('/', last);
+  if (slash != std::string::npos && slash > 0) {
+    if (const int error = make_directories(path.substr(0, slash), failed)) return error;
+  }
+  if (::mkdir(path.c_str(), 0777) != 0 && !(errno == EEXIST && is_directory(path))) {
+    *failed = path;
+    return errno;
+  }
+  return 0;
+}
+}  // namespace
+
+void create_directories(const std::string& path, const char* who) {
+  std::string failed;
+  if (const int error = make_directories(path, &failed)) {
+    throw std::runtime_error(fmt::format(
+        "{}: cannot create the log directory '{}': '{}': {}. Pass a writable root_dir.", who, path,
+        failed, error == EEXIST ? "a file of that name exists" : std::strerror(error)));
+  }
+}
+
+std::map<std::string, double> add_prefix(const std::map<std::string, double>& metrics,
+                                         const std::string& prefix, const std::string& separator) {
+  if (prefix.empty()) return metrics;
+  std::map<std::string, double> out;
+  for (const auto& [key, value] : metrics) out.emplace(prefix + separator + key, value);
+  return out;
+}
+
+void validate_version(const VersionArg& version, const char* logger) {
+  if (version.number() && *version.number() < 0) {
+    throw std::invalid_argument(fmt::format(
+        "{}(version={}): a version number must be >= 0. Pass a number N (directory version_N), a "
+        "directory name, or leave it unset to pick the next free version.",
+        logger, *version.number()));
+  }
+  if (version.text() && version.text()->empty()) {
+    throw std::invalid_argument(fmt::format(
+        "{}(version=\"\"): a version string must not be empty. Pass a number N (directory "
+        "version_N), a directory name, or leave it unset to pick the next free version.",
+        logger));
+  }
+}
+
+bool is_rank_zero() { return utilities::current_rank() == 0; }
+
+}  // namespace cppfabric::loggers::detail

@@ -1,0 +1,578 @@
+// CSVLogger and TensorBoardLogger: files compared with what Python Lightning writes for the same
+// calls (tests/python/*_reference.py, run with the bootstrapped venv), versioning, flushing,
+// rank-zero behaviour, bad inputs.
+#include <ftw.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cppfabric/fabric.hpp>
+#include <cppfabric/loggers/csv.hpp>
+#include <cppfabric/loggers/tensorboard.hpp>
+#include <cppfabric/utilities/rank_zero.hpp>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <regex>
+#include <sstream>
+
+#include "cppfabric/detail/fmt.hpp"
+#include "test_utils.hpp"
+
+namespace fs = std::filesystem;
+using cppfabric::loggers::CSVLogger;
+using cppfabric::loggers::HParams;
+using cppfabric::loggers::Logger;
+using cppfabric::loggers::TensorBoardLogger;
+using cppfabric::loggers::VersionArg;
+using cppfabric::testing::CaptureConsole;
+
+namespace {
+
+/// A fresh directory, removed with everything in it at the end. (Not std::filesystem's
+/// temp_directory_path/remove_all: LibTorch's wheel exports an old copy of them, and its
+/// remove_all crashes in a process linked with LibTorch.)
+class TempDir {
+ public:
+  TempDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/cppfabric_loggers_XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    ::nftw(
+        path_.c_str(),
+        [](const char* path, const struct stat*, int, FTW*) { return ::remove(path); }, 16,
+        FTW_DEPTH | FTW_PHYS);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+std::string quote(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+/// Runs tests/python/<script> with the venv python; returns stdout, or fails the test.
+std::string run_python(const std::string& python, const std::string& script,
+                       const std::vector<std::string>& args) {
+  std::string command =
+      quote(python) + " " + quote(std::string(CPPFABRIC_SOURCE_DIR) + "/tests/python/" + script);
+  for (const auto& arg : args) command += " " + quote(arg);
+  int status = 0;
+  const std::string output = cppfabric::testing::run_command(command + " 2>/dev/null", &status);
+  EXPECT_EQ(status, 0) << "failed: " << command << "\n" << output;
+  return output;
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::stringstream stream(text);
+  for (std::string line; std::getline(stream, line);) {
+    if (!line.empty()) lines.push_back(line);
+  }
+  return lines;
+}
+
+#define REQUIRE_VENV_PYTHON(var)                                                          \
+  const auto var##_found = cppfabric::testing::venv_python();                             \
+  if (!var##_found) {                                                                     \
+    GTEST_SKIP() << "no venv python at $CPPFABRIC_CACHE/venv or ~/.cache/cppfabric/venv " \
+                    "(run scripts/bootstrap): cannot produce the Python expectation";     \
+  }                                                                                       \
+  const std::string var = *var##_found
+
+std::string float_text(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  return fmt::format("{:.17g}", value);
+}
+
+/// Applies logger calls to a C++ CSVLogger and records them for csv_logger_reference.py.
+class CsvScript {
+ public:
+  CsvScript(const fs::path& root, const std::string& name, std::optional<int> version,
+            const std::string& prefix, int flush, bool pytorch = false)
+      : logger(std::make_unique<CSVLogger>(root, name, VersionArg(version), prefix, flush)) {
+    ops_ << "init\t" << name << "\t" << (version ? std::to_string(*version) : "-") << "\t" << prefix
+         << "\t" << flush << "\t" << (pytorch ? "pytorch" : "fabric") << "\n";
+  }
+  void log(std::optional<int64_t> step, const Logger::Metrics& metrics) {
+    logger->log_metrics(metrics, step);
+    ops_ << "log\t" << (step ? std::to_string(*step) : "-");
+    for (const auto& [key, value] : metrics) ops_ << "\t" << key << "\t" << float_text(value);
+    ops_ << "\n";
+  }
+  void hparams(const HParams& params) {
+    logger->log_hyperparams(params);
+    ops_ << "hparams";
+    for (const auto& [key, value] : params) {
+      ops_ << "\t" << key << "\t";
+      if (const auto* b = std::get_if<bool>(&value)) ops_ << "b\t" << (*b ? "true" : "false");
+      if (const auto* i = std::get_if<int64_t>(&value)) ops_ << "i\t" << *i;
+      if (const auto* d = std::get_if<double>(&value)) ops_ << "f\t" << float_text(*d);
+      if (const auto* s = std::get_if<std::string>(&value)) ops_ << "s\t" << *s;
+    }
+    ops_ << "\n";
+  }
+  void save() {
+    logger->save();
+    ops_ << "save\n";
+  }
+  void finalize() {
+    logger->finalize("success");
+    ops_ << "finalize\n";
+  }
+  /// Records a call for Python only.
+  void record(const std::string& line) { ops_ << line << "\n"; }
+  /// Python's log_dir after replaying the calls under `root`.
+  std::string replay_in_python(const std::string& python, const fs::path& root,
+                               const fs::path& ops_file) const {
+    std::ofstream(ops_file) << ops_.str();
+    const auto out =
+        lines_of(run_python(python, "csv_logger_reference.py", {ops_file.string(), root.string()}));
+    return out.empty() ? "" : out.back();
+  }
+
+  std::unique_ptr<CSVLogger> logger;
+
+ private:
+  std::stringstream ops_;
+};
+
+/// Sets a fake rank for the test's duration.
+struct FakeRank {
+  FakeRank(int rank, int world) { cppfabric::utilities::set_rank(rank, world); }
+  ~FakeRank() { cppfabric::utilities::set_rank(0, 1); }
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------ CSV: byte for byte
+
+TEST(CSVLogger, MetricsFileMatchesPythonByteForByte) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  CsvScript s(tmp.path() / "cpp", "exp", std::nullopt, "", 3);
+  s.log(0, {{"loss", 0.5}, {"acc", 0.1}});
+  s.log(1, {{"loss", 0.25}, {"acc", 1.0 / 3.0}});
+  s.log(2, {{"loss", 1e-05}, {"acc", 0.1 + 0.2}});  // (2 + 1) % 3 == 0: first flush
+  ASSERT_TRUE(fs::exists(s.logger->metrics_file_path()));
+  s.log(3, {{"loss", 1e16}, {"acc", 123456.789}});
+  s.log(4, {{"loss", -0.0}, {"val,loss", 2.5}, {"lr", 0.001}});  // new columns...
+  s.log(5, {{"loss", INFINITY}, {"acc", NAN}, {"big", 1e300}, {"tiny", 5e-324}});
+  s.log(std::nullopt, {{"loss", 42.0}});                       // auto step: 0 rows buffered -> 0
+  s.log(std::nullopt, {{"say \"hi\"", 7.0}, {"loss", 1e15}});  // -> 1
+  s.log(10, {{"loss", 0.0001}, {"acc", 100.0}});
+  s.finalize();
+
+  const std::string py_dir = s.replay_in_python(python, tmp.path() / "py", tmp.path() / "ops.tsv");
+  ASSERT_EQ(fs::path(py_dir).lexically_relative(tmp.path() / "py"), "exp/version_0");
+  const std::string expected = read_bytes(fs::path(py_dir) / "metrics.csv");
+  const std::string actual = read_bytes(s.logger->metrics_file_path());
+  ASSERT_FALSE(expected.empty());
+  EXPECT_EQ(actual, expected);
+  // The header was rewritten when the new columns arrived, old rows padded.
+  EXPECT_EQ(actual.substr(0, actual.find("\r\n")),
+            "acc,big,loss,lr,\"say \"\"hi\"\"\",step,tiny,\"val,loss\"");
+  EXPECT_NE(actual.find("0.1,,0.5,,,0,,\r\n"), std::string::npos) << actual;
+  EXPECT_EQ(s.logger->metrics_keys().size(), 8u);
+}
+
+TEST(CSVLogger, PrefixAndAutoStepsMatchPython) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  CsvScript s(tmp.path() / "cpp", "", 4, "train", 2);
+  // No step: the number of rows buffered since the last flush (Python's quirk), so the steps
+  // restart at 0 after each flush.
+  for (int i = 0; i < 5; ++i) s.log(std::nullopt, {{"loss", 1.0 / (i + 1)}, {"acc", i * 0.1}});
+  s.save();
+  s.log(7, {{"loss", 3.0}});
+  s.finalize();
+  const std::string py_dir = s.replay_in_python(python, tmp.path() / "py", tmp.path() / "ops.tsv");
+  EXPECT_EQ(fs::path(py_dir).lexically_relative(tmp.path() / "py"), "version_4");
+  EXPECT_EQ(fs::path(s.logger->log_dir()), tmp.path() / "cpp" / "version_4");
+  const std::string actual = read_bytes(s.logger->metrics_file_path());
+  EXPECT_EQ(actual, read_bytes(fs::path(py_dir) / "metrics.csv"));
+  EXPECT_EQ(actual.substr(0, actual.find("\r\n")), "step,train-acc,train-loss");
+  EXPECT_NE(actual.find("\r\n0,0.2,0.3333333333333333\r\n"), std::string::npos) << actual;
+}
+
+TEST(CSVLogger, FlushesOnDestructionLikePythonFinalize) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  CsvScript s(tmp.path() / "cpp", "lightning_logs", std::nullopt, "", 100);
+  for (int step = 0; step < 3; ++step) s.log(step, {{"loss", 1.5 - step}});
+  const std::string metrics_file = s.logger->metrics_file_path();
+  EXPECT_EQ(s.logger->buffered_rows(), 3u);
+  EXPECT_FALSE(fs::exists(metrics_file));  // nothing written before the 100th step
+  s.record("finalize");                    // Python needs finalize(); C++ flushes when destroyed
+  s.logger.reset();
+  EXPECT_EQ(read_bytes(metrics_file), "loss,step\r\n1.5,0\r\n0.5,1\r\n-0.5,2\r\n");
+  const std::string py_dir = s.replay_in_python(python, tmp.path() / "py", tmp.path() / "ops.tsv");
+  EXPECT_EQ(read_bytes(metrics_file), read_bytes(fs::path(py_dir) / "metrics.csv"));
+}
+
+TEST(CSVLogger, HparamsYamlMatchesPyTorchLightning) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  CsvScript s(tmp.path() / "cpp", "exp", 0, "", 100, /*pytorch=*/true);
+  s.hparams({{"lr", 3e-4},
+             {"batch_size", int64_t{128}},
+             {"optimizer", "adamw"},
+             {"use_amp", true},
+             {"weight_decay", 1e-05},
+             {"big", 1e16},
+             {"negative", int64_t{-3}},
+             {"run name", "my run: 1"},
+             {"empty", ""},
+             {"yes_string", "yes"},
+             {"number_string", "1.5"},
+             {"version_string", "1.2.3"},
+             {"date_string", "2024-01-01"},
+             {"quote", "it's"},
+             {"hash", "a #b"},
+             {"dash", "- x"},
+             {"colon", "a:b"},
+             {"path", "/tmp/data"},
+             {"unicode", "caf\xc3\xa9"},
+             {"spaces", " padded "},
+             {"long",
+              "a long description of the experiment that goes on and on past the "
+              "eighty column limit of the emitter so that it folds"}});
+  s.hparams({{"lr", 1e-3}, {"epochs", int64_t{20}}});  // merged, file rewritten
+  s.log(0, {{"loss", 1.0}});
+  s.finalize();
+  const std::string py_dir = s.replay_in_python(python, tmp.path() / "py", tmp.path() / "ops.tsv");
+  const std::string expected = read_bytes(fs::path(py_dir) / "hparams.yaml");
+  const std::string actual = read_bytes(fs::path(s.logger->log_dir()) / "hparams.yaml");
+  ASSERT_FALSE(expected.empty());
+  EXPECT_EQ(actual, expected);
+  EXPECT_NE(actual.find("lr: 0.001\n"), std::string::npos);
+  EXPECT_EQ(cppfabric::loggers::detail::hparams_to_yaml({}), "{}\n");
+}
+
+// ------------------------------------------------------------------ CSV: layout and versions
+
+TEST(CSVLogger, PicksTheNextVersionLikePython) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  const fs::path exp = tmp.path() / "exp";
+  for (const char* dir :
+       {"version_0", "version_3", "version_5_old", "version_x", "version_", "other"}) {
+    fs::create_directories(exp / dir);
+  }
+  std::ofstream(exp / "version_9") << "a file, not a folder";
+  CSVLogger csv(tmp.path(), "exp");
+  TensorBoardLogger tb(tmp.path(), "exp");
+  EXPECT_EQ(csv.version(), "6");  // "version_5_old" counts as 5, as in Python
+  EXPECT_EQ(tb.version(), "6");
+  EXPECT_EQ(lines_of(run_python(python, "csv_logger_reference.py",
+                                {"--version", tmp.path().string(), "exp"})),
+            (std::vector<std::string>{"6", "6"}));
+
+  EXPECT_EQ(CSVLogger(tmp.path(), "fresh").version(), "0");
+  EXPECT_EQ(fs::path(CSVLogger(tmp.path(), "exp", 7).log_dir()), exp / "version_7");
+  EXPECT_EQ(fs::path(CSVLogger(tmp.path(), "exp", "run_a").log_dir()), exp / "run_a");
+  EXPECT_EQ(fs::path(CSVLogger(tmp.path(), "", 2).log_dir()), tmp.path() / "version_2");
+  EXPECT_EQ(CSVLogger(tmp.path(), "exp", "run_a").version(), "run_a");
+  EXPECT_EQ(csv.name(), "exp");
+  EXPECT_EQ(csv.root_dir(), tmp.path().string());
+  // Nothing is created until something is logged.
+  EXPECT_FALSE(fs::exists(exp / "version_6"));
+}
+
+TEST(CSVLogger, ExistingLogDirWarnsAndDropsOldMetrics) {
+  TempDir tmp;
+  const fs::path dir = tmp.path() / "lightning_logs" / "version_2";
+  fs::create_directories(dir);
+  std::ofstream(dir / "metrics.csv") << "old,step\r\n1,0\r\n";
+  std::ofstream(dir / "notes.txt") << "kept";
+  CaptureConsole console;
+  CSVLogger logger(tmp.path(), "lightning_logs", 2, "", 1);
+  logger.log_metrics({{"new", 2.0}}, 0);
+  EXPECT_NE(console.text().find("exists and is not empty"), std::string::npos) << console.text();
+  EXPECT_EQ(read_bytes(dir / "metrics.csv"), "new,step\r\n2.0,0\r\n");
+  EXPECT_TRUE(fs::exists(dir / "notes.txt"));
+}
+
+TEST(CSVLogger, OptionsStructAndStringHparams) {
+  TempDir tmp;
+  CSVLogger logger(tmp.path(), {.name = "opts", .prefix = "val", .flush_logs_every_n_steps = 1});
+  logger.log_metrics({{"acc", 0.5}}, 0);
+  EXPECT_EQ(read_bytes(logger.metrics_file_path()), "step,val-acc\r\n0,0.5\r\n");
+  const std::map<std::string, std::string> strings{{"model", "resnet"}, {"seed", "42"}};
+  logger.log_hyperparams(strings);  // the older string-only overload still works
+  EXPECT_EQ(read_bytes(fs::path(logger.log_dir()) / "hparams.yaml"), "model: resnet\nseed: '42'\n");
+}
+
+TEST(CSVLogger, PythonFloatText) {
+  using cppfabric::loggers::detail::python_float_repr;
+  EXPECT_EQ(python_float_repr(0.1), "0.1");
+  EXPECT_EQ(python_float_repr(1.0), "1.0");
+  EXPECT_EQ(python_float_repr(-0.0), "-0.0");
+  EXPECT_EQ(python_float_repr(1e-05), "1e-05");
+  EXPECT_EQ(python_float_repr(0.0001), "0.0001");
+  EXPECT_EQ(python_float_repr(1e16), "1e+16");
+  EXPECT_EQ(python_float_repr(1e15), "1000000000000000.0");
+  EXPECT_EQ(python_float_repr(1.5e300), "1.5e+300");
+  EXPECT_EQ(python_float_repr(123456.789), "123456.789");
+  EXPECT_EQ(python_float_repr(2.5e-7), "2.5e-07");
+  EXPECT_EQ(python_float_repr(NAN), "nan");
+  EXPECT_EQ(python_float_repr(-INFINITY), "-inf");
+}
+
+// ------------------------------------------------------------------ CSV: errors, ranks, Fabric
+
+TEST(CSVLogger, RejectsBadArguments) {
+  TempDir tmp;
+  EXPECT_THROW_WITH(CSVLogger(tmp.path(), "x", std::nullopt, "", 0), std::invalid_argument,
+                    "flush_logs_every_n_steps=0", "positive");
+  EXPECT_THROW_WITH(CSVLogger(tmp.path(), {.flush_logs_every_n_steps = -5}), std::invalid_argument,
+                    "flush_logs_every_n_steps=-5");
+  EXPECT_THROW_WITH(CSVLogger(tmp.path(), "x", -1), std::invalid_argument, "version=-1");
+  EXPECT_THROW_WITH(CSVLogger(tmp.path(), "x", ""), std::invalid_argument, "version=\"\"");
+  EXPECT_THROW_WITH(CSVLogger(""), std::invalid_argument, "root_dir");
+  EXPECT_THROW_WITH(TensorBoardLogger(tmp.path(), {.max_queue = 0}), std::invalid_argument,
+                    "max_queue=0");
+  EXPECT_THROW_WITH(TensorBoardLogger(tmp.path(), {.flush_secs = 0}), std::invalid_argument,
+                    "flush_secs=0");
+}
+
+TEST(CSVLogger, UnwritableRootDirNamesThePath) {
+  TempDir tmp;
+  std::ofstream(tmp.path() / "a_file") << "x";
+  const fs::path root = tmp.path() / "a_file" / "logs";
+  CSVLogger csv(root);
+  EXPECT_THROW_WITH(csv.log_metrics({{"loss", 1.0}}, 0), std::runtime_error, root.string());
+  TensorBoardLogger tb(root);
+  EXPECT_THROW_WITH(tb.log_metrics({{"loss", 1.0}}, 0), std::runtime_error, root.string());
+}
+
+TEST(CSVLogger, WritesOnRankZeroOnly) {
+  TempDir tmp;
+  {
+    FakeRank rank(1, 2);
+    CSVLogger csv(tmp.path(), "ranks", std::nullopt, "", 1);
+    TensorBoardLogger tb(tmp.path(), "ranks");
+    for (Logger* logger : std::initializer_list<Logger*>{&csv, &tb}) {
+      logger->log_metrics({{"loss", 1.0}}, 0);
+      logger->log_hyperparams(HParams{{"lr", 0.1}});
+      logger->save();
+      logger->finalize("success");
+    }
+  }
+  EXPECT_FALSE(fs::exists(tmp.path() / "ranks"));
+}
+
+TEST(CSVLogger, FabricLogReachesEveryLogger) {
+  TempDir tmp;
+  auto csv = std::make_shared<CSVLogger>(tmp.path(), "fabric", std::nullopt, "", 100);
+  auto tb = std::make_shared<TensorBoardLogger>(tmp.path(), "fabric_tb");
+  cppfabric::Fabric fabric({.accelerator = "cpu", .devices = 1, .loggers = {csv, tb}});
+  fabric.log("train/loss", 0.75, 0);
+  fabric.log_dict({{"train/loss", 0.5}, {"train/acc", 0.25}}, 1);
+  EXPECT_EQ(fabric.logger(), csv);
+  csv->finalize("success");
+  tb->finalize("success");
+  EXPECT_EQ(read_bytes(csv->metrics_file_path()),
+            "step,train/acc,train/loss\r\n0,,0.75\r\n1,0.25,0.5\r\n");
+  EXPECT_FALSE(tb->event_file_path().empty());
+  EXPECT_TRUE(fs::exists(tb->event_file_path()));
+}
+
+// ------------------------------------------------------------------ TensorBoard
+
+namespace {
+/// Applies calls to a C++ TensorBoardLogger and records them for tensorboard_reference.py.
+class TbScript {
+ public:
+  TbScript(const fs::path& root, const std::string& name, const std::string& prefix,
+           std::optional<std::string> sub_dir)
+      : logger(std::make_unique<TensorBoardLogger>(root, name, VersionArg(), prefix, sub_dir)) {
+    ops_ << "init\t" << name << "\t-\t" << prefix << "\t" << sub_dir.value_or("-") << "\n";
+  }
+  void log(std::optional<int64_t> step, const Logger::Metrics& metrics) {
+    logger->log_metrics(metrics, step);
+    ops_ << "log\t" << (step ? std::to_string(*step) : "-");
+    for (const auto& [key, value] : metrics) ops_ << "\t" << key << "\t" << float_text(value);
+    ops_ << "\n";
+  }
+  void hparams(const HParams& params, std::optional<Logger::Metrics> metrics,
+               std::optional<int64_t> step) {
+    if (metrics) {
+      logger->log_hyperparams(params, *metrics, step);
+    } else {
+      logger->log_hyperparams(params);
+    }
+    ops_ << "hparams\t" << (step ? std::to_string(*step) : "-");
+    if (metrics) {
+      for (const auto& [key, value] : *metrics) ops_ << "\t" << key << "\t" << float_text(value);
+    } else {
+      ops_ << "\tDEFAULT";
+    }
+    ops_ << "\t;";
+    for (const auto& [key, value] : params) {
+      ops_ << "\t" << key << "\t";
+      if (const auto* b = std::get_if<bool>(&value)) ops_ << "b\t" << (*b ? "true" : "false");
+      if (const auto* i = std::get_if<int64_t>(&value)) ops_ << "i\t" << *i;
+      if (const auto* d = std::get_if<double>(&value)) ops_ << "f\t" << float_text(*d);
+      if (const auto* s = std::get_if<std::string>(&value)) ops_ << "s\t" << *s;
+    }
+    ops_ << "\n";
+  }
+  void finalize() {
+    logger->finalize("success");
+    ops_ << "finalize\n";
+  }
+  std::string replay_in_python(const std::string& python, const fs::path& root,
+                               const fs::path& ops_file) const {
+    std::ofstream(ops_file) << ops_.str();
+    const auto out = lines_of(run_python(python, "tensorboard_reference.py",
+                                         {"write", ops_file.string(), root.string()}));
+    return out.empty() ? "" : out.back();
+  }
+  std::unique_ptr<TensorBoardLogger> logger;
+
+ private:
+  std::stringstream ops_;
+};
+
+std::string f32(double value) {
+  return cppfabric::loggers::detail::python_float_repr(static_cast<float>(value));
+}
+}  // namespace
+
+TEST(TensorBoardLogger, EventAccumulatorReadsScalarsAndHparams) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  TbScript s(tmp.path() / "cpp", "exp", "", "train");
+  s.log(0, {{"loss", 0.5}, {"acc", 0.25}});
+  s.log(1, {{"loss", 0.1}});
+  s.log(2, {{"loss", -3.75}, {"lr", 3e-4}});
+  s.log(std::nullopt, {{"epoch_time", 12.5}});
+  s.hparams({{"lr", 3e-4}, {"batch_size", int64_t{128}}, {"optimizer", "adamw"}, {"amp", true}},
+            std::nullopt, std::nullopt);
+  s.finalize();
+  const fs::path log_dir = s.logger->log_dir();
+  EXPECT_EQ(log_dir, tmp.path() / "cpp" / "exp" / "version_0" / "train");
+
+  const std::string dump =
+      run_python(python, "tensorboard_reference.py", {"dump", log_dir.string()});
+  std::cout << "EventAccumulator dump of the C++ event file:\n" << dump;
+  const std::vector<std::string> expected = {
+      "file_version\t2.0",  // EventAccumulator parses "brain.Event:2"
+      "hparam\tamp\tnumber\t1.0",
+      "hparam\tbatch_size\tnumber\t128.0",
+      "hparam\tlr\tnumber\t0.0003",
+      "hparam\toptimizer\tstring\tadamw",
+      "hparam_info\tamp\tDATA_TYPE_FLOAT64",
+      "hparam_info\tbatch_size\tDATA_TYPE_FLOAT64",
+      "hparam_info\tlr\tDATA_TYPE_FLOAT64",
+      "hparam_info\toptimizer\tDATA_TYPE_STRING",
+      "metric_info\thp_metric",
+      "scalar\tacc\t0\t0.25",
+      "scalar\tepoch_time\t0\t12.5",
+      "scalar\thp_metric\t0\t-1.0",
+      "scalar\tloss\t0\t0.5",
+      "scalar\tloss\t1\t" + f32(0.1),
+      "scalar\tloss\t2\t-3.75",
+      "scalar\tlr\t2\t" + f32(3e-4),
+      "session_end\tSTATUS_SUCCESS",
+  };
+  EXPECT_EQ(lines_of(dump), expected);
+
+  // Python Fabric's TensorBoardLogger, same calls: the same dump.
+  const std::string py_dir = s.replay_in_python(python, tmp.path() / "py", tmp.path() / "ops.tsv");
+  EXPECT_EQ(fs::path(py_dir), tmp.path() / "py" / "exp" / "version_0" / "train");
+  EXPECT_EQ(run_python(python, "tensorboard_reference.py", {"dump", py_dir}), dump);
+}
+
+TEST(TensorBoardLogger, HparamsWithOwnMetricsAndPrefixMatchPython) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  TbScript s(tmp.path() / "cpp", "", "train", std::nullopt);
+  s.log(5, {{"loss", 2.0}});
+  s.hparams({{"dropout", 0.5}, {"layers", int64_t{4}}, {"act", "gelu"}},
+            Logger::Metrics{{"val/acc", 0.875}}, 7);
+  s.finalize();
+  const std::string dump =
+      run_python(python, "tensorboard_reference.py", {"dump", s.logger->log_dir()});
+  EXPECT_NE(dump.find("scalar\ttrain-loss\t5\t2.0\n"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("scalar\ttrain-val/acc\t7\t0.875\n"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("metric_info\tval/acc\n"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("hparam\tact\tstring\tgelu\n"), std::string::npos) << dump;
+  const std::string py_dir = s.replay_in_python(python, tmp.path() / "py", tmp.path() / "ops.tsv");
+  EXPECT_EQ(run_python(python, "tensorboard_reference.py", {"dump", py_dir}), dump);
+}
+
+TEST(TensorBoardLogger, EventFileNameAndFraming) {
+  TempDir tmp;
+  TensorBoardLogger logger(tmp.path(), {.name = "tb", .version = "run", .filename_suffix = ".x"});
+  logger.save();  // creates the file with its file_version record
+  const fs::path file = logger.event_file_path();
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  const std::regex pattern("events\\.out\\.tfevents\\.[0-9]{10}\\." + std::string(host) + "\\." +
+                           std::to_string(::getpid()) + "\\.[0-9]+\\.x");
+  EXPECT_TRUE(std::regex_match(file.filename().string(), pattern)) << file;
+  EXPECT_EQ(file.parent_path(), tmp.path() / "tb" / "run");
+
+  // One record: length, masked CRC of the length, the Event, masked CRC of the Event.
+  const std::string bytes = read_bytes(file);
+  ASSERT_GE(bytes.size(), 16u);
+  uint64_t length = 0;
+  std::memcpy(&length, bytes.data(), 8);
+  ASSERT_EQ(bytes.size(), 8 + 4 + length + 4);
+  uint32_t length_crc = 0, data_crc = 0;
+  std::memcpy(&length_crc, bytes.data() + 8, 4);
+  std::memcpy(&data_crc, bytes.data() + 12 + length, 4);
+  EXPECT_EQ(length_crc, cppfabric::loggers::detail::masked_crc32c(bytes.data(), 8));
+  EXPECT_EQ(data_crc, cppfabric::loggers::detail::masked_crc32c(bytes.data() + 12, length));
+  EXPECT_NE(bytes.find("brain.Event:2"), std::string::npos);
+  // The CRC-32C check value.
+  EXPECT_EQ(cppfabric::loggers::detail::crc32c("123456789", 9), 0xE3069283u);
+}
+
+TEST(TensorBoardLogger, BuffersUpToMaxQueueAndReopensAfterFinalize) {
+  TempDir tmp;
+  TensorBoardLogger logger(tmp.path(), {.name = "q", .max_queue = 3});
+  logger.log_metrics({{"a", 1.0}}, 0);  // creates the file (first record flushed)
+  const fs::path first = logger.event_file_path();
+  const auto size0 = fs::file_size(first);
+  logger.log_metrics({{"a", 2.0}}, 1);
+  EXPECT_EQ(fs::file_size(first), size0);  // 2 events pending
+  logger.log_metrics({{"a", 3.0}}, 2);     // the third one flushes
+  EXPECT_GT(fs::file_size(first), size0);
+  logger.finalize("success");
+  logger.log_metrics({{"a", 4.0}}, 3);  // as Python's SummaryWriter: a new file after close
+  EXPECT_NE(logger.event_file_path(), first.string());
+  logger.finalize("success");
+  std::size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(logger.log_dir())) {
+    files += entry.path().filename().string().rfind("events.out.tfevents.", 0) == 0;
+  }
+  EXPECT_EQ(files, 2u);
+}
+
+TEST(TensorBoardLogger, LogDirExpandsUserAndVariables) {
+  TempDir tmp;
+  cppfabric::testing::ScopedEnv home("HOME", tmp.path().string());
+  cppfabric::testing::ScopedEnv var("CPPFABRIC_TB_TEST", "expanded");
+  TensorBoardLogger logger("~/logs", "$CPPFABRIC_TB_TEST", 1, "", "${CPPFABRIC_TB_TEST}");
+  EXPECT_EQ(fs::path(logger.log_dir()),
+            tmp.path() / "logs" / "expanded" / "version_1" / "expanded");
+  EXPECT_EQ(logger.sub_dir(), "${CPPFABRIC_TB_TEST}");
+}
