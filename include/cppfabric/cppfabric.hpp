@@ -20,6 +20,7 @@
 #include "cppfabric/loggers/csv.hpp"
 #include "cppfabric/loggers/logger.hpp"
 #include "cppfabric/loggers/tensorboard.hpp"
+#include "cppfabric/optim/lr_scheduler.hpp"
 #include "cppfabric/options.hpp"
 #include "cppfabric/plugins.hpp"
 #include "cppfabric/precision/autocast.hpp"
