@@ -79,6 +79,13 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
 
   MLP raw_model(256, width, 10), fabric_model(256, width, 10);
+  {
+    // Both loops start from the same weights, so their kernels see the same values.
+    torch::NoGradGuard no_grad;
+    const auto src = raw_model->parameters();
+    const auto dst = fabric_model->parameters();
+    for (std::size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+  }
   raw_model->to(device);
   auto raw_opt = std::make_shared<torch::optim::AdamW>(raw_model->parameters(),
                                                        torch::optim::AdamWOptions(1e-3));
