@@ -13,10 +13,11 @@
 //
 // `create()` also sets SIGPIPE to "ignore" when it still has its default action, so that a
 // peer that dies shows up as an error from the next collective instead of killing this
-// process (Python does the same at start-up). `create()` is collective: every rank calls it with the same address, port and world size.
-// Rank 0 hosts the rendezvous store. Every collective must be issued in the same order on
-// all ranks, from one thread. Each one waits at most the group's timeout; a timeout or a dead
-// peer becomes a std::runtime_error naming the operation, the rank and the timeout.
+// process (Python does the same at start-up). `create()` is collective: every rank calls it with
+// the same address, port and world size. Rank 0 hosts the rendezvous store. Every collective must
+// be issued in the same order on all ranks, from one thread. Each one waits at most the group's
+// timeout; a timeout or a dead peer becomes a std::runtime_error naming the operation, the rank and
+// the timeout.
 #pragma once
 
 #include <ATen/core/Tensor.h>
