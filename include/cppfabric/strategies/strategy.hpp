@@ -35,6 +35,12 @@ class ClusterEnvironment;
 
 namespace cppfabric::strategies {
 
+/// What a distributed sampler needs from the strategy (Python's distributed_sampler_kwargs).
+struct DistributedSamplerArgs {
+  int num_replicas = 1;
+  int rank = 0;
+};
+
 class Strategy {
  public:
   virtual ~Strategy();
@@ -66,6 +72,11 @@ class Strategy {
   virtual int node_rank() const { return 0; }
   virtual int world_size() const { return 1; }
   bool is_global_zero() const { return global_rank() == 0; }
+  /// Set when every process must see its own shard of the data (DDP and friends); unset on
+  /// one device, where setup_dataloaders leaves the sampler alone.
+  virtual std::optional<DistributedSamplerArgs> distributed_sampler_kwargs() const {
+    return std::nullopt;
+  }
 
   /// Device set-up and, for parallel strategies, the process group.
   virtual void setup_environment();
