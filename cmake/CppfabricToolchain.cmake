@@ -66,3 +66,16 @@ if(CPPFABRIC_GLOO_INCLUDE_DIR)
 else()
   message(WARNING "cppfabric: gloo headers not found (apt-get install libgloo-dev); CPU collectives disabled")
 endif()
+
+# NCCL: ProcessGroupNCCL.hpp includes <nccl.h>. Prefer the header of the NCCL that LibTorch loads
+# (the nvidia-nccl wheel beside torch), then the CUDA toolkit's.
+if(CPPFABRIC_WITH_CUDA)
+  find_path(CPPFABRIC_NCCL_INCLUDE_DIR nccl.h
+    HINTS ${TORCH_INSTALL_PREFIX}/../nvidia/nccl/include ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include
+    NO_CACHE)
+  if(CPPFABRIC_NCCL_INCLUDE_DIR)
+    message(STATUS "cppfabric: nccl.h from ${CPPFABRIC_NCCL_INCLUDE_DIR}")
+  else()
+    message(WARNING "cppfabric: nccl.h not found; the 'nccl' process group backend is disabled")
+  endif()
+endif()

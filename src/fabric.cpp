@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "cppfabric/accelerators/accelerator.hpp"
+#include "cppfabric/launchers/subprocess_script.hpp"
 #include "cppfabric/loggers/logger.hpp"
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
@@ -45,6 +46,8 @@ Fabric::Fabric(FabricOptions options) : impl_(std::make_unique<Impl>(std::move(o
   }
   utilities::set_rank(global_rank(), world_size());
   if (cli_in_use()) {
+    // `cppfabric run` started every process: the launcher only checks the settings.
+    if (auto launcher = strategy()->launcher()) launcher->launch();
     strategy()->setup_environment();
     impl_->launched = true;
   }
@@ -62,6 +65,7 @@ void Fabric::launch() {
   }
   if (impl_->launched) return;
   impl_->launched = true;
+  if (auto launcher = strategy()->launcher()) launcher->launch();
   strategy()->setup_environment();
 }
 

@@ -29,6 +29,8 @@
 #include "cppfabric/precision/half.hpp"
 #include "cppfabric/precision/mixed.hpp"
 #include "cppfabric/precision/precision.hpp"
+#include "cppfabric/launchers/subprocess_script.hpp"
+#include "cppfabric/strategies/ddp.hpp"
 #include "cppfabric/strategies/single_device.hpp"
 #include "cppfabric/strategies/strategy.hpp"
 #include "cppfabric/utilities/errors.hpp"

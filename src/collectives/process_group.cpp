@@ -23,7 +23,11 @@
 #define CPPFABRIC_GLOO_ENABLED 1
 #endif
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -35,6 +39,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "collectives/nccl_backend.hpp"
 #include "cppfabric/utilities/errors.hpp"
 
 namespace cppfabric::collectives {
@@ -147,8 +152,37 @@ std::string group_text(const ProcessGroupOptions& o) {
          describe_duration(o.timeout) + ")";
 }
 
+bool is_loopback(const std::string& address) {
+  return address == "localhost" || address.rfind("127.", 0) == 0;
+}
+
+// A listening socket on 127.0.0.1:port for rank 0 of a single-host job, so that the store is not
+// reachable from other machines (TCPStore alone listens on every interface). -1 when it cannot be
+// made; the store then binds as usual and reports its own error.
+int loopback_listen_socket(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  const int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+      ::listen(fd, 2048) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 c10::intrusive_ptr<c10d::Store> make_store(const ProcessGroupOptions& o) {
   c10d::TCPStoreOptions store_options;
+  if (o.rank == 0 && is_loopback(o.main_address)) {
+    if (const int fd = loopback_listen_socket(o.main_port); fd >= 0) {
+      store_options.masterListenFd = fd;
+    }
+  }
   store_options.port = static_cast<std::uint16_t>(o.main_port);
   store_options.isServer = o.rank == 0;
   store_options.numWorkers = static_cast<std::size_t>(o.world_size);
@@ -349,18 +383,30 @@ void ignore_sigpipe_unless_handled() {
 std::shared_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& options) {
   validate(options);
   ignore_sigpipe_unless_handled();
-  if (options.backend == "nccl") {
+  const bool nccl = options.backend == "nccl";
+  if (nccl && !detail::nccl_available()) {
     throw NotYetAvailableError(
-        "cppfabric: process group backend 'nccl' is not yet available in this build of "
-        "cppfabric; use backend 'gloo' (CPU tensors) for now.");
+        "cppfabric: process group backend 'nccl' is unavailable: this cppfabric was built without "
+        "CUDA/NCCL (a CPU-only LibTorch, or nccl.h not found). Use backend 'gloo' (CPU tensors).");
   }
 #ifndef CPPFABRIC_GLOO_ENABLED
-  make_gloo(options, {});  // throws the "built without gloo headers" error
+  if (!nccl) make_gloo(options, {});  // throws the "built without gloo headers" error
 #endif
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->store = make_store(options);
-  impl->backend = make_gloo(options, impl->store);
+  if (nccl) {
+    try {
+      impl->backend =
+          detail::make_nccl_backend(impl->store, options.rank, options.world_size, options.timeout);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("cppfabric: " + group_text(options) +
+                               " could not create the nccl process group: " + error_text(e) +
+                               ". Is a CUDA device bound to this rank?");
+    }
+  } else {
+    impl->backend = make_gloo(options, impl->store);
+  }
   return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
 }
 

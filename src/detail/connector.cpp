@@ -13,6 +13,7 @@
 #include "cppfabric/precision/half.hpp"
 #include "cppfabric/precision/mixed.hpp"
 #include "cppfabric/precision/precision.hpp"
+#include "cppfabric/strategies/ddp.hpp"
 #include "cppfabric/strategies/single_device.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 
@@ -20,9 +21,9 @@ namespace cppfabric::detail {
 namespace {
 
 // Strategy names: implemented now, and recognised ones whose issue has not landed yet.
-const std::vector<std::string> kImplementedStrategies = {"single_device"};
-const std::vector<std::string> kUpcomingStrategies = {"ddp", "ddp_find_unused_parameters_true",
-                                                      "fsdp", "deepspeed_stage_2"};
+const std::vector<std::string> kImplementedStrategies = {"single_device", "ddp",
+                                                         "ddp_find_unused_parameters_true"};
+const std::vector<std::string> kUpcomingStrategies = {"fsdp", "deepspeed_stage_2"};
 const std::vector<std::string> kAcceleratorNames = {"cpu", "cuda", "mps", "tpu"};
 
 const std::vector<std::string> kPrecisionStrings = {"transformer-engine",
@@ -411,10 +412,14 @@ void Connector::choose_strategy() {
         parallel_devices.empty() ? c10::Device(c10::kCPU) : parallel_devices.front());
     return;
   }
+  if (strategy_flag_ == "ddp" || strategy_flag_ == "ddp_find_unused_parameters_true") {
+    strategy = std::make_shared<strategies::DDPStrategy>(strategies::DDPOptions{
+        .find_unused_parameters = strategy_flag_ == "ddp_find_unused_parameters_true"});
+    return;
+  }
   throw NotYetAvailableError(fmt::format(
       "strategy='{}' is recognised but not yet available in this cppfabric release ({} device(s) x "
-      "{} node(s) were selected). Use one device (devices=1) with strategy='auto' or "
-      "'single_device' for now.",
+      "{} node(s) were selected). Use strategy='ddp' (or 'auto') for now.",
       strategy_flag_, parallel_devices.size(), num_nodes));
 }
 
@@ -465,6 +470,7 @@ void Connector::wire_strategy() {
   strategy->set_cluster_environment(cluster_environment);
   strategy->set_parallel_devices(parallel_devices);
   strategy->set_num_nodes(num_nodes);
+  strategy->set_world_ranks();
 }
 
 }  // namespace cppfabric::detail

@@ -182,13 +182,38 @@ TEST_F(ConnectorTest, GpuIdErrors) {
                     "`devices=-3`");
 }
 
-TEST_F(ConnectorTest, SeveralDevicesSelectDdpWhichIsNotYetAvailable) {
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .devices = 2}), cppfabric::NotYetAvailableError,
-                    "strategy='ddp'", "not yet available");
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .num_nodes = 2}), cppfabric::NotYetAvailableError,
-                    "strategy='ddp'");
-  EXPECT_THROW_WITH(Fabric({.accelerator = std::make_shared<FakeGPUAccelerator>(4), .devices = -1}),
-                    cppfabric::NotYetAvailableError, "4 device(s)");
+TEST_F(ConnectorTest, SeveralDevicesOrNodesSelectDdp) {
+  Fabric two({.accelerator = "cpu", .devices = 2});
+  EXPECT_EQ(two.strategy()->name(), "ddp");
+  EXPECT_TRUE(two.strategy()->is_parallel());
+  EXPECT_EQ(two.world_size(), 2);
+  EXPECT_EQ(two.global_rank(), 0);
+  ASSERT_TRUE(two.strategy()->distributed_sampler_kwargs().has_value());
+  EXPECT_EQ(two.strategy()->distributed_sampler_kwargs()->num_replicas, 2);
+  Fabric nodes({.accelerator = "cpu", .num_nodes = 2});
+  EXPECT_EQ(nodes.strategy()->name(), "ddp");
+  EXPECT_EQ(nodes.world_size(), 2);
+  Fabric gpus({.accelerator = std::make_shared<FakeGPUAccelerator>(4), .devices = -1});
+  EXPECT_EQ(gpus.strategy()->name(), "ddp");
+  EXPECT_EQ(gpus.world_size(), 4);
+}
+
+TEST_F(ConnectorTest, DdpRanksFollowTheEnvironment) {
+  ScopedEnv local("LOCAL_RANK", "1");
+  ScopedEnv node("NODE_RANK", "1");
+  Fabric fabric({.accelerator = "cpu", .devices = 3, .num_nodes = 2});
+  EXPECT_EQ(fabric.local_rank(), 1);
+  EXPECT_EQ(fabric.node_rank(), 1);
+  EXPECT_EQ(fabric.global_rank(), 4);
+  EXPECT_EQ(fabric.world_size(), 6);
+  EXPECT_EQ(fabric.strategy()->distributed_sampler_kwargs()->rank, 4);
+}
+
+TEST_F(ConnectorTest, MultiDeviceNeedsLaunch) {
+  Fabric fabric({.accelerator = "cpu", .devices = 2});
+  torch::nn::Linear model(2, 2);
+  EXPECT_THROW_WITH(fabric.setup(model), std::runtime_error, "you must call `.launch()`");
+  EXPECT_THROW_WITH(fabric.barrier(), std::runtime_error, "`.launch()`");
 }
 
 // ------------------------------------------------------------------ num_nodes
@@ -213,8 +238,16 @@ TEST_F(ConnectorTest, StrategyIsValidatedBeforeAccelerator) {
                     "strategy");
 }
 
+TEST_F(ConnectorTest, DdpByName) {
+  Fabric ddp({.accelerator = "cpu", .strategy = "ddp"});
+  EXPECT_EQ(ddp.strategy()->name(), "ddp");
+  EXPECT_EQ(ddp.world_size(), 1);
+  Fabric unused({.accelerator = "cpu", .strategy = "ddp_find_unused_parameters_true"});
+  EXPECT_EQ(unused.strategy()->name(), "ddp_find_unused_parameters_true");
+}
+
 TEST_F(ConnectorTest, RecognisedStrategiesAreNotYetAvailable) {
-  for (const char* name : {"ddp", "ddp_find_unused_parameters_true", "deepspeed_stage_2"}) {
+  for (const char* name : {"deepspeed_stage_2"}) {
     EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .strategy = name}),
                       cppfabric::NotYetAvailableError, std::string("strategy='") + name + "'",
                       "not yet available");
@@ -412,7 +445,7 @@ TEST_F(ConnectorTest, EnvironmentOverridesWin) {
 
 TEST_F(ConnectorTest, EnvironmentDevicesAndNodes) {
   ScopedEnv devices("LT_DEVICES", "3");
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu"}), cppfabric::NotYetAvailableError, "3 device(s)");
+  EXPECT_EQ(Fabric({.accelerator = "cpu"}).world_size(), 3);
   ScopedEnv nodes("LT_NUM_NODES", "x");
   EXPECT_THROW_WITH(Fabric({.accelerator = "cpu"}), std::invalid_argument, "LT_NUM_NODES='x'");
 }

@@ -43,7 +43,7 @@ ReduceKind reduce_kind_from_string(std::string_view name);
 
 /// How to form (or join) a process group. Defaults follow Lightning Fabric.
 struct ProcessGroupOptions {
-  std::string backend = "gloo";            ///< "gloo" (CPU) or "nccl" (CUDA, not yet available)
+  std::string backend = "gloo";            ///< "gloo" (CPU tensors) or "nccl" (CUDA tensors)
   std::string main_address = "127.0.0.1";  ///< where rank 0 hosts the rendezvous store
   int main_port = 29500;                   ///< 1..65535
   int rank = 0;                            ///< 0 <= rank < world_size
@@ -84,7 +84,9 @@ class ProcessGroup {
  public:
   /// Validates `options`, then joins the group (blocks until every rank has joined or the
   /// timeout passes). Throws std::invalid_argument for bad options (cppfabric::
-  /// NotYetAvailableError for "nccl"), std::runtime_error when the group cannot be formed.
+  /// NotYetAvailableError for "nccl" in a build without CUDA), std::runtime_error when the group
+  /// cannot be formed. For "nccl", bind this rank's CUDA device first (the strategy does).
+  /// Rank 0 of a job whose main_address is a loopback address listens on 127.0.0.1 only.
   static std::shared_ptr<ProcessGroup> create(const ProcessGroupOptions& options);
 
   ProcessGroup(const ProcessGroup&) = delete;

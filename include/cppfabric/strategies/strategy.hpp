@@ -32,6 +32,9 @@ class CheckpointIO;
 namespace cppfabric::environments {
 class ClusterEnvironment;
 }
+namespace cppfabric::launchers {
+class Launcher;
+}
 
 namespace cppfabric::strategies {
 
@@ -64,6 +67,11 @@ class Strategy {
   }
   const std::vector<c10::Device>& parallel_devices() const { return parallel_devices_; }
   int num_nodes() const { return num_nodes_; }
+  /// Called by the connector once everything above is set: parallel strategies compute their
+  /// global rank and world size here (Python's _set_world_ranks).
+  virtual void set_world_ranks() {}
+  /// What `fabric.launch()` runs before setup_environment(): unset for one process.
+  virtual std::shared_ptr<launchers::Launcher> launcher() { return nullptr; }
 
   // Ranks.
   virtual c10::Device root_device() const = 0;

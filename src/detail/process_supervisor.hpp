@@ -1,0 +1,72 @@
+// Starting and watching child processes: the one piece of process control shared by
+// `fabric.launch()` (which re-executes the program for local ranks 1..N-1) and the `cppfabric run`
+// command-line tool (which starts every rank). Private; no LibTorch here, so the tool can compile
+// it without the heavy headers.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cppfabric::detail {
+
+/// The running program's executable (/proc/self/exe) and its full argv (/proc/self/cmdline).
+std::string current_executable();
+std::vector<std::string> current_command_line();
+
+/// "exit code 3", "signal 9 (Killed)".
+std::string describe_wait_status(int status);
+
+/// Children started with `spawn` die with the thread that started them (PR_SET_PDEATHSIG), so an
+/// exiting or crashing parent never leaves orphans behind.
+class ProcessSupervisor {
+ public:
+  struct Child {
+    pid_t pid = -1;
+    std::string label;          // e.g. "rank 1"
+    std::optional<int> status;  // waitpid status once reaped
+  };
+  struct Failure {
+    std::string label;
+    pid_t pid = -1;
+    int status = 0;
+    /// "rank 1 (PID 1234) failed with exit code 3"
+    std::string describe() const;
+    /// The exit code a supervisor should exit with: the child's code, or 128 + signal.
+    int exit_code() const;
+  };
+
+  ProcessSupervisor() = default;
+  ProcessSupervisor(const ProcessSupervisor&) = delete;
+  ProcessSupervisor& operator=(const ProcessSupervisor&) = delete;
+
+  /// Starts `argv` (argv[0] is the program path, searched in PATH when it has no '/') with this
+  /// process's environment plus `env` (which overrides, an empty value removes). Throws
+  /// std::runtime_error when the program cannot be started (the child reports exec failures back).
+  pid_t spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+              std::string label);
+
+  /// Reaps children that have exited, without blocking; returns the first failure seen (a non-zero
+  /// exit or a signal), once.
+  std::optional<Failure> poll();
+  /// Blocks until every child has exited or one has failed (then returns that failure at once,
+  /// leaving the others running: call kill_all). `timeout` unset waits without limit.
+  std::optional<Failure> wait(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  /// Sends `signal` to every child still running.
+  void kill_all(int signal);
+  /// True when every child has been reaped.
+  bool all_exited();
+  std::size_t size();
+
+ private:
+  std::mutex mutex_;
+  std::vector<Child> children_;
+  bool failure_reported_ = false;
+};
+
+}  // namespace cppfabric::detail

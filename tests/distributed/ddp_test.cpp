@@ -1,0 +1,283 @@
+// DDP over real processes on loopback: the training program (programs/ddp_program.cpp) started
+// through fabric.launch(), a torchrun-style environment and mpirun, compared with one process that
+// trains on everyone's rows; and Fabric's collectives in forked ranks.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cppfabric/cppfabric.hpp>
+#include <fstream>
+
+#include "distributed/multiprocess.hpp"
+#include "test_utils.hpp"
+
+namespace {
+
+using cppfabric::Fabric;
+using cppfabric::testing::find_free_port;
+using cppfabric::testing::run_command;
+using cppfabric::testing::run_ranks;
+
+std::string temp_dir() {
+  std::string pattern = "/tmp/cppfabric_ddp_XXXXXX";
+  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  return pattern;
+}
+
+std::vector<double> read_params(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<double> values;
+  double v;
+  while (in.read(reinterpret_cast<char*>(&v), sizeof(v))) values.push_back(v);
+  return values;
+}
+
+struct Run {
+  int code = -1;
+  std::string output;
+  double seconds = 0;
+};
+
+// Runs a shell command with everything it prints; `timeout` guards against any hang.
+Run run(const std::string& command, int limit_s = 120) {
+  Run r;
+  const auto start = std::chrono::steady_clock::now();
+  int status = 0;
+  r.output =
+      run_command("timeout -s KILL " + std::to_string(limit_s) + " " + command + " 2>&1", &status);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+const std::string kProgram = CPPFABRIC_DDP_PROGRAM;
+
+// The single-process reference for `world` ranks' worth of rows.
+std::vector<double> reference(int world, const std::string& extra = "") {
+  const std::string dir = temp_dir();
+  const auto r = run(kProgram + " --reference --world " + std::to_string(world) + " --out " + dir +
+                     " " + extra);
+  EXPECT_EQ(r.code, 0) << r.output;
+  return read_params(dir + "/params_rank0.bin");
+}
+
+void expect_matches(const std::vector<double>& expected, const std::vector<double>& actual,
+                    const std::string& what) {
+  ASSERT_EQ(expected.size(), actual.size()) << what;
+  ASSERT_FALSE(expected.empty()) << what;
+  double worst = 0;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    worst = std::max(worst, std::abs(expected[i] - actual[i]));
+  }
+  EXPECT_LE(worst, 1e-6) << what;
+}
+
+void expect_ddp_matches_reference(int world, const std::string& extra = "") {
+  const auto expected = reference(world, extra);
+  const std::string dir = temp_dir();
+  const auto r =
+      run(kProgram + " --devices " + std::to_string(world) + " --out " + dir + " " + extra);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int rank = 0; rank < world; ++rank) {
+    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
+                   "rank " + std::to_string(rank) + " " + extra);
+  }
+}
+
+TEST(DdpLaunch, TwoProcessesMatchOneProcessOnAllRows) { expect_ddp_matches_reference(2); }
+
+TEST(DdpLaunch, ThreeProcessesMatchOneProcessOnAllRows) { expect_ddp_matches_reference(3); }
+
+TEST(DdpLaunch, NoBackwardSyncAccumulatesLocallyThenSyncs) {
+  // The program also checks that gradients differ across ranks inside the guard and agree after.
+  expect_ddp_matches_reference(2, "--accumulate 3");
+}
+
+TEST(DdpLaunch, FindUnusedParametersReducesTheUsedOnes) {
+  expect_ddp_matches_reference(2, "--unused --strategy ddp_find_unused_parameters_true");
+}
+
+TEST(DdpLaunch, UnusedParametersWithoutFindUnusedFailClearly) {
+  const std::string dir = temp_dir();
+  const auto r = run(kProgram + " --devices 2 --unused --timeout-s 20 --out " + dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("received no gradient"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("extra.weight"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("ddp_find_unused_parameters_true"), std::string::npos) << r.output;
+}
+
+TEST(DdpLaunch, LaunchWithAFunctionReturnsItsValue) {
+  const std::string dir = temp_dir();
+  const auto r = run(kProgram + " --devices 2 --launch-fn --steps 1 --out " + dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("launch_fn returned 42"), std::string::npos) << r.output;
+}
+
+TEST(DdpLaunch, ALostRankStopsEveryProcessAndNamesIt) {
+  const std::string dir = temp_dir();
+  const auto r = run(kProgram +
+                         " --devices 3 --steps 50 --kill-rank 1 --kill-step 2 --timeout-s "
+                         "30 --out " +
+                         dir,
+                     90);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.code, 137 - 128 + 128 + 1000);  // not killed by our outer timeout (see below)
+  EXPECT_LT(r.seconds, 80) << "the run was only stopped by the test's own timeout";
+  EXPECT_NE(r.output.find("rank 1 (local rank 1)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("signal 9"), std::string::npos) << r.output;
+}
+
+std::string torchrun_env(int rank, int world, int port) {
+  return "env TORCHELASTIC_RUN_ID=test RANK=" + std::to_string(rank) +
+         " LOCAL_RANK=" + std::to_string(rank) +
+         " GROUP_RANK=0 LOCAL_WORLD_SIZE=" + std::to_string(world) +
+         " WORLD_SIZE=" + std::to_string(world) +
+         " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ";
+}
+
+// Starts `world` processes the way torchrun would; returns the combined output and the worst code.
+Run run_torchrun_style(int world, const std::string& flags) {
+  const int port = find_free_port();
+  std::string script = "bash -c '";
+  for (int rank = 0; rank < world; ++rank) {
+    script += torchrun_env(rank, world, port) + kProgram + " --devices " + std::to_string(world) +
+              " " + flags + " & p" + std::to_string(rank) + "=$!; ";
+  }
+  script += "worst=0; for p in";
+  for (int rank = 0; rank < world; ++rank) script += " $p" + std::to_string(rank);
+  script += "; do wait $p; c=$?; [ $c -gt $worst ] && worst=$c; done; exit $worst'";
+  return run(script, 90);
+}
+
+TEST(DdpTorchrun, ProcessesStartedByTheLauncherNeedNoSpawn) {
+  const auto expected = reference(2);
+  const std::string dir = temp_dir();
+  const auto r = run_torchrun_style(2, "--out " + dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int rank = 0; rank < 2; ++rank) {
+    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
+                   "torchrun rank " + std::to_string(rank));
+  }
+}
+
+TEST(DdpTorchrun, SurvivorsFailWithinTheTimeoutWhenARankDies) {
+  const std::string dir = temp_dir();
+  const auto r =
+      run_torchrun_style(2, "--steps 200 --kill-rank 1 --kill-step 2 --timeout-s 15 --out " + dir);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_LT(r.seconds, 80) << r.output;
+  EXPECT_NE(r.output.find("rank 0 of 2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Another rank may have exited"), std::string::npos) << r.output;
+}
+
+TEST(DdpMpi, MpirunStartsTheProgram) {
+  int status = 0;
+  run_command("command -v mpirun >/dev/null 2>&1", &status);
+  if (status != 0) GTEST_SKIP() << "mpirun is not installed (apt-get install openmpi-bin)";
+  const auto expected = reference(2);
+  const std::string dir = temp_dir();
+  const int port = find_free_port();
+  const auto r =
+      run("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+          "OMPI_MCA_plm_rsh_agent=false mpirun --oversubscribe -np 2 -x MASTER_ADDR=127.0.0.1 -x "
+          "MASTER_PORT=" +
+              std::to_string(port) + " " + kProgram + " --devices 2 --out " + dir,
+          90);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int rank = 0; rank < 2; ++rank) {
+    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
+                   "mpirun rank " + std::to_string(rank));
+  }
+}
+
+// ------------------------------------------------------------------ collectives in forked ranks
+
+int collectives_body(int rank, int port, int world) {
+  cppfabric::testing::ScopedEnv local("LOCAL_RANK", std::to_string(rank));
+  cppfabric::testing::ScopedEnv size("WORLD_SIZE", std::to_string(world));
+  cppfabric::testing::ScopedEnv master("MASTER_PORT", std::to_string(port));
+  Fabric fabric({.accelerator = "cpu", .devices = world});
+  fabric.launch();
+  EXPECT_EQ(fabric.global_rank(), rank);
+  EXPECT_EQ(fabric.world_size(), world);
+
+  // all_reduce: Python's dtype rules and ops.
+  auto mean = fabric.all_reduce(torch::tensor({static_cast<float>(rank + 1)}));
+  EXPECT_FLOAT_EQ(mean.item<float>(), (world + 1) / 2.0f);
+  auto sum = fabric.all_reduce(rank + 1, "sum");
+  EXPECT_EQ(sum.scalar_type(), torch::kInt32);
+  EXPECT_EQ(sum.item<int>(), world * (world + 1) / 2);
+  EXPECT_EQ(fabric.all_reduce(rank, "max").item<int>(), world - 1);
+  EXPECT_EQ(fabric.all_reduce(rank, "min").item<int>(), 0);
+  auto int_mean = fabric.all_reduce(torch::tensor({rank * 3}, torch::kInt64), "mean");
+  EXPECT_EQ(int_mean.item<int64_t>(), (3 * world * (world - 1) / 2) / world);
+
+  // broadcast: shapes may differ on the receivers.
+  auto mine = rank == 1 ? torch::arange(6, torch::kFloat64).reshape({2, 3}) : torch::zeros({1});
+  auto got = fabric.broadcast(mine, 1);
+  EXPECT_EQ(got.sizes(), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(got.scalar_type(), torch::kFloat64);
+  EXPECT_TRUE(torch::equal(got, torch::arange(6, torch::kFloat64).reshape({2, 3})));
+
+  // all_gather, with and without gradients.
+  auto gathered = fabric.all_gather(torch::full({2}, static_cast<float>(rank)));
+  EXPECT_EQ(gathered.sizes(), (std::vector<int64_t>{world, 2}));
+  for (int r = 0; r < world; ++r) EXPECT_EQ(gathered[r][0].item<float>(), r);
+  auto x = torch::full({2}, static_cast<float>(rank + 1), torch::requires_grad());
+  auto all = fabric.all_gather(x, /*sync_grads=*/true);
+  // d/dx_r of sum_k (k + 1) * all[k] summed over ranks = world * (r + 1)
+  auto weights = torch::arange(1, world + 1, torch::kFloat32).unsqueeze(1);
+  (all * weights).sum().backward();
+  EXPECT_TRUE(torch::allclose(x.grad(), torch::full({2}, static_cast<float>(world * (rank + 1)))));
+
+  { auto guard = fabric.rank_zero_first(); }
+  fabric.barrier();
+  return ::testing::Test::HasFailure() ? 1 : 0;
+}
+
+TEST(DdpCollectives, TwoRanks) {
+  auto codes = run_ranks(2, [](int rank, int port) { return collectives_body(rank, port, 2); });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0}));
+}
+
+TEST(DdpCollectives, ThreeRanks) {
+  auto codes = run_ranks(3, [](int rank, int port) { return collectives_body(rank, port, 3); });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0, 0}));
+}
+
+TEST(DdpCollectives, StoreListensOnLoopbackOnlyForSingleHostJobs) {
+  auto codes = run_ranks(1, [](int rank, int port) {
+    auto group = cppfabric::collectives::ProcessGroup::create(
+        {.main_address = "127.0.0.1", .main_port = port, .rank = 0, .world_size = 1});
+    // /proc/net/tcp lists listening sockets as local_address:port in hex; 0100007F is 127.0.0.1.
+    char hex_port[8];
+    std::snprintf(hex_port, sizeof(hex_port), "%04X", port);
+    std::ifstream tcp("/proc/net/tcp");
+    std::string line;
+    bool loopback = false, any = false;
+    while (std::getline(tcp, line)) {
+      if (line.find(std::string(":") + hex_port + " 00000000:0000 0A") == std::string::npos)
+        continue;
+      if (line.find("0100007F:" + std::string(hex_port)) != std::string::npos) loopback = true;
+      if (line.find("00000000:" + std::string(hex_port)) != std::string::npos) any = true;
+    }
+    std::ifstream tcp6("/proc/net/tcp6");
+    while (std::getline(tcp6, line)) {
+      if (line.find(std::string(":") + hex_port + " ") != std::string::npos &&
+          line.find(" 0A ") != std::string::npos &&
+          line.find("00000000000000000000000000000000:" + std::string(hex_port)) !=
+              std::string::npos) {
+        any = true;
+      }
+    }
+    EXPECT_TRUE(loopback);
+    EXPECT_FALSE(any);
+    return ::testing::Test::HasFailure() ? 1 : 0;
+  });
+  EXPECT_EQ(codes, (std::vector<int>{0}));
+}
+
+}  // namespace
