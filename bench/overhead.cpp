@@ -1,7 +1,7 @@
 // Fabric's per-step overhead against a raw LibTorch loop.
 //
 //   bench_overhead [--rounds 30] [--steps 20] [--batch 128] [--width 512] [--threads 1]
-//                  [--device cpu|cuda]
+//                  [--device cpu|cuda] [--strategy auto|ddp]
 //
 // The same model/optimizer/data train side by side in one process: every round times `steps`
 // raw steps, then `steps` Fabric steps (the order alternates each round), so drift in the
@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   int rounds = 30, steps = 20;
   int64_t batch = 128, width = 512;
   std::string device_name = "cpu";
+  std::string strategy = "auto";  // "ddp": the DDP code path (reducer, hooks) at world size 1
   std::string
       only;  // "raw" or "fabric": time one loop alone (for instruction counts under callgrind)
   int threads = 1;  // one intra-op thread: on a small shared machine more threads mostly add noise
@@ -63,17 +64,20 @@ int main(int argc, char** argv) {
       threads = std::stoi(value);
     else if (flag == "--device")
       device_name = value;
+    else if (flag == "--strategy")
+      strategy = value;
     else {
       std::fprintf(
           stderr,
-          "unknown flag %s (valid: --rounds --steps --batch --width --threads --only --device)\n",
+          "unknown flag %s (valid: --rounds --steps --batch --width --threads --only --device "
+          "--strategy)\n",
           flag.c_str());
       return 2;
     }
   }
 
   torch::set_num_threads(threads);
-  cppfabric::Fabric fabric({.accelerator = device_name, .devices = 1});
+  cppfabric::Fabric fabric({.accelerator = device_name, .strategy = strategy, .devices = 1});
   fabric.launch();
   const torch::Device device = fabric.device();
   torch::manual_seed(0);
@@ -149,6 +153,7 @@ int main(int argc, char** argv) {
     ratios.push_back(fabric_us / raw_us);
   }
   const double raw_med = median(raw_times), fabric_med = median(fabric_times);
+  std::printf("strategy %s | ", fabric.strategy()->name().c_str());
   std::printf("device %s | batch %lld | width %lld | %d rounds x %d steps\n", device.str().c_str(),
               static_cast<long long>(batch), static_cast<long long>(width), rounds, steps);
   std::printf("raw LibTorch   median %10.1f us/step\n", raw_med);

@@ -97,6 +97,15 @@ const std::vector<std::string>& registered_strategies() {
   return all;
 }
 
+const std::vector<std::string>& precision_choices() {
+  static const std::vector<std::string> all = [] {
+    auto names = kPrecisionStrings;
+    for (const auto& [alias, target] : kPrecisionAliases) names.push_back(alias);
+    return names;
+  }();
+  return all;
+}
+
 std::optional<std::string> convert_precision(const PrecisionArg& precision) {
   const auto& value = precision.value();
   std::string text;

@@ -26,6 +26,8 @@ namespace cppfabric::detail {
 
 /// Names `strategy=` accepts, and those that a later release implements.
 const std::vector<std::string>& registered_strategies();
+/// The precision strings `precision=` accepts: canonical ones, then the legacy aliases.
+const std::vector<std::string>& precision_choices();
 /// Canonical precision strings, then legacy aliases, in Python's order.
 std::optional<std::string> convert_precision(const PrecisionArg& precision);
 

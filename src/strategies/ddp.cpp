@@ -190,7 +190,7 @@ std::shared_ptr<torch::nn::Module> DDPStrategy::setup_module(
   }
   auto wrapped = std::make_unique<Wrapped>();
   wrapped->module = module;
-  if (distributed()) {
+  {  // also at world size 1, as Python's DDP: the same code path on one device
     detail::ReducerOptions reducer_options;
     reducer_options.bucket_cap_bytes = static_cast<int64_t>(options_.bucket_cap_mb * 1024 * 1024);
     reducer_options.first_bucket_cap_bytes =

@@ -173,6 +173,23 @@ TEST(DdpTorchrun, SurvivorsFailWithinTheTimeoutWhenARankDies) {
   EXPECT_NE(r.output.find("Another rank may have exited"), std::string::npos) << r.output;
 }
 
+TEST(DdpGpu, NcclAtWorldSizeOneMatchesOneDevice) {
+  if (cppfabric::accelerators::CUDAAccelerator::device_count() < 1) {
+    GTEST_SKIP() << "no CUDA device visible";
+  }
+  const std::string dir = temp_dir();
+  const auto r =
+      run(kProgram + " --accelerator cuda --devices 1 --strategy ddp --accumulate 2 --out " + dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("backend=nccl"), std::string::npos) << r.output;
+  const std::string ref_acc_dir = temp_dir();
+  const auto ref_acc = run(
+      kProgram + " --reference --world 1 --accelerator cuda --accumulate 2 --out " + ref_acc_dir);
+  ASSERT_EQ(ref_acc.code, 0) << ref_acc.output;
+  expect_matches(read_params(ref_acc_dir + "/params_rank0.bin"),
+                 read_params(dir + "/params_rank0.bin"), "nccl world size 1");
+}
+
 TEST(DdpMpi, MpirunStartsTheProgram) {
   int status = 0;
   run_command("command -v mpirun >/dev/null 2>&1", &status);
@@ -279,5 +296,45 @@ TEST(DdpCollectives, StoreListensOnLoopbackOnlyForSingleHostJobs) {
   });
   EXPECT_EQ(codes, (std::vector<int>{0}));
 }
+
+}  // namespace
+
+namespace {
+
+#ifdef CPPFABRIC_CLI
+TEST(DdpCli, RunStartsEveryRankWithATorchrunEnvironment) {
+  const auto expected = reference(2);
+  const std::string dir = temp_dir();
+  const int port = find_free_port();
+  const auto r = run(std::string(CPPFABRIC_CLI) +
+                     " run --accelerator cpu --strategy ddp --devices 2 --main-port " +
+                     std::to_string(port) + " " + kProgram + " --devices 2 --out " + dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int rank = 0; rank < 2; ++rank) {
+    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
+                   "cli rank " + std::to_string(rank));
+  }
+}
+
+TEST(DdpCli, AFailingRankStopsTheRun) {
+  const std::string dir = temp_dir();
+  const int port = find_free_port();
+  const auto r =
+      run(std::string(CPPFABRIC_CLI) + " run --accelerator cpu --devices 2 --main-port " +
+          std::to_string(port) + " " + kProgram +
+          " --devices 2 --steps 200 --kill-rank 1 --kill-step 1 --out " + dir);
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  EXPECT_NE(r.output.find("rank 1 (local rank 1)"), std::string::npos) << r.output;
+  EXPECT_LT(r.seconds, 80);
+}
+
+TEST(DdpCli, LaunchInsideTheCliIsRejected) {
+  const std::string dir = temp_dir();
+  const auto r = run(std::string(CPPFABRIC_CLI) + " run --accelerator cpu --devices 1 " + kProgram +
+                     " --devices 1 --launch-fn --out " + dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("launched through the CLI"), std::string::npos) << r.output;
+}
+#endif
 
 }  // namespace

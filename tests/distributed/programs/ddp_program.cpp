@@ -22,6 +22,7 @@ namespace {
 struct Args {
   std::string devices = "2";
   std::string strategy = "ddp";
+  std::string accelerator = "cpu";
   int steps = 4;
   int batch = 4;  // rows per rank per micro-batch
   int accumulate = 1;
@@ -97,7 +98,8 @@ TORCH_MODULE(Net);
 torch::Tensor flat_grads(torch::nn::Module& m) {
   std::vector<torch::Tensor> parts;
   for (const auto& p : m.parameters()) {
-    parts.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}));
+    parts.push_back(p.grad().defined() ? p.grad().reshape({-1})
+                                       : torch::zeros({p.numel()}, p.options()));
   }
   return torch::cat(parts);
 }
@@ -131,8 +133,8 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
       torch::manual_seed(1000 + step * 10 + micro);
       auto x = torch::randn({world * args.batch, 8});
       auto y = torch::randn({world * args.batch, 4});
-      x = x.narrow(0, first, rows);
-      y = y.narrow(0, first, rows);
+      x = fabric.to_device(x.narrow(0, first, rows));
+      y = fabric.to_device(y.narrow(0, first, rows));
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
       auto loss = torch::mse_loss(net(x), y);
@@ -157,7 +159,7 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
   }
   std::vector<torch::Tensor> parts;
   for (const auto& p : model->parameters()) parts.push_back(p.detach().reshape({-1}));
-  auto flat = torch::cat(parts).to(torch::kFloat64).contiguous();
+  auto flat = torch::cat(parts).to(torch::kCPU, torch::kFloat64).contiguous();
   const std::string path = args.out + "/params_rank" + std::to_string(rank) + ".bin";
   std::ofstream out(path, std::ios::binary);
   out.write(reinterpret_cast<const char*>(flat.data_ptr<double>()),
@@ -172,7 +174,7 @@ int main(int argc, char** argv) {
   try {
     const Args args = parse(argc, argv);
     std::shared_ptr<cppfabric::strategies::Strategy> strategy;
-    cppfabric::FabricOptions options{.accelerator = "cpu"};
+    cppfabric::FabricOptions options{.accelerator = args.accelerator};
     if (args.reference) {
       options.devices = 1;
       options.strategy = "single_device";
