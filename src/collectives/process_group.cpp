@@ -10,6 +10,7 @@
 #include "cppfabric/collectives/process_group.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/util/Exception.h>
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -294,7 +295,8 @@ struct CollectiveWork::Impl {
   std::chrono::milliseconds timeout{0};
   std::string what;  // "all_reduce on rank 0 of 2 (...)", for errors
   bool done = false;
-  std::string failure;  // set once a wait failed; later waits throw it again
+  std::string failure;          // set once a wait failed; later waits throw it again
+  bool stream_ordered = false;  // NCCL: wait() orders streams instead of blocking
 
   void wait() {
     if (done) {
@@ -303,7 +305,14 @@ struct CollectiveWork::Impl {
     }
     done = true;
     try {
-      work->wait(wait_limit(timeout));
+      if (stream_ordered) {
+        // NCCL: make the current stream wait for the collective without blocking this thread;
+        // the backend's watchdog enforces the group timeout. An explicit timeout here would
+        // block the CPU until the GPU finishes (one sync per bucket, every step).
+        work->wait();
+      } else {
+        work->wait(wait_limit(timeout));
+      }
     } catch (const std::exception& e) {
       failure = "cppfabric: " + what + " failed: " + error_text(e) +
                 ". Another rank may have exited, crashed or not reached this collective; check "
@@ -337,6 +346,12 @@ struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Backend> backend;  // declared last: released first
 
   ~Impl() {
+    if (backend && options.backend == "nccl") {
+      try {
+        backend->shutdown();  // the orderly exit NCCL expects (no "destroy_process_group" warning)
+      } catch (const std::exception&) {
+      }
+    }
     backend.reset();  // drains its queue and joins its threads
     store.reset();    // then the store (rank 0 stops serving it)
   }
@@ -347,6 +362,7 @@ struct ProcessGroup::Impl {
   void run(const char* op, const c10::intrusive_ptr<c10d::Work>& work) const {
     CollectiveWork::Impl pending;
     pending.work = work;
+    pending.stream_ordered = options.backend == "nccl";
     pending.timeout = options.timeout;
     pending.what = what(op);
     pending.wait();
@@ -389,6 +405,11 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& op
         "cppfabric: process group backend 'nccl' is unavailable: this cppfabric was built without "
         "CUDA/NCCL (a CPU-only LibTorch, or nccl.h not found). Use backend 'gloo' (CPU tensors).");
   }
+  if (nccl && at::detail::getCUDAHooks().deviceCount() == 0) {
+    throw std::runtime_error(
+        "cppfabric: process group backend 'nccl' needs a CUDA device; none is visible. Use backend "
+        "'gloo' for CPU tensors.");
+  }
 #ifndef CPPFABRIC_GLOO_ENABLED
   if (!nccl) make_gloo(options, {});  // throws the "built without gloo headers" error
 #endif
@@ -410,6 +431,14 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& op
   return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
 }
 
+bool ProcessGroup::is_backend_available(const std::string& backend) {
+  if (backend == "nccl") return detail::nccl_available();
+#ifdef CPPFABRIC_GLOO_ENABLED
+  if (backend == "gloo") return true;
+#endif
+  return false;
+}
+
 int ProcessGroup::rank() const { return impl_->options.rank; }
 int ProcessGroup::world_size() const { return impl_->options.world_size; }
 const std::string& ProcessGroup::backend() const { return impl_->options.backend; }
@@ -423,6 +452,7 @@ CollectiveWork ProcessGroup::all_reduce_async(at::Tensor& t, ReduceKind op) {
   pending->divisor = op == ReduceKind::Avg ? impl_->options.world_size : 1;
   pending->timeout = impl_->options.timeout;
   pending->what = impl_->what("all_reduce");
+  pending->stream_ordered = impl_->options.backend == "nccl";
   c10d::AllreduceOptions opts;
   opts.reduceOp = to_c10d(op);
   opts.timeout = impl_->options.timeout;

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "cppfabric/accelerators/cuda.hpp"
 #include "cppfabric/utilities/errors.hpp"
 #include "multiprocess.hpp"
 
@@ -77,12 +78,29 @@ TEST(ProcessGroupValidationTest, RejectsUnknownBackend) {
   EXPECT_TRUE(Contains(msg, "'nccl'"));
 }
 
-TEST(ProcessGroupValidationTest, NcclIsNotYetAvailable) {
+TEST(ProcessGroupValidationTest, NcclNeedsABuildWithNcclAndAGpu) {
   ProcessGroupOptions o;
   o.backend = "nccl";
-  EXPECT_THROW(ProcessGroup::create(o), cppfabric::NotYetAvailableError);
-  EXPECT_TRUE(
-      Contains(invalid_argument_message([&] { ProcessGroup::create(o); }), "not yet available"));
+  o.main_port = cppfabric::testing::find_free_port();
+  if (!ProcessGroup::is_backend_available("nccl")) {
+    EXPECT_THROW(ProcessGroup::create(o), cppfabric::NotYetAvailableError);
+  } else if (cppfabric::accelerators::CUDAAccelerator::device_count() == 0) {
+    try {
+      ProcessGroup::create(o);
+      ADD_FAILURE() << "an nccl group was created without a GPU";
+    } catch (const std::runtime_error& e) {
+      EXPECT_TRUE(Contains(e.what(), "'nccl' needs a CUDA device")) << e.what();
+    }
+  } else {
+    // World size 1 on the GPU: a real NCCL communicator.
+    auto group = ProcessGroup::create(o);
+    auto t = at::ones({4}, at::TensorOptions().device(c10::Device(c10::kCUDA, 0)));
+    group->all_reduce(t, cppfabric::collectives::ReduceKind::Sum);
+    EXPECT_EQ(t.sum().item<float>(), 4.0f);
+    group->barrier();
+  }
+  EXPECT_TRUE(ProcessGroup::is_backend_available("gloo"));
+  EXPECT_FALSE(ProcessGroup::is_backend_available("mpi"));
 }
 
 TEST(ProcessGroupValidationTest, RejectsRankOutOfRange) {

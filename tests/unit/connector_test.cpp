@@ -266,7 +266,7 @@ TEST_F(ConnectorTest, SingleDeviceRejectsSeveralDevices) {
 
 TEST_F(ConnectorTest, StrategyObject) {
   auto strategy = std::make_shared<cppfabric::strategies::SingleDeviceStrategy>();
-  Fabric fabric({.strategy = strategy});
+  Fabric fabric({.accelerator = "cpu", .strategy = strategy});
   EXPECT_EQ(fabric.strategy(), strategy);
   EXPECT_EQ(fabric.device(), c10::Device(c10::kCPU));
 }

@@ -88,6 +88,9 @@ class ProcessGroup {
   /// cannot be formed. For "nccl", bind this rank's CUDA device first (the strategy does).
   /// Rank 0 of a job whose main_address is a loopback address listens on 127.0.0.1 only.
   static std::shared_ptr<ProcessGroup> create(const ProcessGroupOptions& options);
+  /// Whether this build of cppfabric can create groups of `backend` ("gloo", "nccl"), like
+  /// torch.distributed.is_gloo_available() / is_nccl_available().
+  static bool is_backend_available(const std::string& backend);
 
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;

@@ -61,6 +61,8 @@ Args parse(int argc, char** argv) {
       a.devices = v;
     else if (k == "--strategy")
       a.strategy = v;
+    else if (k == "--accelerator")
+      a.accelerator = v;
     else if (k == "--steps")
       a.steps = std::stoi(v);
     else if (k == "--batch")
