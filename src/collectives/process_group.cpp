@@ -25,6 +25,7 @@
 #endif
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -204,6 +205,32 @@ c10::intrusive_ptr<c10d::Store> make_store(const ProcessGroupOptions& o) {
   }
 }
 
+// This host's IPv4 address on the route to `host` (a connected UDP socket sends nothing), or "".
+std::string local_address_towards(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0 || !found) {
+    return "";
+  }
+  std::string local;
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    sockaddr_in mine{};
+    socklen_t length = sizeof(mine);
+    char text[INET_ADDRSTRLEN] = {};
+    if (::connect(fd, found->ai_addr, found->ai_addrlen) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&mine), &length) == 0 &&
+        ::inet_ntop(AF_INET, &mine.sin_addr, text, sizeof(text)) != nullptr) {
+      local = text;
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return local;
+}
+
 #ifdef CPPFABRIC_GLOO_ENABLED
 std::vector<std::shared_ptr<::gloo::transport::Device>> make_gloo_devices(
     const ProcessGroupOptions& o) {
@@ -221,10 +248,17 @@ std::vector<std::shared_ptr<::gloo::transport::Device>> make_gloo_devices(
   }
   try {
     // Binds to the address main_address resolves to: right on rank 0's host (and for loopback
-    // jobs); on other hosts that address is not local, so fall back to this host's default.
+    // jobs). On other hosts that address is not local: use this host's address on the route to
+    // it, which the other ranks can reach; failing that, Gloo's default (the host name).
     devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.main_address));
   } catch (const std::exception&) {
-    devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    const std::string local = local_address_towards(o.main_address, o.main_port);
+    try {
+      if (local.empty()) throw std::runtime_error("no route");
+      devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(local));
+    } catch (const std::exception&) {
+      devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
   }
   return devices;
 }

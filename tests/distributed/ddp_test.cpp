@@ -190,6 +190,72 @@ TEST(DdpGpu, NcclAtWorldSizeOneMatchesOneDevice) {
                  read_params(dir + "/params_rank0.bin"), "nccl world size 1");
 }
 
+// Two network namespaces joined by a veth pair: two "machines" on one host. Needs CAP_NET_ADMIN.
+class TwoNamespaces {
+ public:
+  TwoNamespaces() {
+    const std::string id = std::to_string(::getpid());
+    a_ = "cfab" + id + "a";
+    b_ = "cfab" + id + "b";
+    const std::string va = "cfv" + id + "a", vb = "cfv" + id + "b";
+    const std::vector<std::string> steps = {
+        "ip netns add " + a_,
+        "ip netns add " + b_,
+        "ip link add " + va + " type veth peer name " + vb,
+        "ip link set " + va + " netns " + a_,
+        "ip link set " + vb + " netns " + b_,
+        "ip netns exec " + a_ + " ip addr add 10.77.0.1/24 dev " + va,
+        "ip netns exec " + b_ + " ip addr add 10.77.0.2/24 dev " + vb,
+        "ip netns exec " + a_ + " ip link set " + va + " up",
+        "ip netns exec " + b_ + " ip link set " + vb + " up",
+        "ip netns exec " + a_ + " ip link set lo up",
+        "ip netns exec " + b_ + " ip link set lo up",
+    };
+    for (const auto& step : steps) {
+      int status = 0;
+      const auto out = run_command(step + " 2>&1", &status);
+      if (status != 0) {
+        reason_ = "cannot create network namespaces here (`" + step + "`: " + out + ")";
+        return;
+      }
+    }
+    ok_ = true;
+  }
+  ~TwoNamespaces() {
+    int status = 0;
+    run_command("ip netns del " + a_ + " 2>/dev/null; ip netns del " + b_ + " 2>/dev/null",
+                &status);
+  }
+  bool ok() const { return ok_; }
+  const std::string& reason() const { return reason_; }
+  std::string exec(int node) const { return "ip netns exec " + (node == 0 ? a_ : b_) + " "; }
+
+ private:
+  std::string a_, b_, reason_;
+  bool ok_ = false;
+};
+
+TEST(DdpTwoNodes, OneProcessPerNodeInSeparateNetworkNamespaces) {
+  TwoNamespaces ns;
+  if (!ns.ok()) GTEST_SKIP() << ns.reason();
+  const auto expected = reference(2);
+  const std::string dir = temp_dir();
+  std::string script = "bash -c '";
+  for (int node = 0; node < 2; ++node) {
+    script += ns.exec(node) + "env NODE_RANK=" + std::to_string(node) +
+              " MASTER_ADDR=10.77.0.1 MASTER_PORT=29517 " + kProgram +
+              " --devices 1 --num-nodes 2 --timeout-s 60 --out " + dir + " & p" +
+              std::to_string(node) + "=$!; ";
+  }
+  script += "wait $p0; a=$?; wait $p1; b=$?; exit $((a > b ? a : b))'";
+  const auto r = run(script, 120);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int rank = 0; rank < 2; ++rank) {
+    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
+                   "node " + std::to_string(rank));
+  }
+}
+
 TEST(DdpMpi, MpirunStartsTheProgram) {
   int status = 0;
   run_command("command -v mpirun >/dev/null 2>&1", &status);

@@ -29,6 +29,7 @@ struct Args {
   bool unused = false;
   bool reference = false;  // one process over everyone's rows
   int world = 2;           // the world size the data is generated for (reference mode)
+  int num_nodes = 1;
   int kill_rank = -1;
   int kill_step = -1;
   int timeout_s = 0;
@@ -63,6 +64,8 @@ Args parse(int argc, char** argv) {
       a.strategy = v;
     else if (k == "--accelerator")
       a.accelerator = v;
+    else if (k == "--num-nodes")
+      a.num_nodes = std::stoi(v);
     else if (k == "--steps")
       a.steps = std::stoi(v);
     else if (k == "--batch")
@@ -182,6 +185,7 @@ int main(int argc, char** argv) {
       options.strategy = "single_device";
     } else {
       options.devices = cppfabric::DevicesArg(args.devices);
+      options.num_nodes = args.num_nodes;
       if (args.timeout_s > 0) {
         options.strategy =
             std::make_shared<cppfabric::strategies::DDPStrategy>(cppfabric::strategies::DDPOptions{
