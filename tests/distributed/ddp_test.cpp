@@ -3,6 +3,7 @@
 // trains on everyone's rows; and Fabric's collectives in forked ranks.
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
 
@@ -10,6 +11,7 @@
 #include <cmath>
 #include <cppfabric/cppfabric.hpp>
 #include <fstream>
+#include <iterator>
 
 #include "distributed/multiprocess.hpp"
 #include "test_utils.hpp"
@@ -402,5 +404,45 @@ TEST(DdpCli, LaunchInsideTheCliIsRejected) {
   EXPECT_NE(r.output.find("launched through the CLI"), std::string::npos) << r.output;
 }
 #endif
+
+}  // namespace
+
+namespace {
+
+// Loggers and print act on rank 0 only, with real ranks (the unit tests fake them).
+TEST(DdpRankZero, LoggersWriteOnGlobalRankZeroOnly) {
+  const std::string root = temp_dir();
+  auto codes = run_ranks(2, [&root](int rank, int port) {
+    cppfabric::testing::ScopedEnv local("LOCAL_RANK", std::to_string(rank));
+    cppfabric::testing::ScopedEnv size("WORLD_SIZE", "2");
+    cppfabric::testing::ScopedEnv master("MASTER_PORT", std::to_string(port));
+    auto csv = std::make_shared<cppfabric::loggers::CSVLogger>(root, "ranks");
+    auto tb = std::make_shared<cppfabric::loggers::TensorBoardLogger>(root, "tb");
+    Fabric fabric({.accelerator = "cpu", .devices = 2, .loggers = {csv, tb}});
+    fabric.launch();
+    for (int step = 0; step < 3; ++step) {
+      fabric.log("rank_value", 10.0 * fabric.global_rank() + step, step);
+    }
+    fabric.print("printed by rank {}", fabric.global_rank());
+    fabric.barrier();
+    csv->finalize("success");
+    tb->finalize("success");
+    fabric.barrier();
+    return ::testing::Test::HasFailure() ? 1 : 0;
+  });
+  ASSERT_EQ(codes, (std::vector<int>{0, 0}));
+  std::ifstream csv_file(root + "/ranks/version_0/metrics.csv");
+  ASSERT_TRUE(csv_file.good()) << "rank 0 wrote no metrics.csv";
+  const std::string text((std::istreambuf_iterator<char>(csv_file)),
+                         std::istreambuf_iterator<char>());
+  // Rank 0's values (0, 1, 2) and none of rank 1's (10, 11, 12).
+  EXPECT_NE(text.find("rank_value"), std::string::npos) << text;
+  EXPECT_EQ(text.find("10.0"), std::string::npos) << text;
+  EXPECT_EQ(text.find("11.0"), std::string::npos) << text;
+  struct stat info {};
+  EXPECT_NE(::stat((root + "/ranks/version_1").c_str(), &info), 0)
+      << "a second version directory means rank 1 created one";
+  EXPECT_NE(::stat((root + "/tb/version_1").c_str(), &info), 0);
+}
 
 }  // namespace
