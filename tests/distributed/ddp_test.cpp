@@ -77,16 +77,22 @@ void expect_matches(const std::vector<double>& expected, const std::vector<doubl
   EXPECT_LE(worst, 1e-6) << what;
 }
 
+// Every rank's parameters (written to DIR/params_rank<R>.bin) equal the reference.
+void expect_ranks_match(const std::vector<double>& expected, const std::string& dir, int world,
+                        const std::string& what) {
+  for (int rank = 0; rank < world; ++rank) {
+    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
+                   what + " rank " + std::to_string(rank));
+  }
+}
+
 void expect_ddp_matches_reference(int world, const std::string& extra = "") {
   const auto expected = reference(world, extra);
   const std::string dir = temp_dir();
   const auto r =
       run(kProgram + " --devices " + std::to_string(world) + " --out " + dir + " " + extra);
   ASSERT_EQ(r.code, 0) << r.output;
-  for (int rank = 0; rank < world; ++rank) {
-    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
-                   "rank " + std::to_string(rank) + " " + extra);
-  }
+  expect_ranks_match(expected, dir, world, extra);
 }
 
 TEST(DdpLaunch, TwoProcessesMatchOneProcessOnAllRows) { expect_ddp_matches_reference(2); }
@@ -126,7 +132,6 @@ TEST(DdpLaunch, ALostRankStopsEveryProcessAndNamesIt) {
                          dir,
                      90);
   EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.code, 137 - 128 + 128 + 1000);  // not killed by our outer timeout (see below)
   EXPECT_LT(r.seconds, 80) << "the run was only stopped by the test's own timeout";
   EXPECT_NE(r.output.find("rank 1 (local rank 1)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("signal 9"), std::string::npos) << r.output;
@@ -159,10 +164,7 @@ TEST(DdpTorchrun, ProcessesStartedByTheLauncherNeedNoSpawn) {
   const std::string dir = temp_dir();
   const auto r = run_torchrun_style(2, "--out " + dir);
   ASSERT_EQ(r.code, 0) << r.output;
-  for (int rank = 0; rank < 2; ++rank) {
-    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
-                   "torchrun rank " + std::to_string(rank));
-  }
+  expect_ranks_match(expected, dir, 2, "torchrun");
 }
 
 TEST(DdpTorchrun, SurvivorsFailWithinTheTimeoutWhenARankDies) {
@@ -252,10 +254,7 @@ TEST(DdpTwoNodes, OneProcessPerNodeInSeparateNetworkNamespaces) {
   script += "wait $p0; a=$?; wait $p1; b=$?; exit $((a > b ? a : b))'";
   const auto r = run(script, 120);
   ASSERT_EQ(r.code, 0) << r.output;
-  for (int rank = 0; rank < 2; ++rank) {
-    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
-                   "node " + std::to_string(rank));
-  }
+  expect_ranks_match(expected, dir, 2, "two nodes");
 }
 
 TEST(DdpMpi, MpirunStartsTheProgram) {
@@ -272,18 +271,22 @@ TEST(DdpMpi, MpirunStartsTheProgram) {
               std::to_string(port) + " " + kProgram + " --devices 2 --out " + dir,
           90);
   ASSERT_EQ(r.code, 0) << r.output;
-  for (int rank = 0; rank < 2; ++rank) {
-    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
-                   "mpirun rank " + std::to_string(rank));
-  }
+  expect_ranks_match(expected, dir, 2, "mpirun");
 }
 
 // ------------------------------------------------------------------ collectives in forked ranks
 
+// What the launcher gives local rank `rank` of a one-node job (for forked ranks).
+struct LocalRankEnv {
+  LocalRankEnv(int rank, int world, int port)
+      : local("LOCAL_RANK", std::to_string(rank)),
+        size("WORLD_SIZE", std::to_string(world)),
+        master("MASTER_PORT", std::to_string(port)) {}
+  cppfabric::testing::ScopedEnv local, size, master;
+};
+
 int collectives_body(int rank, int port, int world) {
-  cppfabric::testing::ScopedEnv local("LOCAL_RANK", std::to_string(rank));
-  cppfabric::testing::ScopedEnv size("WORLD_SIZE", std::to_string(world));
-  cppfabric::testing::ScopedEnv master("MASTER_PORT", std::to_string(port));
+  LocalRankEnv env(rank, world, port);
   Fabric fabric({.accelerator = "cpu", .devices = world});
   fabric.launch();
   EXPECT_EQ(fabric.global_rank(), rank);
@@ -378,10 +381,7 @@ TEST(DdpCli, RunStartsEveryRankWithATorchrunEnvironment) {
                      " run --accelerator cpu --strategy ddp --devices 2 --main-port " +
                      std::to_string(port) + " " + kProgram + " --devices 2 --out " + dir);
   ASSERT_EQ(r.code, 0) << r.output;
-  for (int rank = 0; rank < 2; ++rank) {
-    expect_matches(expected, read_params(dir + "/params_rank" + std::to_string(rank) + ".bin"),
-                   "cli rank " + std::to_string(rank));
-  }
+  expect_ranks_match(expected, dir, 2, "cli");
 }
 
 TEST(DdpCli, AFailingRankStopsTheRun) {
@@ -413,9 +413,7 @@ namespace {
 TEST(DdpRankZero, LoggersWriteOnGlobalRankZeroOnly) {
   const std::string root = temp_dir();
   auto codes = run_ranks(2, [&root](int rank, int port) {
-    cppfabric::testing::ScopedEnv local("LOCAL_RANK", std::to_string(rank));
-    cppfabric::testing::ScopedEnv size("WORLD_SIZE", "2");
-    cppfabric::testing::ScopedEnv master("MASTER_PORT", std::to_string(port));
+    LocalRankEnv env(rank, 2, port);
     auto csv = std::make_shared<cppfabric::loggers::CSVLogger>(root, "ranks");
     auto tb = std::make_shared<cppfabric::loggers::TensorBoardLogger>(root, "tb");
     Fabric fabric({.accelerator = "cpu", .devices = 2, .loggers = {csv, tb}});
