@@ -172,16 +172,30 @@ TEST(DataLoader, PrefetchIsBounded) {
 }
 
 TEST(DataLoader, PersistentWorkersServeSeveralPasses) {
+  // As Python, persistent workers keep the first pass's base seed; the sampler still draws a new
+  // permutation each pass. Two and four persistent workers give the same batches.
   auto dataset = std::make_shared<RandomImages>(50, augment());
-  DataLoader persistent(
-      dataset,
-      {.batch_size = 7, .shuffle = true, .num_workers = 2, .seed = 9, .persistent_workers = true});
-  DataLoader plain(dataset, {.batch_size = 7, .shuffle = true, .num_workers = 0, .seed = 9});
+  auto options = [](int workers) {
+    return DataLoaderOptions{.batch_size = 7,
+                             .shuffle = true,
+                             .num_workers = workers,
+                             .seed = 9,
+                             .persistent_workers = true};
+  };
+  DataLoader two(dataset, options(2)), four(dataset, options(4));
+  std::vector<Batch> first;
   for (int pass = 0; pass < 3; ++pass) {
-    auto a = collect(persistent), b = collect(plain);
+    auto a = collect(two), b = collect(four);
+    ASSERT_EQ(a.size(), 8u);
     ASSERT_EQ(a.size(), b.size());
-    for (std::size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].target, b[i].target));
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      EXPECT_TRUE(torch::equal(a[i].target, b[i].target));
+      EXPECT_TRUE(torch::equal(a[i].data, b[i].data));
+    }
+    if (pass == 0) first = a;
   }
+  auto again = collect(two);
+  EXPECT_FALSE(torch::equal(again[0].target, first[0].target));
 }
 
 TEST(DataLoader, OptionErrorsFollowPython) {

@@ -162,7 +162,7 @@ void extract(const std::string& archive_path, const std::string& root) {
   archive_read_support_format_all(reader.get());
   archive_write_disk_set_options(
       writer.get(), ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_SECURE_NODOTDOT |
-                        ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS);
+                        ARCHIVE_EXTRACT_SECURE_SYMLINKS);
   auto fail = [&](archive* a, const char* what) {
     throw std::runtime_error(fmt::format(
         "CIFAR10: cannot extract {} ({}: {}). The archive is corrupt or not a tar.gz; delete it "
@@ -177,7 +177,21 @@ void extract(const std::string& archive_path, const std::string& root) {
     const int status = archive_read_next_header(reader.get(), &entry);
     if (status == ARCHIVE_EOF) break;
     if (status < ARCHIVE_WARN) fail(reader.get(), "read header");
-    const std::string target = join(root, archive_entry_pathname(entry));
+    // Entry names are checked here, then placed under root (so the absolute-path guard of
+    // libarchive, which would reject root itself, is not used).
+    const std::string name = archive_entry_pathname(entry) ? archive_entry_pathname(entry) : "";
+    if (name.empty() || name.front() == '/' || name == ".." || name.rfind("../", 0) == 0 ||
+        name.find("/../") != std::string::npos)
+      throw std::runtime_error(fmt::format(
+          "CIFAR10: {} holds an unsafe entry name '{}'; it is not the CIFAR-10 archive. Delete it "
+          "and download again.",
+          archive_path, name));
+    const auto type = archive_entry_filetype(entry);
+    if (type != AE_IFREG && type != AE_IFDIR) {
+      archive_read_data_skip(reader.get());
+      continue;
+    }
+    const std::string target = join(root, name);
     archive_entry_set_pathname(entry, target.c_str());
     if (archive_write_header(writer.get(), entry) < ARCHIVE_WARN)
       fail(writer.get(), "write header");
