@@ -81,8 +81,10 @@ int main(int argc, char** argv) {
   cppfabric::DevicesArg devices_arg = devices;
   if (!devices.empty() && devices.find_first_not_of("-0123456789") == std::string::npos)
     devices_arg = std::stoi(devices);
-  auto csv = std::make_shared<cppfabric::loggers::CSVLogger>(log_dir, "cifar10");
-  auto tensorboard = std::make_shared<cppfabric::loggers::TensorBoardLogger>(log_dir, "cifar10");
+  // Separate roots, so each logger numbers its versions on its own.
+  auto csv = std::make_shared<cppfabric::loggers::CSVLogger>(log_dir + "/csv", "cifar10");
+  auto tensorboard =
+      std::make_shared<cppfabric::loggers::TensorBoardLogger>(log_dir + "/tensorboard", "cifar10");
   Fabric fabric({.accelerator = accelerator,
                  .devices = devices_arg,
                  .precision = precision,

@@ -174,10 +174,11 @@ class Fabric {
   /// shards data, the loader's sampler is replaced by a DistributedSampler (shuffle when the
   /// original sampler was a RandomSampler, seed from PL_GLOBAL_SEED or 0).
   template <typename... Args>
-  requires(sizeof...(Args) > 0 &&
-           ((std::is_same_v<Args, data::DataLoader> ||
-             std::is_same_v<Args, FabricDataLoader> ||
-             std::is_same_v<Args, SetupDataloadersOptions>)&&...)) auto setup_dataloaders(const Args&... args) {
+  requires(
+      sizeof...(Args) > 0 &&
+      ((std::is_same_v<Args, data::DataLoader> || std::is_same_v<Args, FabricDataLoader> ||
+        std::is_same_v<
+            Args, SetupDataloadersOptions>)&&...)) auto setup_dataloaders(const Args&... args) {
     constexpr std::size_t count = sizeof...(Args);
     using Last = std::tuple_element_t<count - 1, std::tuple<Args...>>;
     constexpr bool has_options = std::is_same_v<Last, SetupDataloadersOptions>;
