@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "cppfabric/callbacks.hpp"
+#include "cppfabric/data/dataloader.hpp"
+#include "cppfabric/data/fabric_dataloader.hpp"
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/detail/fwd.hpp"
 #include "cppfabric/guard.hpp"
@@ -77,6 +79,8 @@ std::shared_ptr<C> module_ptr(const std::shared_ptr<C>& module) {
 }
 template <typename>
 using AsFabricOptimizer = FabricOptimizer;
+template <typename>
+using AsFabricDataLoader = FabricDataLoader;
 template <typename T>
 inline constexpr bool is_fabric_module_v = false;
 template <typename M>
@@ -162,6 +166,54 @@ class Fabric {
       }
     }
   }
+
+  // ---------------------------------------------------------------- dataloaders (data branch)
+  /// Sets up one or more DataLoaders (Python's setup_dataloaders): returns one FabricDataLoader,
+  /// or a tuple of them for structured bindings. A trailing SetupDataloadersOptions stands for
+  /// Python's keyword arguments use_distributed_sampler / move_to_device. When the strategy
+  /// shards data, the loader's sampler is replaced by a DistributedSampler (shuffle when the
+  /// original sampler was a RandomSampler, seed from PL_GLOBAL_SEED or 0).
+  template <typename... Args>
+  requires(
+      sizeof...(Args) > 0 &&
+      ((std::is_same_v<Args, data::DataLoader> || std::is_same_v<Args, FabricDataLoader> ||
+        std::is_same_v<
+            Args, SetupDataloadersOptions>)&&...)) auto setup_dataloaders(const Args&... args) {
+    constexpr std::size_t count = sizeof...(Args);
+    using Last = std::tuple_element_t<count - 1, std::tuple<Args...>>;
+    constexpr bool has_options = std::is_same_v<Last, SetupDataloadersOptions>;
+    constexpr std::size_t loaders = has_options ? count - 1 : count;
+    SetupDataloadersOptions options{};
+    if constexpr (has_options) options = std::get<count - 1>(std::tie(args...));
+    static_assert(loaders > 0, "setup_dataloaders requires at least one dataloader as input");
+    validate_launched("setup_dataloaders");
+    if constexpr ((std::is_same_v<Args, FabricDataLoader> || ...)) {
+      throw_dataloader_already_setup();
+    }
+    auto all = std::tie(args...);
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      if constexpr (loaders == 1) {
+        return setup_dataloader(as_loader(std::get<0>(all)), options);
+      } else {
+        return std::tuple<detail::AsFabricDataLoader<std::integral_constant<std::size_t, I>>...>(
+            setup_dataloader(as_loader(std::get<I>(all)), options)...);
+      }
+    }
+    (std::make_index_sequence<loaders>{});
+  }
+
+ private:
+  static const data::DataLoader& as_loader(const data::DataLoader& loader) { return loader; }
+  template <typename T>
+  static const data::DataLoader& as_loader(const T&) {
+    throw std::logic_error("unreachable");
+  }
+  [[noreturn]] static void throw_dataloader_already_setup();
+  FabricDataLoader setup_dataloader(const data::DataLoader& loader,
+                                    const SetupDataloadersOptions& options);
+
+ public:
+  // ---------------------------------------------------------------- end of dataloaders block
 
   // ---------------------------------------------------------------- training
   /// Backward through the strategy and precision plugin (the arguments of at::Tensor::backward).
