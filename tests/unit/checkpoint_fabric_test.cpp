@@ -159,7 +159,7 @@ TEST(CheckpointFabric, StrictTopLevelKeysAndTheRemainder) {
 
   State everything = fabric.load(path);
   EXPECT_EQ(everything.keys(), (std::vector<std::string>{"model", "epoch", "note"}));
-  EXPECT_EQ(everything.get<Value>("model").items().size(), 7u);
+  EXPECT_EQ(everything.get<Value>("model").items().size(), 9u);  // 6 parameters, 3 buffers
 }
 
 TEST(CheckpointFabric, FilterKeepsSelectedEntries) {
@@ -262,14 +262,15 @@ TEST(CheckpointFabric, SchedulerRoundTrip) {
   cppfabric::optim::CosineAnnealingLR scheduler(*opt, 10, 0.001);
   for (int i = 0; i < 4; ++i) scheduler.step();
   const std::string path = temp_dir() + "sched.ckpt";
-  fabric.save(path, {{"scheduler", scheduler}});
+  fabric.save(path, {{"optimizer", opt}, {"scheduler", scheduler}});
   const Value raw = ck::load_torch_file(path).at("scheduler");
   EXPECT_EQ(raw.at("last_epoch").kind(), Value::Kind::Int);  // Python's types
   EXPECT_EQ(raw.at("base_lrs").kind(), Value::Kind::List);
 
   auto opt2 = std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
   auto scheduler2 = std::make_shared<cppfabric::optim::CosineAnnealingLR>(*opt2, 10, 0.001);
-  fabric.load(path, {{"scheduler", scheduler2}});
+  // As in Python, the scheduler's formulas read the optimizer's lr: load both.
+  fabric.load(path, {{"optimizer", opt2}, {"scheduler", scheduler2}});
   EXPECT_EQ(scheduler2->state_dict(), scheduler.state_dict());
   scheduler.step();
   scheduler2->step();
@@ -336,7 +337,8 @@ TEST(CheckpointFabric, LoadRawTakesBareStateDicts) {
   auto fabric = make_fabric();
   auto model = small_model();
   auto opt = std::make_shared<torch::optim::Adam>(model->parameters());
-  train(model, *opt, 1);
+  auto net = fabric.setup_module(model);
+  train(net, *opt, 1);
   const std::string mpath = temp_dir() + "raw_model.pt";
   const std::string opath = temp_dir() + "raw_opt.pt";
   ck::save_torch_file(State{{"m", model}}.to_value().at("m"), mpath);
@@ -473,6 +475,7 @@ TEST(CheckpointFabric, KillingAWriterLeavesTheLastCheckpointLoadable) {
   std::mt19937 rng(5);
   std::set<int64_t> versions;
   for (int round = 0; round < 5; ++round) {
+    ::unlink(path.c_str());
     const pid_t pid = ::fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
@@ -483,14 +486,15 @@ TEST(CheckpointFabric, KillingAWriterLeavesTheLastCheckpointLoadable) {
       ::execl(exe.c_str(), exe.c_str(), "--gtest_filter=CheckpointChild.Run", nullptr);
       ::_exit(127);
     }
-    // Wait for a first complete checkpoint of this round (at most 120 s).
+    // Wait for the first complete checkpoint of this round (at most 120 s), then kill the writer
+    // at a random moment of a later write.
     const auto start = std::chrono::steady_clock::now();
     struct stat st {};
     while (::stat(path.c_str(), &st) != 0 &&
            std::chrono::steady_clock::now() - start < std::chrono::seconds(120)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 500));
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 400));
     ::kill(pid, SIGKILL);
     int wstatus = 0;
     ::waitpid(pid, &wstatus, 0);
@@ -502,6 +506,7 @@ TEST(CheckpointFabric, KillingAWriterLeavesTheLastCheckpointLoadable) {
     EXPECT_EQ(payload.min().item<float>(), static_cast<float>(version));
     EXPECT_EQ(payload.max().item<float>(), static_cast<float>(version));
     versions.insert(version);
+    std::cout << "[kill] round " << round << ": the file holds version " << version << "\n";
   }
   std::cout << "[kill] versions found after each kill:";
   for (auto v : versions) std::cout << " " << v;

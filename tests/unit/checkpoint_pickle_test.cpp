@@ -150,35 +150,54 @@ std::string wrap_pickle(const std::string& pickle,
   return out;
 }
 
+// Small pickle builders (explicit bytes, no string-literal escapes).
+std::string byte(int b) { return std::string(1, static_cast<char>(b)); }
+std::string u32le(uint32_t v) {
+  std::string out;
+  for (int i = 0; i < 4; ++i) out += byte((v >> (8 * i)) & 0xff);
+  return out;
+}
+std::string unicode(const std::string& s) { return "X" + u32le(static_cast<uint32_t>(s.size())) + s; }
+std::string global(const std::string& module, const std::string& name) {
+  return "c" + module + "\n" + name + "\n";
+}
+const std::string kProto = byte(0x80) + byte(2);
+
 TEST(CheckpointPickle, RefusesGlobalsOutsideTheAllowList) {
-  // pickle.dumps(os.system) style payload: GLOBAL 'os system', args, REDUCE.
-  const std::string evil = std::string("\x80\x02") + "cos\nsystem\n" + "X\x04\x00\x00\x00" +
-                           "true" + "\x85R.";
+  // What pickle.dumps of a call to os.system would contain: GLOBAL, args, REDUCE.
+  const std::string evil = kProto + global("os", "system") + unicode("true") + byte(0x85) + "R.";
   EXPECT_THROW_WITH(ck::from_torch_bytes(wrap_pickle(evil)), std::runtime_error, "os.system",
                     "may not contain");
-  const std::string builtin = std::string("\x80\x02") + "cbuiltins\neval\n" + ").";
+  const std::string builtin = kProto + global("builtins", "eval") + ").";
   EXPECT_THROW_WITH(ck::from_torch_bytes(wrap_pickle(builtin)), std::runtime_error,
                     "builtins.eval");
 }
 
+// _rebuild_tensor_v2(storage(FloatStorage, "0", numel), offset 0, (size,), (1,), False, OrderedDict())
+std::string tensor_pickle(uint32_t storage_numel, uint32_t size) {
+  return kProto + global("torch._utils", "_rebuild_tensor_v2") + "(" + "(" + unicode("storage") +
+         global("torch", "FloatStorage") + unicode("0") + unicode("cpu") + "J" +
+         u32le(storage_numel) + "t" + "Q" + "J" + u32le(0) + "J" + u32le(size) + byte(0x85) +
+         "J" + u32le(1) + byte(0x85) + byte(0x89) + global("collections", "OrderedDict") + ")R" +
+         "tR.";
+}
+
 TEST(CheckpointPickle, StorageClaimsAreCheckedAgainstTheRecord) {
-  // A tensor view of 1000 floats over a storage record of 8 bytes.
-  const std::string pickle =
-      std::string("\x80\x02") + "ctorch._utils\n_rebuild_tensor_v2\n(" + "(X\x07\x00\x00\x00storage" +
-      "ctorch\nFloatStorage\n" + "X\x01\x00\x00\x000" + "X\x03\x00\x00\x00cpu" + "K\x02t" + "Q" +
-      "K\x00" + "M\xe8\x03\x85" + "K\x01\x85" + "\x89" + "ccollections\nOrderedDict\n)R" + "tR.";
-  const auto bytes = wrap_pickle(pickle, {{"data/0", std::string(8, '\0')}});
-  EXPECT_THROW_WITH(ck::from_torch_bytes(bytes), std::runtime_error, "outside its storage");
-  // The storage itself claims more elements than its record holds.
-  std::string big = pickle;
-  big.replace(big.find("K\x02t"), 3, "J\x00\x00\x00\x10t");
-  EXPECT_THROW_WITH(ck::from_torch_bytes(wrap_pickle(big, {{"data/0", std::string(8, '\0')}})),
+  const std::vector<std::pair<std::string, std::string>> two_floats = {{"data/0", std::string(8, '\0')}};
+  // A sane one first, so the builder itself is known to be right.
+  const Value ok = ck::from_torch_bytes(wrap_pickle(tensor_pickle(2, 2), two_floats));
+  EXPECT_EQ(ok.to_tensor().numel(), 2);
+  // A view of 1000 floats over a storage of 2.
+  EXPECT_THROW_WITH(ck::from_torch_bytes(wrap_pickle(tensor_pickle(2, 1000), two_floats)),
+                    std::runtime_error, "outside its storage");
+  // A storage that claims more elements than its record holds.
+  EXPECT_THROW_WITH(ck::from_torch_bytes(wrap_pickle(tensor_pickle(1u << 28, 2), two_floats)),
                     std::runtime_error, "claims");
 }
 
 TEST(CheckpointPickle, DeepNestingIsBoundedNotAStackOverflow) {
   // 200k nested lists: ] ] ] ... a a a .
-  std::string pickle = "\x80\x02";
+  std::string pickle = kProto;
   const int depth = 200000;
   pickle += std::string(depth, ']');
   pickle += std::string(depth - 1, 'a');
