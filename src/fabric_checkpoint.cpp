@@ -50,8 +50,9 @@ void load_into(State& state, Value& ckpt, bool strict, const std::string& where)
       try {
         item.stateful()->load_state_dict(value, strict);
       } catch (const std::invalid_argument& e) {
-        throw std::runtime_error(fmt::format("Loading the checkpoint key '{}'{} into the {} failed: {}",
-                                             key, where, item.stateful()->kind(), e.what()));
+        throw std::runtime_error(
+            fmt::format("Loading the checkpoint key '{}'{} into the {} failed: {}", key, where,
+                        item.stateful()->kind(), e.what()));
       }
     } else if (item.is_state() && value.is_dict()) {
       load_into(*item.state(), value, strict, fmt::format("{} (inside '{}')", where, key));
@@ -69,13 +70,15 @@ void Fabric::save(const std::string& path, const State& state, const SaveFilter&
       std::vector<std::string> extra;
       for (const auto& [k, f] : filter)
         if (!state.contains(k)) extra.push_back(k);
-      throw std::invalid_argument(fmt::format("The filter keys {} are not present in the state keys {}.",
-                                              key_set(extra), key_set(state.keys())));
+      throw std::invalid_argument(
+          fmt::format("The filter keys {} are not present in the state keys {}.", key_set(extra),
+                      key_set(state.keys())));
     }
     if (!fn) {
-      throw TypeError(fmt::format(
-          "Expected `fabric.save(filter=...)` for key '{}' to be a callable, given an empty function",
-          key));
+      throw TypeError(
+          fmt::format("Expected `fabric.save(filter=...)` for key '{}' to be a callable, given an "
+                      "empty function",
+                      key));
     }
   }
   // Every rank converts its objects (collective state dicts need this on sharded strategies).

@@ -34,28 +34,45 @@ Value Value::dict(Items items, bool ordered) {
 
 Value::Kind Value::kind() const {
   switch (data_.index()) {
-    case 0: return Kind::None;
-    case 1: return Kind::Bool;
-    case 2: return Kind::Int;
-    case 3: return Kind::Double;
-    case 4: return Kind::String;
-    case 5: return Kind::Tensor;
-    case 6: return std::get<Seq>(data_).tuple ? Kind::Tuple : Kind::List;
-    default: return Kind::Dict;
+    case 0:
+      return Kind::None;
+    case 1:
+      return Kind::Bool;
+    case 2:
+      return Kind::Int;
+    case 3:
+      return Kind::Double;
+    case 4:
+      return Kind::String;
+    case 5:
+      return Kind::Tensor;
+    case 6:
+      return std::get<Seq>(data_).tuple ? Kind::Tuple : Kind::List;
+    default:
+      return Kind::Dict;
   }
 }
 
 const char* Value::type_name() const {
   switch (kind()) {
-    case Kind::None: return "NoneType";
-    case Kind::Bool: return "bool";
-    case Kind::Int: return "int";
-    case Kind::Double: return "float";
-    case Kind::String: return "str";
-    case Kind::Tensor: return "Tensor";
-    case Kind::List: return "list";
-    case Kind::Tuple: return "tuple";
-    case Kind::Dict: return is_ordered_dict() ? "OrderedDict" : "dict";
+    case Kind::None:
+      return "NoneType";
+    case Kind::Bool:
+      return "bool";
+    case Kind::Int:
+      return "int";
+    case Kind::Double:
+      return "float";
+    case Kind::String:
+      return "str";
+    case Kind::Tensor:
+      return "Tensor";
+    case Kind::List:
+      return "list";
+    case Kind::Tuple:
+      return "tuple";
+    case Kind::Dict:
+      return is_ordered_dict() ? "OrderedDict" : "dict";
   }
   return "?";
 }
@@ -67,9 +84,8 @@ bool Value::is_ordered_dict() const {
 
 namespace {
 [[noreturn]] void wrong_type(const char* wanted, const Value& value) {
-  throw std::invalid_argument(
-      fmt::format("Expected a {} but the value is a {}: {}", wanted, value.type_name(),
-                  value.repr()));
+  throw std::invalid_argument(fmt::format("Expected a {} but the value is a {}: {}", wanted,
+                                          value.type_name(), value.repr()));
 }
 }  // namespace
 
@@ -161,22 +177,33 @@ bool Value::erase(const Value& key) {
 bool Value::scalar_equals(const Value& other) const {
   if (data_.index() != other.data_.index()) return false;
   switch (data_.index()) {
-    case 0: return true;
-    case 1: return std::get<bool>(data_) == std::get<bool>(other.data_);
-    case 2: return std::get<int64_t>(data_) == std::get<int64_t>(other.data_);
-    case 3: return std::get<double>(data_) == std::get<double>(other.data_);
-    case 4: return std::get<std::string>(data_) == std::get<std::string>(other.data_);
-    default: return false;
+    case 0:
+      return true;
+    case 1:
+      return std::get<bool>(data_) == std::get<bool>(other.data_);
+    case 2:
+      return std::get<int64_t>(data_) == std::get<int64_t>(other.data_);
+    case 3:
+      return std::get<double>(data_) == std::get<double>(other.data_);
+    case 4:
+      return std::get<std::string>(data_) == std::get<std::string>(other.data_);
+    default:
+      return false;
   }
 }
 
 std::string Value::repr() const {
   switch (kind()) {
-    case Kind::None: return "None";
-    case Kind::Bool: return std::get<bool>(data_) ? "True" : "False";
-    case Kind::Int: return std::to_string(std::get<int64_t>(data_));
-    case Kind::Double: return fmt::format("{}", std::get<double>(data_));
-    case Kind::String: return fmt::format("'{}'", std::get<std::string>(data_));
+    case Kind::None:
+      return "None";
+    case Kind::Bool:
+      return std::get<bool>(data_) ? "True" : "False";
+    case Kind::Int:
+      return std::to_string(std::get<int64_t>(data_));
+    case Kind::Double:
+      return fmt::format("{}", std::get<double>(data_));
+    case Kind::String:
+      return fmt::format("'{}'", std::get<std::string>(data_));
     case Kind::Tensor: {
       const auto& t = std::get<at::Tensor>(data_);
       if (!t.defined()) return "Tensor(undefined)";
@@ -184,8 +211,10 @@ std::string Value::repr() const {
                          c10::toString(t.scalar_type()));
     }
     case Kind::List:
-    case Kind::Tuple: return fmt::format("{}[{} items]", type_name(), elements().size());
-    case Kind::Dict: return fmt::format("{}[{} items]", type_name(), items().size());
+    case Kind::Tuple:
+      return fmt::format("{}[{} items]", type_name(), elements().size());
+    case Kind::Dict:
+      return fmt::format("{}[{} items]", type_name(), items().size());
   }
   return "?";
 }
@@ -231,8 +260,8 @@ bool State::erase(const std::string& key) {
 const State::Item& State::at(const std::string& key) const {
   for (const auto& entry : entries_)
     if (entry.first == key) return entry.second;
-  throw std::out_of_range(fmt::format("The state has no key '{}'. Keys present: [{}]", key,
-                                      fmt::join(keys(), ", ")));
+  throw std::out_of_range(
+      fmt::format("The state has no key '{}'. Keys present: [{}]", key, fmt::join(keys(), ", ")));
 }
 
 State::Item& State::at(const std::string& key) {

@@ -81,7 +81,7 @@ class Value {
 
   // Typed access; each throws std::invalid_argument naming the expected and the actual type.
   bool to_bool() const;
-  int64_t to_int() const;  // also accepts a bool
+  int64_t to_int() const;    // also accepts a bool
   double to_double() const;  // also accepts an int
   const std::string& to_string() const;
   const at::Tensor& to_tensor() const;
@@ -171,11 +171,14 @@ class State {
     Item(at::Tensor value) : value_(Value(std::move(value))) {}
     Item(State state);
     // Modules.
-    Item(const FabricModuleBase& module) : stateful_(detail::module_stateful(module.base_module_ptr())) {}
+    Item(const FabricModuleBase& module)
+        : stateful_(detail::module_stateful(module.base_module_ptr())) {}
     template <typename C>
-    Item(const torch::nn::ModuleHolder<C>& holder) : stateful_(detail::module_stateful(holder.ptr())) {}
+    Item(const torch::nn::ModuleHolder<C>& holder)
+        : stateful_(detail::module_stateful(holder.ptr())) {}
     // Optimizers.
-    Item(const FabricOptimizer& optimizer) : stateful_(detail::optimizer_stateful(optimizer.optimizer_ptr())) {}
+    Item(const FabricOptimizer& optimizer)
+        : stateful_(detail::optimizer_stateful(optimizer.optimizer_ptr())) {}
     // shared_ptr to a module, optimizer, scheduler, precision plugin, scaler or Stateful.
     template <typename T>
     Item(const std::shared_ptr<T>& object) : stateful_(from_shared(object)) {}
@@ -290,8 +293,9 @@ T State::get(const std::string& key) const {
     if (item.is_state()) return *item.state();
     return from_value(plain(key, "dict"));
   } else {
-    static_assert(sizeof(T) == 0, "State::get<T>: T must be a number, bool, std::string, "
-                                  "at::Tensor, cppfabric::Value or cppfabric::State");
+    static_assert(sizeof(T) == 0,
+                  "State::get<T>: T must be a number, bool, std::string, "
+                  "at::Tensor, cppfabric::Value or cppfabric::State");
   }
 }
 

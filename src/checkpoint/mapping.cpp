@@ -41,7 +41,8 @@ class ModuleStateful final : public Stateful {
 
   Value state_dict() const override {
     Value out = Value::dict({}, /*ordered=*/true);
-    for (const auto& item : entries()) out.items().emplace_back(Value(item.key()), item.value().detach());
+    for (const auto& item : entries())
+      out.items().emplace_back(Value(item.key()), item.value().detach());
     return out;
   }
 
@@ -56,11 +57,13 @@ class ModuleStateful final : public Stateful {
     auto own = entries();
     std::vector<std::string> missing, unexpected, problems;
     for (const auto& item : own)
-      if (state.find(Value(item.key())) == nullptr) missing.push_back(fmt::format("\"{}\"", item.key()));
+      if (state.find(Value(item.key())) == nullptr)
+        missing.push_back(fmt::format("\"{}\"", item.key()));
     for (const auto& [key, value] : state.items()) {
       if (key.kind() != Value::Kind::String || own.find(key.to_string()) == nullptr) {
-        unexpected.push_back(key.kind() == Value::Kind::String ? fmt::format("\"{}\"", key.to_string())
-                                                               : key.repr());
+        unexpected.push_back(key.kind() == Value::Kind::String
+                                 ? fmt::format("\"{}\"", key.to_string())
+                                 : key.repr());
         continue;
       }
       const std::string& name = key.to_string();
@@ -72,18 +75,19 @@ class ModuleStateful final : public Stateful {
       }
       const at::Tensor& source = value.to_tensor();
       if (!source.sizes().equals(target.sizes())) {
-        problems.push_back(fmt::format(
-            "size mismatch for {}: the checkpoint has shape {}, the model has shape {}", name,
-            shape_repr(source.sizes()), shape_repr(target.sizes())));
+        problems.push_back(
+            fmt::format("size mismatch for {}: the checkpoint has shape {}, the model has shape {}",
+                        name, shape_repr(source.sizes()), shape_repr(target.sizes())));
       } else if (source.scalar_type() != target.scalar_type()) {
-        problems.push_back(fmt::format(
-            "dtype mismatch for {}: the checkpoint has {}, the model has {}", name,
-            c10::toString(source.scalar_type()), c10::toString(target.scalar_type())));
+        problems.push_back(
+            fmt::format("dtype mismatch for {}: the checkpoint has {}, the model has {}", name,
+                        c10::toString(source.scalar_type()), c10::toString(target.scalar_type())));
       }
     }
     std::vector<std::string> errors;
     if (strict && !unexpected.empty())
-      errors.push_back(fmt::format("Unexpected key(s) in state_dict: {}.", fmt::join(unexpected, ", ")));
+      errors.push_back(
+          fmt::format("Unexpected key(s) in state_dict: {}.", fmt::join(unexpected, ", ")));
     if (strict && !missing.empty())
       errors.push_back(fmt::format("Missing key(s) in state_dict: {}.", fmt::join(missing, ", ")));
     errors.insert(errors.end(), problems.begin(), problems.end());
@@ -151,28 +155,31 @@ class OptimizerStateful final : public Stateful {
       Value ids = Value::list();
       for (const auto& p : group.params()) {
         auto it = opt_->state().find(p.unsafeGetTensorImpl());
-        if (it != opt_->state().end()) state.items().emplace_back(Value(index), param_state(*it->second, group));
+        if (it != opt_->state().end())
+          state.items().emplace_back(Value(index), param_state(*it->second, group));
         ids.elements().emplace_back(index++);
       }
       Value g = group_dict(group);
       g.items().emplace_back(Value("params"), std::move(ids));
       groups.elements().push_back(std::move(g));
     }
-    return Value::dict({{Value("state"), std::move(state)}, {Value("param_groups"), std::move(groups)}});
+    return Value::dict(
+        {{Value("state"), std::move(state)}, {Value("param_groups"), std::move(groups)}});
   }
 
   void load_state_dict(const Value& sd) override {
     if (!sd.is_dict() || !sd.find(Value("state")) || !sd.find(Value("param_groups"))) {
-      throw std::runtime_error(fmt::format(
-          "An optimizer state must be a dict with 'state' and 'param_groups'; got a {}",
-          sd.type_name()));
+      throw std::runtime_error(
+          fmt::format("An optimizer state must be a dict with 'state' and 'param_groups'; got a {}",
+                      sd.type_name()));
     }
     const auto& saved_groups = sd.at(Value("param_groups")).elements();
     auto& groups = opt_->param_groups();
     if (saved_groups.size() != groups.size()) {
-      throw std::runtime_error(fmt::format(
-          "loaded state dict has a different number of parameter groups ({}) than the optimizer ({})",
-          saved_groups.size(), groups.size()));
+      throw std::runtime_error(
+          fmt::format("loaded state dict has a different number of parameter groups ({}) than the "
+                      "optimizer ({})",
+                      saved_groups.size(), groups.size()));
     }
     std::map<int64_t, at::Tensor> by_id;
     for (std::size_t g = 0; g < groups.size(); ++g) {
@@ -200,7 +207,8 @@ class OptimizerStateful final : public Stateful {
   }
 
  private:
-  Value param_state(torch::optim::OptimizerParamState& s, torch::optim::OptimizerParamGroup& group) const {
+  Value param_state(torch::optim::OptimizerParamState& s,
+                    torch::optim::OptimizerParamGroup& group) const {
     Value d = Value::dict();
     auto add = [&](const char* k, Value v) { d.items().emplace_back(Value(k), std::move(v)); };
     switch (kind_) {
@@ -237,7 +245,8 @@ class OptimizerStateful final : public Stateful {
         auto& st = static_cast<torch::optim::RMSpropParamState&>(s);
         add("step", step_tensor(st.step()));
         add("square_avg", tensor_or_none(st.square_avg()));
-        if (st.momentum_buffer().defined()) add("momentum_buffer", Value(st.momentum_buffer().detach()));
+        if (st.momentum_buffer().defined())
+          add("momentum_buffer", Value(st.momentum_buffer().detach()));
         if (st.grad_avg().defined()) add("grad_avg", Value(st.grad_avg().detach()));
         break;
       }
@@ -252,9 +261,14 @@ class OptimizerStateful final : public Stateful {
     switch (kind_) {
       case OptKind::SGD: {
         auto& o = static_cast<torch::optim::SGDOptions&>(group.options());
-        add("lr", o.lr()); add("momentum", o.momentum()); add("dampening", o.dampening());
-        add("weight_decay", o.weight_decay()); add("nesterov", o.nesterov());
-        add("maximize", false); add("foreach", Value()); add("differentiable", false);
+        add("lr", o.lr());
+        add("momentum", o.momentum());
+        add("dampening", o.dampening());
+        add("weight_decay", o.weight_decay());
+        add("nesterov", o.nesterov());
+        add("maximize", false);
+        add("foreach", Value());
+        add("differentiable", false);
         add("fused", Value());
         break;
       }
@@ -266,32 +280,56 @@ class OptimizerStateful final : public Stateful {
         bool amsgrad;
         if (w) {
           auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
-          lr = o.lr(); betas = o.betas(); eps = o.eps(); wd = o.weight_decay(); amsgrad = o.amsgrad();
+          lr = o.lr();
+          betas = o.betas();
+          eps = o.eps();
+          wd = o.weight_decay();
+          amsgrad = o.amsgrad();
         } else {
           auto& o = static_cast<torch::optim::AdamOptions&>(group.options());
-          lr = o.lr(); betas = o.betas(); eps = o.eps(); wd = o.weight_decay(); amsgrad = o.amsgrad();
+          lr = o.lr();
+          betas = o.betas();
+          eps = o.eps();
+          wd = o.weight_decay();
+          amsgrad = o.amsgrad();
         }
         add("lr", lr);
         add("betas", Value::tuple({Value(std::get<0>(betas)), Value(std::get<1>(betas))}));
-        add("eps", eps); add("weight_decay", wd); add("amsgrad", amsgrad);
-        add("maximize", false); add("foreach", Value()); add("capturable", false);
-        add("differentiable", false); add("fused", Value()); add("decoupled_weight_decay", w);
+        add("eps", eps);
+        add("weight_decay", wd);
+        add("amsgrad", amsgrad);
+        add("maximize", false);
+        add("foreach", Value());
+        add("capturable", false);
+        add("differentiable", false);
+        add("fused", Value());
+        add("decoupled_weight_decay", w);
         break;
       }
       case OptKind::Adagrad: {
         auto& o = static_cast<torch::optim::AdagradOptions&>(group.options());
-        add("lr", o.lr()); add("lr_decay", o.lr_decay()); add("eps", o.eps());
+        add("lr", o.lr());
+        add("lr_decay", o.lr_decay());
+        add("eps", o.eps());
         add("weight_decay", o.weight_decay());
         add("initial_accumulator_value", o.initial_accumulator_value());
-        add("foreach", Value()); add("maximize", false); add("differentiable", false);
+        add("foreach", Value());
+        add("maximize", false);
+        add("differentiable", false);
         add("fused", Value());
         break;
       }
       case OptKind::RMSprop: {
         auto& o = static_cast<torch::optim::RMSpropOptions&>(group.options());
-        add("lr", o.lr()); add("momentum", o.momentum()); add("alpha", o.alpha());
-        add("eps", o.eps()); add("centered", o.centered()); add("weight_decay", o.weight_decay());
-        add("capturable", false); add("foreach", Value()); add("maximize", false);
+        add("lr", o.lr());
+        add("momentum", o.momentum());
+        add("alpha", o.alpha());
+        add("eps", o.eps());
+        add("centered", o.centered());
+        add("weight_decay", o.weight_decay());
+        add("capturable", false);
+        add("foreach", Value());
+        add("maximize", false);
         add("differentiable", false);
         break;
       }
@@ -326,7 +364,8 @@ class OptimizerStateful final : public Stateful {
           num("lr", [&](double x) { o.lr(x); });
           if (const Value* b = saved.find(Value("betas"))) {
             const auto& e = b->elements();
-            if (e.size() != 2) throw std::runtime_error("optimizer param group: `betas` must hold two numbers");
+            if (e.size() != 2)
+              throw std::runtime_error("optimizer param group: `betas` must hold two numbers");
             o.betas(std::make_tuple(e[0].to_double(), e[1].to_double()));
           }
           num("eps", [&](double x) { o.eps(x); });
@@ -362,11 +401,11 @@ class OptimizerStateful final : public Stateful {
     }
   }
 
-  std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(const Value& saved,
-                                                                      const at::Tensor& param) const {
+  std::unique_ptr<torch::optim::OptimizerParamState> make_param_state(
+      const Value& saved, const at::Tensor& param) const {
     if (!saved.is_dict()) {
-      throw std::runtime_error(fmt::format("optimizer state entry must be a dict, got a {}",
-                                           saved.type_name()));
+      throw std::runtime_error(
+          fmt::format("optimizer state entry must be a dict, got a {}", saved.type_name()));
     }
     // Like Python: floating state follows the parameter's dtype and device.
     auto tensor = [&](const char* k) -> at::Tensor {
@@ -374,9 +413,9 @@ class OptimizerStateful final : public Stateful {
       if (v == nullptr || v->is_none()) return {};
       const at::Tensor& t = v->to_tensor();
       if (!t.sizes().equals(param.sizes())) {
-        throw std::runtime_error(fmt::format(
-            "optimizer state '{}' has shape {} but its parameter has shape {}", k,
-            shape_repr(t.sizes()), shape_repr(param.sizes())));
+        throw std::runtime_error(
+            fmt::format("optimizer state '{}' has shape {} but its parameter has shape {}", k,
+                        shape_repr(t.sizes()), shape_repr(param.sizes())));
       }
       return t.to(param.device(), t.is_floating_point() ? param.scalar_type() : t.scalar_type())
           .clone();
@@ -393,25 +432,32 @@ class OptimizerStateful final : public Stateful {
       }
       case OptKind::Adam: {
         auto s = std::make_unique<torch::optim::AdamParamState>();
-        s->step(step()); s->exp_avg(tensor("exp_avg")); s->exp_avg_sq(tensor("exp_avg_sq"));
+        s->step(step());
+        s->exp_avg(tensor("exp_avg"));
+        s->exp_avg_sq(tensor("exp_avg_sq"));
         s->max_exp_avg_sq(tensor("max_exp_avg_sq"));
         return s;
       }
       case OptKind::AdamW: {
         auto s = std::make_unique<torch::optim::AdamWParamState>();
-        s->step(step()); s->exp_avg(tensor("exp_avg")); s->exp_avg_sq(tensor("exp_avg_sq"));
+        s->step(step());
+        s->exp_avg(tensor("exp_avg"));
+        s->exp_avg_sq(tensor("exp_avg_sq"));
         s->max_exp_avg_sq(tensor("max_exp_avg_sq"));
         return s;
       }
       case OptKind::Adagrad: {
         auto s = std::make_unique<torch::optim::AdagradParamState>();
-        s->step(step()); s->sum(tensor("sum"));
+        s->step(step());
+        s->sum(tensor("sum"));
         return s;
       }
       case OptKind::RMSprop: {
         auto s = std::make_unique<torch::optim::RMSpropParamState>();
-        s->step(step()); s->square_avg(tensor("square_avg"));
-        s->momentum_buffer(tensor("momentum_buffer")); s->grad_avg(tensor("grad_avg"));
+        s->step(step());
+        s->square_avg(tensor("square_avg"));
+        s->momentum_buffer(tensor("momentum_buffer"));
+        s->grad_avg(tensor("grad_avg"));
         return s;
       }
     }
@@ -429,8 +475,8 @@ class OptimizerStateful final : public Stateful {
 
 const std::set<std::string>& int_keys() {
   static const std::set<std::string> keys = {
-      "last_epoch", "_step_count", "T_max", "step_size", "total_iters", "milestones",
-      "_milestones", "total_steps", "growth_interval", "_growth_tracker"};
+      "last_epoch", "_step_count", "T_max",       "step_size",       "total_iters",
+      "milestones", "_milestones", "total_steps", "growth_interval", "_growth_tracker"};
   return keys;
 }
 const std::set<std::string>& bool_keys() {
@@ -502,7 +548,9 @@ void flatten(const Value& v, const std::string& prefix, std::map<std::string, do
   switch (v.kind()) {
     case Value::Kind::Bool:
     case Value::Kind::Int:
-    case Value::Kind::Double: out[prefix] = v.to_double(); break;
+    case Value::Kind::Double:
+      out[prefix] = v.to_double();
+      break;
     case Value::Kind::Tensor:
       if (v.to_tensor().numel() == 1) out[prefix] = v.to_tensor().item<double>();
       break;
@@ -514,15 +562,15 @@ void flatten(const Value& v, const std::string& prefix, std::map<std::string, do
     }
     case Value::Kind::Dict: {
       // A Counter ({milestone: count}) becomes the sorted milestones, repeated by count.
-      const bool counter = !v.items().empty() &&
-                           std::all_of(v.items().begin(), v.items().end(), [](const auto& kv) {
-                             return kv.first.kind() == Value::Kind::Int &&
-                                    kv.second.kind() == Value::Kind::Int;
-                           });
+      const bool counter =
+          !v.items().empty() && std::all_of(v.items().begin(), v.items().end(), [](const auto& kv) {
+            return kv.first.kind() == Value::Kind::Int && kv.second.kind() == Value::Kind::Int;
+          });
       if (counter && !prefix.empty()) {
         std::vector<int64_t> values;
         for (const auto& [k, n] : v.items())
-          for (int64_t c = 0; c < std::min<int64_t>(n.to_int(), 1 << 20); ++c) values.push_back(k.to_int());
+          for (int64_t c = 0; c < std::min<int64_t>(n.to_int(), 1 << 20); ++c)
+            values.push_back(k.to_int());
         std::sort(values.begin(), values.end());
         for (std::size_t i = 0; i < values.size(); ++i)
           out[dot + std::to_string(i)] = static_cast<double>(values[i]);
@@ -533,13 +581,15 @@ void flatten(const Value& v, const std::string& prefix, std::map<std::string, do
       }
       break;
     }
-    default: break;  // None, strings: nothing numeric to keep
+    default:
+      break;  // None, strings: nothing numeric to keep
   }
 }
 
 std::map<std::string, double> flat(const Value& v, const char* what) {
   if (!v.is_dict()) {
-    throw std::runtime_error(fmt::format("A {} state must be a dict, got a {}", what, v.type_name()));
+    throw std::runtime_error(
+        fmt::format("A {} state must be a dict, got a {}", what, v.type_name()));
   }
   std::map<std::string, double> out;
   flatten(v, "", out);
@@ -569,7 +619,9 @@ class ScalerLikeStateful final : public Stateful {
   }
   std::string kind() const override { return "precision plugin"; }
   Value state_dict() const override { return nest(p_->state_dict()); }
-  void load_state_dict(const Value& state) override { p_->load_state_dict(flat(state, "precision")); }
+  void load_state_dict(const Value& state) override {
+    p_->load_state_dict(flat(state, "precision"));
+  }
 
  private:
   std::shared_ptr<T> p_;
@@ -631,7 +683,8 @@ void RngStates::load_state_dict(const Value& state) {
     const c10::DeviceIndex n =
         at::globalContext().hasCUDA() ? at::detail::getCUDAHooks().deviceCount() : 0;
     for (std::size_t i = 0; i < states.size() && static_cast<c10::DeviceIndex>(i) < n; ++i) {
-      auto gen = at::globalContext().defaultGenerator(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(i)));
+      auto gen = at::globalContext().defaultGenerator(
+          c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(i)));
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_state(states[i].to_tensor());
     }

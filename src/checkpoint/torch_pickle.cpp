@@ -5,8 +5,8 @@
 #include "cppfabric/checkpoint/torch_pickle.hpp"
 
 #include <ATen/ATen.h>
-#include <caffe2/serialize/inline_container.h>
 #include <c10/util/Exception.h>
+#include <caffe2/serialize/inline_container.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,12 +32,18 @@ struct StorageType {
   at::ScalarType dtype;
 };
 constexpr std::array<StorageType, 12> kStorageTypes{{
-    {"FloatStorage", at::kFloat},         {"DoubleStorage", at::kDouble},
-    {"HalfStorage", at::kHalf},           {"BFloat16Storage", at::kBFloat16},
-    {"LongStorage", at::kLong},           {"IntStorage", at::kInt},
-    {"ShortStorage", at::kShort},         {"CharStorage", at::kChar},
-    {"ByteStorage", at::kByte},           {"BoolStorage", at::kBool},
-    {"ComplexFloatStorage", at::kComplexFloat}, {"ComplexDoubleStorage", at::kComplexDouble},
+    {"FloatStorage", at::kFloat},
+    {"DoubleStorage", at::kDouble},
+    {"HalfStorage", at::kHalf},
+    {"BFloat16Storage", at::kBFloat16},
+    {"LongStorage", at::kLong},
+    {"IntStorage", at::kInt},
+    {"ShortStorage", at::kShort},
+    {"CharStorage", at::kChar},
+    {"ByteStorage", at::kByte},
+    {"BoolStorage", at::kBool},
+    {"ComplexFloatStorage", at::kComplexFloat},
+    {"ComplexDoubleStorage", at::kComplexDouble},
 }};
 
 const char* storage_name(at::ScalarType dtype) {
@@ -127,7 +133,8 @@ class Pickler {
       return;
     }
     if (t.is_sparse() || t.is_quantized() || t.is_nested()) {
-      throw std::invalid_argument("Cannot save sparse, quantized or nested tensors in a checkpoint");
+      throw std::invalid_argument(
+          "Cannot save sparse, quantized or nested tensors in a checkpoint");
     }
     const auto& storage = t.storage();
     const void* impl = storage.unsafeGetStorageImpl();
@@ -175,12 +182,24 @@ class Pickler {
 
   void write(const Value& v) {
     switch (v.kind()) {
-      case Value::Kind::None: op('N'); break;
-      case Value::Kind::Bool: op(v.to_bool() ? '\x88' : '\x89'); break;
-      case Value::Kind::Int: integer(v.to_int()); break;
-      case Value::Kind::Double: floating(v.to_double()); break;
-      case Value::Kind::String: str(v.to_string()); break;
-      case Value::Kind::Tensor: tensor(v.to_tensor()); break;
+      case Value::Kind::None:
+        op('N');
+        break;
+      case Value::Kind::Bool:
+        op(v.to_bool() ? '\x88' : '\x89');
+        break;
+      case Value::Kind::Int:
+        integer(v.to_int());
+        break;
+      case Value::Kind::Double:
+        floating(v.to_double());
+        break;
+      case Value::Kind::String:
+        str(v.to_string());
+        break;
+      case Value::Kind::Tensor:
+        tensor(v.to_tensor());
+        break;
       case Value::Kind::List:
         op(']');
         if (!v.elements().empty()) {
@@ -219,8 +238,7 @@ class Pickler {
   std::vector<std::pair<std::string, at::Tensor>> storages_;
 };
 
-void write_archive(const Value& value,
-                   const std::function<size_t(const void*, size_t)>& sink) {
+void write_archive(const Value& value, const std::function<size_t(const void*, size_t)>& sink) {
   Pickler pickler;
   pickler.dump(value);
   try {
@@ -234,7 +252,8 @@ void write_archive(const Value& value,
     }
     writer.writeEndOfFile();
   } catch (const c10::Error& e) {
-    throw std::runtime_error(fmt::format("Writing the checkpoint failed: {}", e.what_without_backtrace()));
+    throw std::runtime_error(
+        fmt::format("Writing the checkpoint failed: {}", e.what_without_backtrace()));
   }
 }
 
@@ -261,7 +280,8 @@ class MemorySource final : public ByteSource {
 
 class FileSource final : public ByteSource {
  public:
-  FileSource(int fd, uint64_t size, std::string what) : fd_(fd), size_(size), what_(std::move(what)) {}
+  FileSource(int fd, uint64_t size, std::string what)
+      : fd_(fd), size_(size), what_(std::move(what)) {}
   ~FileSource() override { ::close(fd_); }
   uint64_t size() const override { return size_; }
   void read(uint64_t offset, void* dst, uint64_t n) const override {
@@ -270,8 +290,9 @@ class FileSource final : public ByteSource {
       const ssize_t got = ::pread(fd_, out, n, static_cast<off_t>(offset));
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) {
-        throw std::runtime_error(fmt::format("Reading {} failed at byte {}: {}", what_, offset,
-                                             got < 0 ? std::strerror(errno) : "unexpected end of file"));
+        throw std::runtime_error(
+            fmt::format("Reading {} failed at byte {}: {}", what_, offset,
+                        got < 0 ? std::strerror(errno) : "unexpected end of file"));
       }
       out += got;
       offset += static_cast<uint64_t>(got);
@@ -321,7 +342,8 @@ class ZipReader {
   std::string read_small(const std::string& name, uint64_t max_size) const {
     const Record* r = find(name);
     if (r == nullptr) fail(fmt::format("the record '{}' is missing", name));
-    if (r->size > max_size) fail(fmt::format("the record '{}' is too large ({} bytes)", name, r->size));
+    if (r->size > max_size)
+      fail(fmt::format("the record '{}' is too large ({} bytes)", name, r->size));
     std::string out(r->size, '\0');
     read_into(*r, out.data(), name);
     return out;
@@ -345,7 +367,8 @@ class ZipReader {
   uint64_t u64(const unsigned char* p) const { return u32(p) | (u32(p + 4) << 32); }
 
   void read_at(uint64_t offset, void* dst, uint64_t n, const char* what) const {
-    if (offset > src_->size() || n > src_->size() - offset) fail(fmt::format("{} lies outside the file", what));
+    if (offset > src_->size() || n > src_->size() - offset)
+      fail(fmt::format("{} lies outside the file", what));
     src_->read(offset, dst, n);
   }
 
@@ -382,13 +405,15 @@ class ZipReader {
       cd_offset = u64(z + 48);
     }
     if (entries > static_cast<uint64_t>(limits.max_records)) fail("too many zip entries");
-    if (cd_offset > size || cd_size > size - cd_offset) fail("the central directory lies outside the file");
+    if (cd_offset > size || cd_size > size - cd_offset)
+      fail("the central directory lies outside the file");
     std::string cd(cd_size, '\0');
     read_at(cd_offset, cd.data(), cd_size, "the central directory");
     const auto* c = reinterpret_cast<const unsigned char*>(cd.data());
     uint64_t pos = 0;
     for (uint64_t n = 0; n < entries; ++n) {
-      if (cd_size - pos < 46 || u32(c + pos) != 0x02014b50) fail("a broken central directory entry");
+      if (cd_size - pos < 46 || u32(c + pos) != 0x02014b50)
+        fail("a broken central directory entry");
       const uint64_t method = u16(c + pos + 10);
       const uint32_t crc = static_cast<uint32_t>(u32(c + pos + 16));
       uint64_t csize = u32(c + pos + 20);
@@ -397,7 +422,8 @@ class ZipReader {
       const uint64_t extra_len = u16(c + pos + 30);
       const uint64_t comment_len = u16(c + pos + 32);
       uint64_t local = u32(c + pos + 42);
-      if (cd_size - pos - 46 < name_len + extra_len + comment_len) fail("a central directory entry overruns");
+      if (cd_size - pos - 46 < name_len + extra_len + comment_len)
+        fail("a central directory entry overruns");
       std::string name(reinterpret_cast<const char*>(c + pos + 46), name_len);
       // zip64 extra field: the 0xffffffff fields, in order usize, csize, offset.
       const unsigned char* e = c + pos + 46 + name_len;
@@ -420,13 +446,16 @@ class ZipReader {
       }
       pos += 46 + name_len + extra_len + comment_len;
       if (method != 0 || csize != usize) {
-        fail(fmt::format("the record '{}' is compressed; torch.save files store records uncompressed", name));
+        fail(fmt::format(
+            "the record '{}' is compressed; torch.save files store records uncompressed", name));
       }
       unsigned char lh[30];
       read_at(local, lh, 30, "a local file header");
-      if (u32(lh) != 0x04034b50) fail(fmt::format("the record '{}' has a broken local header", name));
+      if (u32(lh) != 0x04034b50)
+        fail(fmt::format("the record '{}' has a broken local header", name));
       const uint64_t data = local + 30 + u16(lh + 26) + u16(lh + 28);
-      if (data > size || usize > size - data) fail(fmt::format("the record '{}' lies outside the file", name));
+      if (data > size || usize > size - data)
+        fail(fmt::format("the record '{}' lies outside the file", name));
       if (n == 0) {
         const auto slash = name.find('/');
         if (slash == std::string::npos) fail("the first record has no archive folder");
@@ -449,12 +478,24 @@ class ZipReader {
 struct Obj;
 using ObjPtr = std::shared_ptr<Obj>;
 struct Obj {
-  enum class T { None, Bool, Int, Float, Str, Tensor, List, Tuple, Dict, Global, Storage } t = T::None;
+  enum class T {
+    None,
+    Bool,
+    Int,
+    Float,
+    Str,
+    Tensor,
+    List,
+    Tuple,
+    Dict,
+    Global,
+    Storage
+  } t = T::None;
   bool b = false;
   int64_t i = 0;
   double d = 0;
-  std::string s;  // Str, Global ("module.name")
-  at::Tensor tensor;  // Tensor, Storage
+  std::string s;              // Str, Global ("module.name")
+  at::Tensor tensor;          // Tensor, Storage
   std::vector<ObjPtr> items;  // List, Tuple; Dict: k0, v0, k1, v1 ...
   bool ordered = false;
   Obj() = default;
@@ -514,21 +555,24 @@ class Unpickler {
     return o;
   }
   ObjPtr pop() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
+      fail("stack underflow");
     ObjPtr o = std::move(stack_.back());
     stack_.pop_back();
     return o;
   }
   ObjPtr& top() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
+      fail("stack underflow");
     return stack_.back();
   }
   std::vector<ObjPtr> pop_mark() {
     if (marks_.empty()) fail("no MARK");
     const std::size_t m = marks_.back();
     marks_.pop_back();
-    std::vector<ObjPtr> out(std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(m)),
-                            std::make_move_iterator(stack_.end()));
+    std::vector<ObjPtr> out(
+        std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(m)),
+        std::make_move_iterator(stack_.end()));
     stack_.resize(m);
     return out;
   }
@@ -555,14 +599,15 @@ class Unpickler {
 
   void check_global(const std::string& name) {
     static const std::array<const char*, 6> allowed = {
-        "collections.OrderedDict", "collections.Counter", "torch._utils._rebuild_tensor_v2",
-        "torch._utils._rebuild_parameter", "torch.Size", "torch.device"};
+        "collections.OrderedDict",         "collections.Counter", "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_parameter", "torch.Size",          "torch.device"};
     for (const char* a : allowed)
       if (name == a) return;
     if (storage_dtype(name)) return;
-    fail(fmt::format("it refers to the Python global '{}', which checkpoints may not contain "
-                     "(allowed: tensors, containers, numbers, strings)",
-                     name));
+    fail(
+        fmt::format("it refers to the Python global '{}', which checkpoints may not contain "
+                    "(allowed: tensors, containers, numbers, strings)",
+                    name));
   }
   static std::optional<at::ScalarType> storage_dtype(const std::string& name) {
     for (const auto& t : kStorageTypes)
@@ -586,7 +631,8 @@ class Unpickler {
     if (r == nullptr) fail(fmt::format("the storage record data/{} is missing", key));
     const uint64_t itemsize = c10::elementSize(*dtype);
     if (numel < 0 || static_cast<uint64_t>(numel) > r->size / itemsize) {
-      fail(fmt::format("storage {} claims {} elements but its record holds {} bytes", key, numel, r->size));
+      fail(fmt::format("storage {} claims {} elements but its record holds {} bytes", key, numel,
+                       r->size));
     }
     at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(*dtype));
     Record part = *r;
@@ -604,7 +650,8 @@ class Unpickler {
   }
 
   std::vector<int64_t> ints(const ObjPtr& o, const char* what) {
-    if (o->t != Obj::T::Tuple && o->t != Obj::T::List) fail(fmt::format("{} must be a tuple", what));
+    if (o->t != Obj::T::Tuple && o->t != Obj::T::List)
+      fail(fmt::format("{} must be a tuple", what));
     std::vector<int64_t> out;
     for (const auto& e : o->items) {
       if (e->t != Obj::T::Int) fail(fmt::format("{} must hold ints", what));
@@ -621,7 +668,8 @@ class Unpickler {
     const int64_t offset = args[1]->i;
     const auto sizes = ints(args[2], "a tensor size");
     const auto strides = ints(args[3], "a tensor stride");
-    if (sizes.size() != strides.size() || sizes.size() > 64) fail("tensor size and stride disagree");
+    if (sizes.size() != strides.size() || sizes.size() > 64)
+      fail("tensor size and stride disagree");
     const int64_t numel = storage.numel();
     if (offset < 0 || offset > numel) fail("a tensor offset outside its storage");
     bool empty = false;
@@ -695,7 +743,8 @@ class Unpickler {
       bool replaced = false;
       for (std::size_t j = 0; j + 1 < dict->items.size(); j += 2) {
         const auto& e = dict->items[j];
-        if (e->t == key->t && e->s == key->s && e->i == key->i && e->b == key->b && e->d == key->d) {
+        if (e->t == key->t && e->s == key->s && e->i == key->i && e->b == key->b &&
+            e->d == key->d) {
           dict->items[j + 1] = kv[k + 1];
           replaced = true;
           break;
@@ -712,17 +761,31 @@ class Unpickler {
     while (true) {
       const unsigned char code = *need(1);
       switch (code) {
-        case 0x80: need(1); break;                  // PROTO
-        case 0x95: need(8); break;                  // FRAME
-        case '.': {                                 // STOP
+        case 0x80:
+          need(1);
+          break;  // PROTO
+        case 0x95:
+          need(8);
+          break;     // FRAME
+        case '.': {  // STOP
           if (stack_.size() != 1 || !marks_.empty()) fail("the pickle ends with a malformed stack");
           return stack_.back();
         }
-        case '(': marks_.push_back(stack_.size()); break;
-        case '}': push(make(Obj::T::Dict)); break;
-        case ']': push(make(Obj::T::List)); break;
-        case ')': push(make(Obj::T::Tuple)); break;
-        case 'N': push(make(Obj::T::None)); break;
+        case '(':
+          marks_.push_back(stack_.size());
+          break;
+        case '}':
+          push(make(Obj::T::Dict));
+          break;
+        case ']':
+          push(make(Obj::T::List));
+          break;
+        case ')':
+          push(make(Obj::T::Tuple));
+          break;
+        case 'N':
+          push(make(Obj::T::None));
+          break;
         case 0x88:
         case 0x89: {
           auto o = make(Obj::T::Bool);
@@ -762,18 +825,42 @@ class Unpickler {
           push(std::move(o));
           break;
         }
-        case 'X': push_str(le(4)); break;           // BINUNICODE
-        case 0x8c: push_str(le(1)); break;          // SHORT_BINUNICODE
-        case 0x8d: push_str(le(8)); break;          // BINUNICODE8
-        case 'T': push_str(le(4)); break;           // BINSTRING
-        case 'U': push_str(le(1)); break;           // SHORT_BINSTRING
-        case 'B': push_str(le(4)); break;           // BINBYTES (kept as a string)
-        case 'C': push_str(le(1)); break;           // SHORT_BINBYTES
-        case 'q': put(le(1)); break;
-        case 'r': put(le(4)); break;
-        case 0x94: put(memo_.size()); break;        // MEMOIZE
-        case 'h': get(le(1)); break;
-        case 'j': get(le(4)); break;
+        case 'X':
+          push_str(le(4));
+          break;  // BINUNICODE
+        case 0x8c:
+          push_str(le(1));
+          break;  // SHORT_BINUNICODE
+        case 0x8d:
+          push_str(le(8));
+          break;  // BINUNICODE8
+        case 'T':
+          push_str(le(4));
+          break;  // BINSTRING
+        case 'U':
+          push_str(le(1));
+          break;  // SHORT_BINSTRING
+        case 'B':
+          push_str(le(4));
+          break;  // BINBYTES (kept as a string)
+        case 'C':
+          push_str(le(1));
+          break;  // SHORT_BINBYTES
+        case 'q':
+          put(le(1));
+          break;
+        case 'r':
+          put(le(4));
+          break;
+        case 0x94:
+          put(memo_.size());
+          break;  // MEMOIZE
+        case 'h':
+          get(le(1));
+          break;
+        case 'j':
+          get(le(4));
+          break;
         case 'c': {
           std::string module = line();
           std::string name = line();
@@ -793,7 +880,9 @@ class Unpickler {
           push(std::move(o));
           break;
         }
-        case 'Q': push(load_storage(pop())); break;  // BINPERSID
+        case 'Q':
+          push(load_storage(pop()));
+          break;  // BINPERSID
         case 'R': {
           ObjPtr args = pop();
           ObjPtr callable = pop();
@@ -849,9 +938,15 @@ class Unpickler {
           setitems(top(), kv);
           break;
         }
-        case '0': pop(); break;  // POP
-        case '2': push(top()); break;  // DUP
-        case '1': pop_mark(); break;  // POP_MARK
+        case '0':
+          pop();
+          break;  // POP
+        case '2':
+          push(top());
+          break;  // DUP
+        case '1':
+          pop_mark();
+          break;  // POP_MARK
         default:
           fail(fmt::format("the pickle opcode 0x{:02x} is not one torch.save writes", code));
       }
@@ -862,18 +957,25 @@ class Unpickler {
     if (depth > limits_.max_depth) fail("containers nest too deeply");
     if (--budget < 0) fail("too many values");
     switch (o->t) {
-      case Obj::T::None: return Value();
-      case Obj::T::Bool: return Value(o->b);
-      case Obj::T::Int: return Value(o->i);
-      case Obj::T::Float: return Value(o->d);
-      case Obj::T::Str: return Value(o->s);
-      case Obj::T::Tensor: return Value(o->tensor);
+      case Obj::T::None:
+        return Value();
+      case Obj::T::Bool:
+        return Value(o->b);
+      case Obj::T::Int:
+        return Value(o->i);
+      case Obj::T::Float:
+        return Value(o->d);
+      case Obj::T::Str:
+        return Value(o->s);
+      case Obj::T::Tensor:
+        return Value(o->tensor);
       case Obj::T::List:
       case Obj::T::Tuple: {
         Value::List items;
         items.reserve(o->items.size());
         for (const auto& e : o->items) items.push_back(convert(e, depth + 1, budget));
-        return o->t == Obj::T::List ? Value::list(std::move(items)) : Value::tuple(std::move(items));
+        return o->t == Obj::T::List ? Value::list(std::move(items))
+                                    : Value::tuple(std::move(items));
       }
       case Obj::T::Dict: {
         Value::Items items;
@@ -884,8 +986,10 @@ class Unpickler {
         }
         return Value::dict(std::move(items), o->ordered);
       }
-      case Obj::T::Global: fail(fmt::format("the global '{}' is used as a value", o->s));
-      case Obj::T::Storage: fail("a bare storage is used as a value");
+      case Obj::T::Global:
+        fail(fmt::format("the global '{}' is used as a value", o->s));
+      case Obj::T::Storage:
+        fail("a bare storage is used as a value");
     }
     fail("an unknown object");
   }
@@ -900,7 +1004,8 @@ class Unpickler {
   std::unordered_map<std::string, ObjPtr> storages_;
 };
 
-Value read_archive(std::unique_ptr<ByteSource> src, const std::string& what, const ReadLimits& limits) {
+Value read_archive(std::unique_ptr<ByteSource> src, const std::string& what,
+                   const ReadLimits& limits) {
   ZipReader zip(std::move(src), what, limits);
   if (zip.find("byteorder") != nullptr) {
     const std::string order = zip.read_small("byteorder", 16);
@@ -941,7 +1046,8 @@ void make_directories(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) {
     if (S_ISDIR(st.st_mode)) return;
-    throw std::runtime_error(fmt::format("Cannot create the folder {}: a file has that name", path));
+    throw std::runtime_error(
+        fmt::format("Cannot create the folder {}: a file has that name", path));
   }
   make_directories(parent_dir(path));
   if (::mkdir(path.c_str(), 0777) != 0 && errno != EEXIST) {
@@ -981,18 +1087,20 @@ void save_torch_file(const Value& value, const std::string& path) {
     if (::fsync(fd) != 0) throw std::runtime_error(fmt::format("fsync failed: {}", errno_text()));
     if (::close(fd) != 0) {
       ::unlink(tmp.c_str());
-      throw std::runtime_error(fmt::format("Cannot write the checkpoint {}: {}", path, errno_text()));
+      throw std::runtime_error(
+          fmt::format("Cannot write the checkpoint {}: {}", path, errno_text()));
     }
   } catch (const std::exception& e) {
     ::close(fd);
     ::unlink(tmp.c_str());
-    throw std::runtime_error(fmt::format("Cannot write the checkpoint {}: {} (is the disk full?)",
-                                         path, e.what()));
+    throw std::runtime_error(
+        fmt::format("Cannot write the checkpoint {}: {} (is the disk full?)", path, e.what()));
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const std::string why = errno_text();
     ::unlink(tmp.c_str());
-    throw std::runtime_error(fmt::format("Cannot move the checkpoint into place at {}: {}", path, why));
+    throw std::runtime_error(
+        fmt::format("Cannot move the checkpoint into place at {}: {}", path, why));
   }
   // Make the rename itself durable.
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1005,7 +1113,8 @@ void save_torch_file(const Value& value, const std::string& path) {
 Value load_torch_file(const std::string& path, const ReadLimits& limits) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    if (errno == ENOENT) throw std::runtime_error(fmt::format("Checkpoint file not found: {}", path));
+    if (errno == ENOENT)
+      throw std::runtime_error(fmt::format("Checkpoint file not found: {}", path));
     throw std::runtime_error(fmt::format("Cannot open the checkpoint {}: {}", path, errno_text()));
   }
   struct stat st {};
@@ -1013,8 +1122,8 @@ Value load_torch_file(const std::string& path, const ReadLimits& limits) {
     ::close(fd);
     throw std::runtime_error(fmt::format("The checkpoint {} is not a regular file", path));
   }
-  return read_archive(std::make_unique<FileSource>(fd, static_cast<uint64_t>(st.st_size), path), path,
-                      limits);
+  return read_archive(std::make_unique<FileSource>(fd, static_cast<uint64_t>(st.st_size), path),
+                      path, limits);
 }
 
 // ------------------------------------------------------------------------------ CheckpointIO
@@ -1032,7 +1141,8 @@ void TorchCheckpointIO::save_checkpoint(const Value& checkpoint, const std::stri
 Value TorchCheckpointIO::load_checkpoint(const std::string& path) { return load_torch_file(path); }
 void TorchCheckpointIO::remove_checkpoint(const std::string& path) {
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    throw std::runtime_error(fmt::format("Cannot remove the checkpoint {}: {}", path, errno_text()));
+    throw std::runtime_error(
+        fmt::format("Cannot remove the checkpoint {}: {}", path, errno_text()));
   }
 }
 

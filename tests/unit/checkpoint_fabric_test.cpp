@@ -31,11 +31,13 @@ std::string temp_dir() {
   return dir;
 }
 
-Fabric make_fabric() { return Fabric({.accelerator = "cpu", .devices = 1, .precision = "32-true"}); }
+Fabric make_fabric() {
+  return Fabric({.accelerator = "cpu", .devices = 1, .precision = "32-true"});
+}
 
 torch::nn::Sequential small_model() {
-  return torch::nn::Sequential(torch::nn::Linear(3, 5), torch::nn::BatchNorm1d(5), torch::nn::ReLU(),
-                               torch::nn::Linear(5, 2));
+  return torch::nn::Sequential(torch::nn::Linear(3, 5), torch::nn::BatchNorm1d(5),
+                               torch::nn::ReLU(), torch::nn::Linear(5, 2));
 }
 
 void expect_modules_equal(torch::nn::Module& a, torch::nn::Module& b) {
@@ -63,8 +65,8 @@ void train(Net& net, Opt& opt, int steps) {
 TEST(CheckpointState, BuildsFromAnInitializerListAndReadsTypedValues) {
   auto t = torch::ones({2});
   State nested{{"x", 2}};
-  State state{{"epoch", int64_t{5}}, {"i", 3},          {"lr", 0.5},   {"name", "run"},
-              {"flag", true},       {"t", t},          {"nested", nested}, {"none", Value()}};
+  State state{{"epoch", int64_t{5}}, {"i", 3}, {"lr", 0.5},        {"name", "run"},
+              {"flag", true},        {"t", t}, {"nested", nested}, {"none", Value()}};
   EXPECT_EQ(state.get<int64_t>("epoch"), 5);
   EXPECT_EQ(state.get<int>("i"), 3);
   EXPECT_EQ(state.get<double>("lr"), 0.5);
@@ -74,9 +76,11 @@ TEST(CheckpointState, BuildsFromAnInitializerListAndReadsTypedValues) {
   EXPECT_TRUE(state.get<torch::Tensor>("t").is_same(t));
   EXPECT_EQ(state.get<State>("nested").get<int64_t>("x"), 2);
   EXPECT_TRUE(state.get<Value>("none").is_none());
-  EXPECT_EQ(state.keys(), (std::vector<std::string>{"epoch", "i", "lr", "name", "flag", "t", "nested", "none"}));
+  EXPECT_EQ(state.keys(),
+            (std::vector<std::string>{"epoch", "i", "lr", "name", "flag", "t", "nested", "none"}));
 
-  EXPECT_THROW_WITH(state.get<std::string>("epoch"), std::invalid_argument, "'epoch'", "int", "str");
+  EXPECT_THROW_WITH(state.get<std::string>("epoch"), std::invalid_argument, "'epoch'", "int",
+                    "str");
   EXPECT_THROW_WITH(state.get<int64_t>("lr"), std::invalid_argument, "'lr'", "float", "0.5");
   EXPECT_THROW_WITH(state.get<int64_t>("missing"), std::out_of_range, "'missing'", "epoch");
   auto model = small_model();
@@ -100,7 +104,7 @@ TEST(CheckpointFabric, ModuleRoundTripInEveryForm) {
   EXPECT_NE(raw.at("model").find("1.running_mean"), nullptr);
   EXPECT_NE(raw.at("model").find("1.num_batches_tracked"), nullptr);
 
-  auto holder = small_model();                                       // ModuleHolder
+  auto holder = small_model();                                           // ModuleHolder
   std::shared_ptr<torch::nn::SequentialImpl> ptr = small_model().ptr();  // shared_ptr<Module>
   fabric.load(path, {{"model", holder}});
   fabric.load(path, {{"model", ptr}});
@@ -127,9 +131,9 @@ TEST(CheckpointFabric, ModuleLoadChecksNamesShapesAndDtypes) {
   auto fewer = torch::nn::Sequential(torch::nn::Linear(3, 5));
   EXPECT_THROW_WITH(fabric.load(path, {{"model", fewer}}), std::runtime_error,
                     "Unexpected key(s) in state_dict", "\"1.running_mean\"");
-  auto more = torch::nn::Sequential(torch::nn::Linear(3, 5), torch::nn::BatchNorm1d(5),
-                                    torch::nn::ReLU(), torch::nn::Linear(5, 2),
-                                    torch::nn::Linear(2, 2));
+  auto more =
+      torch::nn::Sequential(torch::nn::Linear(3, 5), torch::nn::BatchNorm1d(5), torch::nn::ReLU(),
+                            torch::nn::Linear(5, 2), torch::nn::Linear(2, 2));
   EXPECT_THROW_WITH(fabric.load(path, {{"model", more}}), std::runtime_error,
                     "Missing key(s) in state_dict", "\"4.weight\"");
 
@@ -139,7 +143,8 @@ TEST(CheckpointFabric, ModuleLoadChecksNamesShapesAndDtypes) {
                            model[0]->as<torch::nn::Linear>()->weight));
   fabric.load(path, {{"model", more}}, /*strict=*/false);
   // Shapes stay strict even then.
-  EXPECT_THROW_WITH(fabric.load(path, {{"model", wider}}, false), std::runtime_error, "size mismatch");
+  EXPECT_THROW_WITH(fabric.load(path, {{"model", wider}}, false), std::runtime_error,
+                    "size mismatch");
 }
 
 TEST(CheckpointFabric, StrictTopLevelKeysAndTheRemainder) {
@@ -152,8 +157,8 @@ TEST(CheckpointFabric, StrictTopLevelKeysAndTheRemainder) {
                     "'scheduler'", "does not exist in the loaded checkpoint", "strict");
   State state{{"model", model}, {"epoch", 0}, {"scheduler", 0}};
   State remainder = fabric.load(path, state, /*strict=*/false);
-  EXPECT_EQ(state.get<int64_t>("epoch"), 4);        // plain values are updated in place
-  EXPECT_EQ(state.get<int64_t>("scheduler"), 0);    // absent from the file: left alone
+  EXPECT_EQ(state.get<int64_t>("epoch"), 4);      // plain values are updated in place
+  EXPECT_EQ(state.get<int64_t>("scheduler"), 0);  // absent from the file: left alone
   EXPECT_EQ(remainder.keys(), std::vector<std::string>{"note"});
   EXPECT_EQ(remainder.get<std::string>("note"), "hello");
 
@@ -176,9 +181,9 @@ TEST(CheckpointFabric, FilterKeepsSelectedEntries) {
   EXPECT_EQ(keys, (std::vector<std::string>{"0.weight", "1.weight", "3.weight"}));
   EXPECT_EQ(raw.at("epoch").to_int(), 1);
 
-  EXPECT_THROW_WITH(fabric.save(path, {{"model", model}}, {{"optimizer", [](auto&, auto&) { return true; }}}),
-                    std::invalid_argument, "The filter keys {'optimizer'} are not present",
-                    "{'model'}");
+  EXPECT_THROW_WITH(
+      fabric.save(path, {{"model", model}}, {{"optimizer", [](auto&, auto&) { return true; }}}),
+      std::invalid_argument, "The filter keys {'optimizer'} are not present", "{'model'}");
   EXPECT_THROW_WITH(fabric.save(path, {{"model", model}}, {{"model", nullptr}}),
                     cppfabric::TypeError, "callable", "'model'");
 }
@@ -203,7 +208,8 @@ void optimizer_round_trip(const Options& options, const char* name) {
   // Same state, then the same step on the same data gives bit-identical parameters.
   auto in = torch::randn({4, 3});
   auto target = torch::randn({4, 2});
-  for (auto [m, o] : {std::pair<torch::nn::Module*, torch::optim::Optimizer*>{model.ptr().get(), &opt.optimizer()},
+  for (auto [m, o] : {std::pair<torch::nn::Module*, torch::optim::Optimizer*>{model.ptr().get(),
+                                                                              &opt.optimizer()},
                       {model2.ptr().get(), opt2.get()}}) {
     o->zero_grad();
     auto seq = dynamic_cast<torch::nn::SequentialImpl*>(m);
@@ -213,7 +219,8 @@ void optimizer_round_trip(const Options& options, const char* name) {
   expect_modules_equal(*model, *model2);
   // And the saved layout is Python's.
   const Value sd = ck::load_torch_file(path).at("optimizer");
-  EXPECT_EQ(sd.at("param_groups").elements()[0].at("params").elements().size(), model->parameters().size());
+  EXPECT_EQ(sd.at("param_groups").elements()[0].at("params").elements().size(),
+            model->parameters().size());
   EXPECT_EQ(sd.at("state").items().size(), model->parameters().size());
 }
 
@@ -244,11 +251,13 @@ TEST(CheckpointFabric, AdamStepIsAFloatTensorAsInPython) {
 TEST(CheckpointFabric, OptimizerGroupMismatchIsAnError) {
   auto fabric = make_fabric();
   auto model = small_model();
-  auto opt = std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
+  auto opt =
+      std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
   const std::string path = temp_dir() + "opt_mismatch.ckpt";
   fabric.save(path, {{"optimizer", opt}});
   auto other = torch::nn::Linear(3, 5);
-  auto opt2 = std::make_shared<torch::optim::SGD>(other->parameters(), torch::optim::SGDOptions(0.1));
+  auto opt2 =
+      std::make_shared<torch::optim::SGD>(other->parameters(), torch::optim::SGDOptions(0.1));
   EXPECT_THROW_WITH(fabric.load(path, {{"optimizer", opt2}}), std::runtime_error,
                     "doesn't match the size");
 }
@@ -258,7 +267,8 @@ TEST(CheckpointFabric, OptimizerGroupMismatchIsAnError) {
 TEST(CheckpointFabric, SchedulerRoundTrip) {
   auto fabric = make_fabric();
   auto model = small_model();
-  auto opt = std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
+  auto opt =
+      std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
   cppfabric::optim::CosineAnnealingLR scheduler(*opt, 10, 0.001);
   for (int i = 0; i < 4; ++i) scheduler.step();
   const std::string path = temp_dir() + "sched.ckpt";
@@ -267,7 +277,8 @@ TEST(CheckpointFabric, SchedulerRoundTrip) {
   EXPECT_EQ(raw.at("last_epoch").kind(), Value::Kind::Int);  // Python's types
   EXPECT_EQ(raw.at("base_lrs").kind(), Value::Kind::List);
 
-  auto opt2 = std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
+  auto opt2 =
+      std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
   auto scheduler2 = std::make_shared<cppfabric::optim::CosineAnnealingLR>(*opt2, 10, 0.001);
   // As in Python, the scheduler's formulas read the optimizer's lr: load both.
   fabric.load(path, {{"optimizer", opt2}, {"scheduler", scheduler2}});
@@ -280,7 +291,8 @@ TEST(CheckpointFabric, SchedulerRoundTrip) {
 TEST(CheckpointFabric, MultiStepMilestonesRoundTrip) {
   auto fabric = make_fabric();
   auto model = small_model();
-  auto opt = std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
+  auto opt =
+      std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
   cppfabric::optim::MultiStepLR scheduler(*opt, {5, 2, 5}, 0.5);
   const std::string path = temp_dir() + "multistep.ckpt";
   fabric.save(path, {{"scheduler", scheduler}});
@@ -464,8 +476,9 @@ TEST(CheckpointFabric, ResumeInANewProcessIsBitIdentical) {
   }
   EXPECT_EQ(compared, 4);
   for (const auto& [index, entry] : full.at("optimizer").at("state").items()) {
-    EXPECT_TRUE(torch::equal(entry.at("exp_avg").to_tensor(),
-                             resumed.at("optimizer").at("state").at(index).at("exp_avg").to_tensor()));
+    EXPECT_TRUE(
+        torch::equal(entry.at("exp_avg").to_tensor(),
+                     resumed.at("optimizer").at("state").at(index).at("exp_avg").to_tensor()));
   }
 }
 

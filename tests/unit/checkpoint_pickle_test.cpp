@@ -9,8 +9,8 @@
 #include <cppfabric/checkpoint/torch_pickle.hpp>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include "test_utils.hpp"
@@ -66,10 +66,12 @@ void expect_same(const Value& a, const Value& b, const std::string& where) {
       ASSERT_EQ(a.items().size(), b.items().size()) << where;
       for (std::size_t i = 0; i < a.items().size(); ++i) {
         EXPECT_TRUE(a.items()[i].first.scalar_equals(b.items()[i].first)) << where;
-        expect_same(a.items()[i].second, b.items()[i].second, where + "." + a.items()[i].first.repr());
+        expect_same(a.items()[i].second, b.items()[i].second,
+                    where + "." + a.items()[i].first.repr());
       }
       break;
-    default: EXPECT_TRUE(a.scalar_equals(b)) << where << ": " << a.repr() << " vs " << b.repr();
+    default:
+      EXPECT_TRUE(a.scalar_equals(b)) << where << ": " << a.repr() << " vs " << b.repr();
   }
 }
 
@@ -157,7 +159,9 @@ std::string u32le(uint32_t v) {
   for (int i = 0; i < 4; ++i) out += byte((v >> (8 * i)) & 0xff);
   return out;
 }
-std::string unicode(const std::string& s) { return "X" + u32le(static_cast<uint32_t>(s.size())) + s; }
+std::string unicode(const std::string& s) {
+  return "X" + u32le(static_cast<uint32_t>(s.size())) + s;
+}
 std::string global(const std::string& module, const std::string& name) {
   return "c" + module + "\n" + name + "\n";
 }
@@ -173,17 +177,18 @@ TEST(CheckpointPickle, RefusesGlobalsOutsideTheAllowList) {
                     "builtins.eval");
 }
 
-// _rebuild_tensor_v2(storage(FloatStorage, "0", numel), offset 0, (size,), (1,), False, OrderedDict())
+// _rebuild_tensor_v2(storage(FloatStorage, "0", numel), offset 0, (size,), (1,), False,
+// OrderedDict())
 std::string tensor_pickle(uint32_t storage_numel, uint32_t size) {
   return kProto + global("torch._utils", "_rebuild_tensor_v2") + "(" + "(" + unicode("storage") +
          global("torch", "FloatStorage") + unicode("0") + unicode("cpu") + "J" +
-         u32le(storage_numel) + "t" + "Q" + "J" + u32le(0) + "J" + u32le(size) + byte(0x85) +
-         "J" + u32le(1) + byte(0x85) + byte(0x89) + global("collections", "OrderedDict") + ")R" +
-         "tR.";
+         u32le(storage_numel) + "t" + "Q" + "J" + u32le(0) + "J" + u32le(size) + byte(0x85) + "J" +
+         u32le(1) + byte(0x85) + byte(0x89) + global("collections", "OrderedDict") + ")R" + "tR.";
 }
 
 TEST(CheckpointPickle, StorageClaimsAreCheckedAgainstTheRecord) {
-  const std::vector<std::pair<std::string, std::string>> two_floats = {{"data/0", std::string(8, '\0')}};
+  const std::vector<std::pair<std::string, std::string>> two_floats = {
+      {"data/0", std::string(8, '\0')}};
   // A sane one first, so the builder itself is known to be right.
   const Value ok = ck::from_torch_bytes(wrap_pickle(tensor_pickle(2, 2), two_floats));
   EXPECT_EQ(ok.to_tensor().numel(), 2);
@@ -217,15 +222,27 @@ std::string mutate(const std::string& seed, std::mt19937_64& rng) {
   for (int e = 0; e < edits && !s.empty(); ++e) {
     const std::size_t at = rng() % s.size();
     switch (rng() % 6) {
-      case 0: s[at] = static_cast<char>(rng()); break;
-      case 1: s[at] ^= static_cast<char>(1u << (rng() % 8)); break;
-      case 2: s.resize(at); break;
-      case 3: s.insert(at, 1 + rng() % 8, static_cast<char>(rng())); break;
-      case 4: s.erase(at, 1 + rng() % 16); break;
+      case 0:
+        s[at] = static_cast<char>(rng());
+        break;
+      case 1:
+        s[at] ^= static_cast<char>(1u << (rng() % 8));
+        break;
+      case 2:
+        s.resize(at);
+        break;
+      case 3:
+        s.insert(at, 1 + rng() % 8, static_cast<char>(rng()));
+        break;
+      case 4:
+        s.erase(at, 1 + rng() % 16);
+        break;
       case 5: {  // overwrite 4 bytes with an interesting integer
-        static const uint32_t interesting[] = {0, 1, 0x7f, 0xff, 0xffff, 0x7fffffff, 0xffffffff, 0x80000000};
+        static const uint32_t interesting[] = {0,      1,          0x7f,       0xff,
+                                               0xffff, 0x7fffffff, 0xffffffff, 0x80000000};
         const uint32_t v = interesting[rng() % 8];
-        for (int k = 0; k < 4 && at + k < s.size(); ++k) s[at + k] = static_cast<char>(v >> (8 * k));
+        for (int k = 0; k < 4 && at + k < s.size(); ++k)
+          s[at + k] = static_cast<char>(v >> (8 * k));
         break;
       }
     }
@@ -273,7 +290,8 @@ TEST(CheckpointPickle, FuzzThePickleInsideAValidZip) {
   ASSERT_FALSE(pickle.empty());
   std::mt19937_64 rng(77);
   int ok = 0, errors = 0;
-  for (int i = 0; i < fuzz_iterations(); ++i) read_or_error(wrap_pickle(mutate(pickle, rng), records), ok, errors);
+  for (int i = 0; i < fuzz_iterations(); ++i)
+    read_or_error(wrap_pickle(mutate(pickle, rng), records), ok, errors);
   EXPECT_EQ(ok + errors, fuzz_iterations());
   std::cout << "[fuzz pickle] accepted " << ok << ", rejected " << errors << "\n";
 }

@@ -28,16 +28,19 @@ std::shared_ptr<torch::optim::Optimizer> build_optimizer(const std::string& name
                                                          std::vector<torch::Tensor> params) {
   namespace o = torch::optim;
   if (name == "sgd")
-    return std::make_shared<o::SGD>(params, o::SGDOptions(0.05).momentum(0.9).weight_decay(1e-3).nesterov(true));
+    return std::make_shared<o::SGD>(
+        params, o::SGDOptions(0.05).momentum(0.9).weight_decay(1e-3).nesterov(true));
   if (name == "adam")
     return std::make_shared<o::Adam>(
         params, o::AdamOptions(0.01).betas({0.8, 0.95}).eps(1e-7).amsgrad(true));
-  if (name == "adamw") return std::make_shared<o::AdamW>(params, o::AdamWOptions(0.01).weight_decay(0.05));
+  if (name == "adamw")
+    return std::make_shared<o::AdamW>(params, o::AdamWOptions(0.01).weight_decay(0.05));
   if (name == "adagrad")
     return std::make_shared<o::Adagrad>(
         params, o::AdagradOptions(0.05).lr_decay(0.01).initial_accumulator_value(0.1));
   if (name == "rmsprop")
-    return std::make_shared<o::RMSprop>(params, o::RMSpropOptions(0.01).momentum(0.5).centered(true));
+    return std::make_shared<o::RMSprop>(params,
+                                        o::RMSpropOptions(0.01).momentum(0.5).centered(true));
   throw std::invalid_argument(name);
 }
 
@@ -52,7 +55,8 @@ double train_step(Net& net, Opt& opt, const torch::Tensor& x, const torch::Tenso
 
 std::map<std::string, std::string> run_reference(const std::string& args) {
   int status = 0;
-  const std::string script = std::string(CPPFABRIC_SOURCE_DIR) + "/tests/python/checkpoint_reference.py";
+  const std::string script =
+      std::string(CPPFABRIC_SOURCE_DIR) + "/tests/python/checkpoint_reference.py";
   const std::string out = cppfabric::testing::run_command(
       *cppfabric::testing::venv_python() + " -W ignore " + script + " " + args + " 2>&1", &status);
   EXPECT_EQ(status, 0) << out;
@@ -159,8 +163,8 @@ TEST_P(CheckpointPython, PythonFabricSaveLoadsInCpp) {
   }
   EXPECT_DOUBLE_EQ(opt.param_groups()[0].options().get_lr(), std::stod(py["lr"]));
 
-  const double cpp_loss =
-      train_step(net, opt, remainder.get<torch::Tensor>("batch_x"), remainder.get<torch::Tensor>("batch_y"));
+  const double cpp_loss = train_step(net, opt, remainder.get<torch::Tensor>("batch_x"),
+                                     remainder.get<torch::Tensor>("batch_y"));
   const double py_loss = std::stod(py["loss_after"]);
   EXPECT_NEAR(cpp_loss, py_loss, 1e-5 * std::abs(py_loss));
 }

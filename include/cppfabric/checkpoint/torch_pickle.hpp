@@ -26,9 +26,9 @@ namespace cppfabric::checkpoint {
 
 /// Limits the reader enforces (defaults suit any real checkpoint).
 struct ReadLimits {
-  int max_depth = 512;                      // nesting of containers
-  int64_t max_values = 50'000'000;          // values built while unpickling
-  int64_t max_records = 10'000'000;         // zip entries
+  int max_depth = 512;               // nesting of containers
+  int64_t max_values = 50'000'000;   // values built while unpickling
+  int64_t max_records = 10'000'000;  // zip entries
 };
 
 /// The bytes of a torch.save file holding `value` (archive folder "archive").
