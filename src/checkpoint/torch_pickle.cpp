@@ -271,7 +271,7 @@ class MemorySource final : public ByteSource {
   explicit MemorySource(std::string_view data) : data_(data) {}
   uint64_t size() const override { return data_.size(); }
   void read(uint64_t offset, void* dst, uint64_t n) const override {
-    std::memcpy(dst, data_.data() + offset, n);
+    if (n > 0) std::memcpy(dst, data_.data() + offset, n);
   }
 
  private:
@@ -639,9 +639,12 @@ class Unpickler {
     if (part.size == static_cast<uint64_t>(numel) * itemsize) {
       zip_.read_into(part, t.data_ptr(), "data/" + key);
     } else {
+      // A record longer than the storage: read (and CRC-check) it all, keep the prefix.
       std::string bytes(part.size, '\0');
       zip_.read_into(part, bytes.data(), "data/" + key);
-      std::memcpy(t.data_ptr(), bytes.data(), static_cast<std::size_t>(numel) * itemsize);
+      if (numel > 0) {
+        std::memcpy(t.data_ptr(), bytes.data(), static_cast<std::size_t>(numel) * itemsize);
+      }
     }
     auto o = make(Obj::T::Storage);
     o->tensor = t;
