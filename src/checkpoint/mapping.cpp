@@ -22,6 +22,7 @@
 #include "cppfabric/precision/grad_scaler.hpp"
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/state.hpp"
+#include "optim/initial_lr.hpp"
 
 namespace cppfabric {
 namespace {
@@ -334,6 +335,9 @@ class OptimizerStateful final : public Stateful {
         break;
       }
     }
+    // A scheduler's initial_lr, which Python keeps in the group (needed there to rebuild a
+    // scheduler with last_epoch >= 0 after loading).
+    if (auto initial = optim::detail::initial_lr(group)) add("initial_lr", *initial);
     return d;
   }
 
@@ -344,6 +348,9 @@ class OptimizerStateful final : public Stateful {
     auto flag = [&](const char* k, auto setter) {
       if (const Value* v = saved.find(Value(k)); v && !v->is_none()) setter(v->to_bool());
     };
+    if (const Value* v = saved.find(Value("initial_lr")); v && !v->is_none()) {
+      optim::detail::set_initial_lr(group, v->to_double());
+    }
     if (const Value* v = saved.find(Value("maximize")); v && !v->is_none() && v->to_bool()) {
       throw std::runtime_error(
           "The checkpoint's optimizer uses maximize=True, which LibTorch's optimizers lack");

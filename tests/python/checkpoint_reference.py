@@ -81,6 +81,16 @@ def read(path, opt_name):
                 same &= value == other
     print("optimizer_equal", int(same))
     print("param_group_lr", repr(loaded["param_groups"][0]["lr"]))
+    # The groups carry initial_lr, so a scheduler can be rebuilt at the saved epoch.
+    fresh = build_optimizer(opt_name, build_model().parameters())
+    fresh.load_state_dict(saved)
+    try:
+        torch.optim.lr_scheduler.StepLR(
+            fresh, step_size=2, gamma=0.5, last_epoch=raw["scheduler"]["last_epoch"]
+        )
+        print("rebuilt_scheduler", 1)
+    except KeyError as error:
+        print("rebuilt_scheduler", repr(str(error)).replace(" ", "_"))
     print("loss_after", repr(step(model, opt, remainder["batch_x"], remainder["batch_y"])))
 
 

@@ -107,6 +107,7 @@ TEST_P(CheckpointPython, CppSaveLoadsInPythonFabric) {
   auto py = run_reference("read " + path + " " + opt_name);
   EXPECT_EQ(py["model_equal"], "1");
   EXPECT_EQ(py["optimizer_equal"], "1");
+  EXPECT_EQ(py["rebuilt_scheduler"], "1");
   EXPECT_EQ(py["epoch"], "3");
   EXPECT_EQ(py["ratio"], "0.5");
   EXPECT_EQ(py["name"], "cpp");
