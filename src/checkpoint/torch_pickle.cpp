@@ -375,6 +375,13 @@ class ZipReader {
   void parse(const ReadLimits& limits) {
     const uint64_t size = src_->size();
     if (size < 22) fail("the file is too small to be a zip archive");
+    unsigned char magic[2];
+    read_at(0, magic, 2, "the file header");
+    if (magic[0] == 0x80 && magic[1] <= 5) {
+      fail(
+          "it is a bare pickle, as torch's legacy format (torch.save with "
+          "_use_new_zipfile_serialization=False) writes; re-save it with a plain torch.save");
+    }
     const uint64_t tail = std::min<uint64_t>(size, 22 + 65535);
     std::string buf(tail, '\0');
     read_at(size - tail, buf.data(), tail, "the end record");

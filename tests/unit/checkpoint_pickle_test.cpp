@@ -115,6 +115,9 @@ TEST(CheckpointPickle, ForeignAndEmptyFilesGiveClearErrors) {
                     "end-of-central-directory", "not a valid torch.save file");
   EXPECT_THROW_WITH(ck::from_torch_bytes("{\"json\": true, \"padding\": \"....\"}"),
                     std::runtime_error, "not a valid torch.save file");
+  // torch's legacy format starts with a bare pickle.
+  EXPECT_THROW_WITH(ck::from_torch_bytes(std::string("\x80\x02", 2) + std::string(100, 'N')),
+                    std::runtime_error, "legacy format");
 }
 
 TEST(CheckpointPickle, EveryTruncationIsAnErrorNotACrash) {
