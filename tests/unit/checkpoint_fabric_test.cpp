@@ -31,6 +31,18 @@ std::string temp_dir() {
   return dir;
 }
 
+// Removes this process's temporary folder after all tests (children leave it to the parent).
+class RemoveTempDir : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (std::getenv("CPPFABRIC_CKPT_CHILD") == nullptr) {
+      std::system(("rm -rf '" + temp_dir() + "'").c_str());
+    }
+  }
+};
+[[maybe_unused]] auto* const kRemoveTempDir =
+    ::testing::AddGlobalTestEnvironment(new RemoveTempDir);
+
 Fabric make_fabric() {
   return Fabric({.accelerator = "cpu", .devices = 1, .precision = "32-true"});
 }

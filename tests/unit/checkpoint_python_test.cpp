@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cppfabric/cppfabric.hpp>
+#include <cstdlib>
 #include <map>
 #include <sstream>
 #include <string>
@@ -70,6 +71,13 @@ std::map<std::string, std::string> run_reference(const std::string& args) {
 std::string temp_path(const std::string& name) {
   return ::testing::TempDir() + "cppfabric_ckpt_py_" + std::to_string(::getpid()) + "_" + name;
 }
+
+class RemovePythonTempFiles : public ::testing::Environment {
+ public:
+  void TearDown() override { std::system(("rm -rf " + temp_path("*")).c_str()); }
+};
+[[maybe_unused]] auto* const kRemovePythonTempFiles =
+    ::testing::AddGlobalTestEnvironment(new RemovePythonTempFiles);
 
 class CheckpointPython : public ::testing::TestWithParam<std::string> {
  protected:
