@@ -35,6 +35,7 @@
 #include "cppfabric/guard.hpp"
 #include "cppfabric/options.hpp"
 #include "cppfabric/plugins.hpp"
+#include "cppfabric/state.hpp"
 #include "cppfabric/strategies/strategy.hpp"
 #include "cppfabric/utilities/errors.hpp"
 #include "cppfabric/wrappers.hpp"
@@ -306,6 +307,26 @@ class Fabric {
   }
   /// Rank 0 (global, or local per node) runs the guarded block first; the others wait.
   Guard rank_zero_first(bool local = false);
+
+  // ---------------------------------------------------------------- checkpoints
+  // (implemented in src/fabric_checkpoint.cpp; file format in checkpoint/torch_pickle.hpp)
+  /// Per-key filters for save(): for a key whose value saves as a dict, only the entries with
+  /// fn(entry_key, entry_value) == true are written (Python's `filter`).
+  using SaveFilter =
+      std::map<std::string, std::function<bool(const Value& key, const Value& value)>>;
+  /// Saves `state` to `path`: every rank converts its objects, global rank 0 writes (atomically),
+  /// then every rank meets at a barrier. Call it on every rank.
+  void save(const std::string& path, const State& state, const SaveFilter& filter = {});
+  /// Loads `path` into the objects of `state` (every rank reads the file). Plain values in
+  /// `state` are replaced by the checkpoint's; returns the checkpoint's other entries. With
+  /// `strict`, a key of `state` missing from the file throws, and modules check their keys.
+  State load(const std::string& path, State& state, bool strict = true);
+  State load(const std::string& path, State&& state, bool strict = true);
+  /// The whole checkpoint as plain values.
+  State load(const std::string& path);
+  /// Loads a bare state dict (torch.save(model.state_dict()) or an optimizer's) into `obj`
+  /// (a module or optimizer, in any form State accepts). `strict` applies to modules.
+  void load_raw(const std::string& path, const State::Item& obj, bool strict = true);
 
   // ---------------------------------------------------------------- callbacks, seeding
   /// Calls `on_hook(name, args)` on every callback.

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "cppfabric/detail/fmt.hpp"
+#include "optim/initial_lr.hpp"
 
 namespace cppfabric::optim {
 namespace {
@@ -113,6 +114,15 @@ std::size_t count_list(const SchedulerStateDict& state, const std::string& name)
 }
 
 }  // namespace
+
+namespace detail {
+std::optional<double> initial_lr(const torch::optim::OptimizerParamGroup& group) {
+  return find_initial_lr(group);
+}
+void set_initial_lr(const torch::optim::OptimizerParamGroup& group, double value) {
+  optim::set_initial_lr(group, value, /*overwrite=*/true);
+}
+}  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
 // LRScheduler
