@@ -52,6 +52,7 @@ TORCH_MODULE(SimpleCNN);
 int main(int argc, char** argv) {
   std::string data_dir = "data", precision = "16-mixed", accelerator = "auto", devices = "1";
   std::string log_dir = "logs";
+  std::string checkpoint_dir = "checkpoints";
   bool download = true, synthetic = false;
   int epochs = 20, workers = 4;
   std::size_t batch_size = 128, synthetic_size = 50000;
@@ -74,6 +75,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-steps", max_steps, "Stop each epoch's training after this many batches");
   app.add_option("--seed", seed, "Seed for seed_everything");
   app.add_option("--log-dir", log_dir, "Where CSV and TensorBoard logs go");
+  app.add_option("--checkpoint-dir", checkpoint_dir, "Where the per-epoch checkpoints go");
   app.add_option("--require-accuracy", require_accuracy,
                  "Exit non-zero if the last validation accuracy is below this");
   CLI11_PARSE(app, argc, argv);
@@ -174,11 +176,9 @@ int main(int argc, char** argv) {
                      {"epoch_time_s", seconds}},
                     epoch);
 
-    // ---- per-epoch checkpoint: enable once fabric.save lands (checkpoint issue) -------------
-    // fabric.save(fmt::format("checkpoints/epoch_{}.ckpt", epoch),
-    //             {{"model", net}, {"optimizer", opt}, {"scheduler", scheduler}, {"epoch",
-    //             epoch}});
-    // -------------------------------------------------------------------------------------------
+    // One checkpoint per epoch; Python opens it with torch.load(..., weights_only=True).
+    fabric.save(fmt::format("{}/epoch_{}.ckpt", checkpoint_dir, epoch),
+                {{"model", net}, {"optimizer", opt}, {"scheduler", scheduler}, {"epoch", epoch}});
   }
 
   if (require_accuracy >= 0 && accuracy < require_accuracy) {

@@ -117,6 +117,16 @@ TEST(DdpLaunch, UnusedParametersWithoutFindUnusedFailClearly) {
   EXPECT_NE(r.output.find("ddp_find_unused_parameters_true"), std::string::npos) << r.output;
 }
 
+TEST(DdpLaunch, CheckpointWrittenOnceAndLoadedByEveryRank) {
+  const std::string dir = temp_dir();
+  const std::string save_dir = temp_dir();
+  const auto r = run(kProgram + " --devices 2 --steps 2 --save-dir " + save_dir + " --out " + dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  int status = 0;
+  const auto files = run_command("ls -A " + save_dir, &status);
+  EXPECT_EQ(files, "ddp.ckpt\n") << "no temporary file may be left behind";
+}
+
 TEST(DdpLaunch, LaunchWithAFunctionReturnsItsValue) {
   const std::string dir = temp_dir();
   const auto r = run(kProgram + " --devices 2 --launch-fn --steps 1 --out " + dir);

@@ -36,6 +36,7 @@ struct Args {
   bool launch = true;
   bool launch_fn = false;
   std::string out = ".";
+  std::string save_dir;  // set: rank 0 saves model + optimizer, every rank loads and compares
 };
 
 Args parse(int argc, char** argv) {
@@ -80,6 +81,8 @@ Args parse(int argc, char** argv) {
       a.kill_step = std::stoi(v);
     else if (k == "--timeout-s")
       a.timeout_s = std::stoi(v);
+    else if (k == "--save-dir")
+      a.save_dir = v;
     else if (k == "--out")
       a.out = v;
     else
@@ -160,6 +163,21 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
   if (args.unused && !args.reference) {
     if (model->extra->weight.grad().defined()) {
       return fail(fabric, "the unused parameter received a gradient");
+    }
+  }
+  if (!args.save_dir.empty()) {
+    const std::string path = args.save_dir + "/ddp.ckpt";
+    fabric.save(path, {{"model", net}, {"optimizer", opt}, {"steps", args.steps}});
+    torch::manual_seed(7 + rank);
+    Net fresh(args.unused);
+    auto fresh_opt = std::make_shared<torch::optim::SGD>(
+        fresh->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+    auto [fresh_net, fresh_fabric_opt] = fabric.setup(fresh, fresh_opt);
+    auto remainder = fabric.load(path, {{"model", fresh_net}, {"optimizer", fresh_fabric_opt}});
+    if (remainder.get<int64_t>("steps") != args.steps) return fail(fabric, "steps not restored");
+    auto a = model->parameters(), b = fresh->parameters();
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      if (!torch::equal(a[i].cpu(), b[i].cpu())) return fail(fabric, "loaded weights differ");
     }
   }
   std::vector<torch::Tensor> parts;
