@@ -21,14 +21,16 @@ T=$("${CPPFABRIC_CACHE:-$HOME/.cache/cppfabric}/venv/bin/python" -c 'import torc
 FLAGS="-std=c++20 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -DCPPFABRIC_FMT_VERSION=90100
   -DFMT_SHARED -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL -DSPDLOG_SHARED_LIB -I$BUILD/fmt-shim
   -I$ROOT/include -I$ROOT/src -I$ROOT/tests -isystem $T/include -isystem $T/include/torch/csrc/api/include"
-CXX=(c++)
+CXX="c++"
 if command -v ccache >/dev/null; then
-  CXX=(env CCACHE_BASEDIR="$ROOT" CCACHE_SLOPPINESS=time_macros,include_file_mtime,include_file_ctime ccache c++)
+  # NOHASHDIR: -g records the folder, which differs per clone; the cache should not care.
+  CXX="env CCACHE_BASEDIR=$ROOT CCACHE_NOHASHDIR=1 CCACHE_SLOPPINESS=time_macros,include_file_mtime,include_file_ctime ccache c++"
 fi
 mkdir -p "$OUT" && cd "$OUT" && rm -f ./*.o
-for f in $sources; do
-  "${CXX[@]}" $FLAGS -c "$ROOT/$f" -o "$(echo "$f" | tr / _).o"
-done
+# One compiler per core: these files carry the full LibTorch headers.
+export CXX FLAGS ROOT
+printf '%s\n' $sources | xargs -P "$(nproc)" -I{} sh -c \
+  '$CXX $FLAGS -c "$ROOT/{}" -o "$(echo "{}" | tr / _).o"'
 c++ -fsanitize=address,undefined ./*.o -o "${suite}_asan" -Wl,-rpath,"$T/lib:$BUILD" \
   "$BUILD/libcppfabric.so" "$T/lib/libtorch.so" "$T/lib/libtorch_cpu.so" "$T/lib/libc10.so" \
   -lgtest -lgtest_main -lfmt -lspdlog -lpthread
