@@ -160,9 +160,9 @@ void extract(const std::string& archive_path, const std::string& root) {
   std::unique_ptr<archive, int (*)(archive*)> writer(archive_write_disk_new(), &archive_write_free);
   archive_read_support_filter_all(reader.get());
   archive_read_support_format_all(reader.get());
-  archive_write_disk_set_options(
-      writer.get(), ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_SECURE_NODOTDOT |
-                        ARCHIVE_EXTRACT_SECURE_SYMLINKS);
+  archive_write_disk_set_options(writer.get(), ARCHIVE_EXTRACT_TIME |
+                                                   ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+                                                   ARCHIVE_EXTRACT_SECURE_SYMLINKS);
   auto fail = [&](archive* a, const char* what) {
     throw std::runtime_error(fmt::format(
         "CIFAR10: cannot extract {} ({}: {}). The archive is corrupt or not a tar.gz; delete it "
