@@ -6,14 +6,14 @@
 #include <cstdlib>
 #include <unordered_set>
 
+#include "backward_scope.hpp"
+#include "connector.hpp"
 #include "cppfabric/accelerators/accelerator.hpp"
 #include "cppfabric/launchers/subprocess_script.hpp"
 #include "cppfabric/loggers/logger.hpp"
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 #include "cppfabric/utilities/seed.hpp"
-#include "detail/backward_state.hpp"
-#include "detail/connector.hpp"
 
 namespace cppfabric {
 
@@ -315,6 +315,40 @@ Guard Fabric::rank_zero_first(bool local) {
   return Guard([this, rank] {
     if (rank == 0) strategy()->barrier("rank_zero_first");
   });
+}
+
+// ------------------------------------------------------------------ checkpoints
+// Python's Fabric.save / load / load_raw: the strategy converts, writes and reads; save and load
+// end with a barrier.
+
+void Fabric::save(const std::string& path, const State& state, const SaveFilter& filter) {
+  strategy()->save_checkpoint(path, state, filter);
+  barrier();
+}
+
+State Fabric::load(const std::string& path, State& state, bool strict) {
+  State remainder = strategy()->load_checkpoint(path, state, strict);
+  barrier();
+  return remainder;
+}
+
+State Fabric::load(const std::string& path, State&& state, bool strict) {
+  State local = std::move(state);
+  return load(path, local, strict);
+}
+
+State Fabric::load(const std::string& path) {
+  State empty;
+  return load(path, empty, true);
+}
+
+void Fabric::load_raw(const std::string& path, const State::Item& obj, bool strict) {
+  if (!obj.is_stateful()) {
+    throw TypeError(
+        "fabric.load_raw() loads into a module, an optimizer or another stateful object; got a "
+        "plain value");
+  }
+  strategy()->load_raw_checkpoint(path, *obj.stateful(), strict);
 }
 
 // ------------------------------------------------------------------ callbacks, seeding

@@ -5,7 +5,7 @@
 #include "cppfabric/callbacks.hpp"
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/strategies/strategy.hpp"
-#include "detail/backward_state.hpp"
+#include "backward_scope.hpp"
 
 namespace cppfabric {
 

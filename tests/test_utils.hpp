@@ -42,6 +42,14 @@ class ScopedEnv {
   std::optional<std::string> previous_;
 };
 
+/// A test with none of the LT_* variables that override FabricOptions set.
+class FabricEnvTest : public ::testing::Test {
+ protected:
+  ScopedEnv a_{"LT_ACCELERATOR", std::nullopt}, s_{"LT_STRATEGY", std::nullopt},
+      d_{"LT_DEVICES", std::nullopt}, n_{"LT_NUM_NODES", std::nullopt},
+      p_{"LT_PRECISION", std::nullopt}, c_{"LT_CLI_USED", std::nullopt};
+};
+
 /// Collects what cppfabric's console logger prints while alive.
 class CaptureConsole {
  public:

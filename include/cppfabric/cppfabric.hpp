@@ -39,6 +39,7 @@
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/state.hpp"
 #include "cppfabric/strategies/ddp.hpp"
+#include "cppfabric/strategies/registry.hpp"
 #include "cppfabric/strategies/single_device.hpp"
 #include "cppfabric/strategies/strategy.hpp"
 #include "cppfabric/utilities/errors.hpp"

@@ -6,9 +6,7 @@
 //   ...
 //   fabric.backward(loss);
 //
-// FabricOptions mirrors Python's `Fabric(...)` keyword arguments, in the same order, with the
-// same strings and defaults; LT_ACCELERATOR, LT_STRATEGY, LT_DEVICES, LT_NUM_NODES and
-// LT_PRECISION override them as in Python.
+// FabricOptions (options.hpp) mirrors Python's `Fabric(...)` keyword arguments.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -41,24 +39,6 @@
 #include "cppfabric/wrappers.hpp"
 
 namespace cppfabric {
-
-namespace accelerators {
-class Accelerator;
-}
-namespace loggers {
-class Logger;
-}
-
-struct FabricOptions {
-  NameOr<accelerators::Accelerator> accelerator = "auto";
-  NameOr<strategies::Strategy> strategy = "auto";
-  DevicesArg devices = "auto";
-  int num_nodes = 1;
-  PrecisionArg precision = {};
-  std::vector<std::shared_ptr<Plugin>> plugins = {};
-  std::vector<std::shared_ptr<Callback>> callbacks = {};
-  std::vector<std::shared_ptr<loggers::Logger>> loggers = {};
-};
 
 /// Arguments of `fabric.clip_gradients`: exactly one of clip_val / max_norm.
 struct ClipGradientsOptions {
@@ -168,7 +148,7 @@ class Fabric {
     }
   }
 
-  // ---------------------------------------------------------------- dataloaders (data branch)
+  // ---------------------------------------------------------------- dataloaders
   /// Sets up one or more DataLoaders (Python's setup_dataloaders): returns one FabricDataLoader,
   /// or a tuple of them for structured bindings. A trailing SetupDataloadersOptions stands for
   /// Python's keyword arguments use_distributed_sampler / move_to_device. When the strategy
@@ -202,19 +182,6 @@ class Fabric {
     }
     (std::make_index_sequence<loaders>{});
   }
-
- private:
-  static const data::DataLoader& as_loader(const data::DataLoader& loader) { return loader; }
-  template <typename T>
-  static const data::DataLoader& as_loader(const T&) {
-    throw std::logic_error("unreachable");
-  }
-  [[noreturn]] static void throw_dataloader_already_setup();
-  FabricDataLoader setup_dataloader(const data::DataLoader& loader,
-                                    const SetupDataloadersOptions& options);
-
- public:
-  // ---------------------------------------------------------------- end of dataloaders block
 
   // ---------------------------------------------------------------- training
   /// Backward through the strategy and precision plugin (the arguments of at::Tensor::backward).
@@ -309,13 +276,13 @@ class Fabric {
   Guard rank_zero_first(bool local = false);
 
   // ---------------------------------------------------------------- checkpoints
-  // (implemented in src/fabric_checkpoint.cpp; file format in checkpoint/torch_pickle.hpp)
+  // Fabric hands these to the strategy (Strategy::save_checkpoint / load_checkpoint), which
+  // writes and reads files through its CheckpointIO, as in Python.
   /// Per-key filters for save(): for a key whose value saves as a dict, only the entries with
   /// fn(entry_key, entry_value) == true are written (Python's `filter`).
-  using SaveFilter =
-      std::map<std::string, std::function<bool(const Value& key, const Value& value)>>;
-  /// Saves `state` to `path`: every rank converts its objects, global rank 0 writes (atomically),
-  /// then every rank meets at a barrier. Call it on every rank.
+  using SaveFilter = strategies::SaveFilter;
+  /// Saves `state` to `path`. With the built-in strategies every rank converts its objects,
+  /// global rank 0 writes (atomically), then every rank meets at a barrier. Call it on every rank.
   void save(const std::string& path, const State& state, const SaveFilter& filter = {});
   /// Loads `path` into the objects of `state` (every rank reads the file). Plain values in
   /// `state` are replaced by the checkpoint's; returns the checkpoint's other entries. With
@@ -362,6 +329,14 @@ class Fabric {
   }
   [[noreturn]] static void throw_already_setup(const char* what, const char* method);
   [[noreturn]] static void throw_no_optimizers();
+  static const data::DataLoader& as_loader(const data::DataLoader& loader) { return loader; }
+  template <typename T>
+  static const data::DataLoader& as_loader(const T&) {
+    throw std::logic_error("unreachable");
+  }
+  [[noreturn]] static void throw_dataloader_already_setup();
+  FabricDataLoader setup_dataloader(const data::DataLoader& loader,
+                                    const SetupDataloadersOptions& options);
 
   std::shared_ptr<torch::nn::Module> setup_module_impl(
       const std::shared_ptr<torch::nn::Module>& module,

@@ -1,4 +1,8 @@
-// The argument types behind FabricOptions: each accepts the same spellings as Python Fabric.
+// FabricOptions, and the argument types behind it: each accepts the same spellings as Python
+// Fabric, in the order of Python's `Fabric(...)` keyword arguments.
+//
+//   cppfabric::FabricOptions options{.accelerator = "cpu", .strategy = "ddp", .devices = 2};
+//   cppfabric::Fabric fabric(options);
 //
 //   DevicesArg d1 = "auto";       DevicesArg d2 = 2;      DevicesArg d3 = -1;
 //   DevicesArg d4 = "0,2";        DevicesArg d5 = std::vector<int>{0, 2};
@@ -83,6 +87,32 @@ class NameOr {
  private:
   std::string name_;
   std::shared_ptr<T> object_;
+};
+
+namespace accelerators {
+class Accelerator;
+}
+namespace strategies {
+class Strategy;
+}
+namespace loggers {
+class Logger;
+}
+class Plugin;
+class Callback;
+
+/// Python's `Fabric(...)` keyword arguments, in the same order, with the same strings and
+/// defaults. LT_ACCELERATOR, LT_STRATEGY, LT_DEVICES, LT_NUM_NODES and LT_PRECISION override them
+/// as in Python.
+struct FabricOptions {
+  NameOr<accelerators::Accelerator> accelerator = "auto";
+  NameOr<strategies::Strategy> strategy = "auto";
+  DevicesArg devices = "auto";
+  int num_nodes = 1;
+  PrecisionArg precision = {};
+  std::vector<std::shared_ptr<Plugin>> plugins = {};
+  std::vector<std::shared_ptr<Callback>> callbacks = {};
+  std::vector<std::shared_ptr<loggers::Logger>> loggers = {};
 };
 
 }  // namespace cppfabric

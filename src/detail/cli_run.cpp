@@ -6,13 +6,15 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <regex>
 #include <stdexcept>
 #include <thread>
 
+#include "connector.hpp"
 #include "cppfabric/accelerators/cpu.hpp"
 #include "cppfabric/accelerators/cuda.hpp"
 #include "cppfabric/detail/fmt.hpp"
-#include "detail/connector.hpp"
+#include "cppfabric/strategies/registry.hpp"
 #include "detail/process_supervisor.hpp"
 
 namespace cppfabric::detail {
@@ -41,12 +43,22 @@ Options:
   --help                          Show this message and exit.
 )";
 
+// Python's `fabric run --strategy` choices: the registry's names less the start-method, TPU and
+// offload variants.
+std::vector<std::string> cli_strategies() {
+  static const std::regex excluded(".*(spawn|fork|notebook|xla|tpu|offload).*");
+  std::vector<std::string> names;
+  for (const auto& name : strategies::StrategyRegistry::global().names())
+    if (!std::regex_match(name, excluded)) names.push_back(name);
+  return names;
+}
+
 std::string usage() {
   std::string text = kUsage;
   auto replace = [&text](const std::string& key, const std::string& value) {
     text.replace(text.find(key), key.size(), value);
   };
-  replace("{strategies}", fmt::format("{}", fmt::join(registered_strategies(), ", ")));
+  replace("{strategies}", fmt::format("{}", fmt::join(cli_strategies(), ", ")));
   replace("{precisions}", fmt::format("{}", fmt::join(precision_choices(), "|")));
   return text;
 }
@@ -112,7 +124,11 @@ std::optional<CliRunConfig> parse_cli(int argc, const char* const* argv) {
       check_choice("--accelerator", value, kCliAccelerators);
       config.accelerator = value;
     } else if (option == "--strategy") {
-      check_choice("--strategy", value, registered_strategies());
+      check_choice("--strategy", value, cli_strategies());
+      // A name Python knows but cppfabric cannot run fails here, with the registry's reason.
+      const auto& registry = strategies::StrategyRegistry::global();
+      if (registry.get(value).availability != strategies::StrategyRegistry::Availability::Available)
+        registry.create(value);
       config.strategy = value;
     } else if (option == "--devices") {
       config.devices = value;

@@ -10,6 +10,7 @@
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/environments/cluster_environment.hpp"
 #include "cppfabric/launchers/subprocess_script.hpp"
+#include "cppfabric/strategies/registry.hpp"
 #include "cppfabric/utilities/errors.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 #include "detail/reducer.hpp"
@@ -95,6 +96,16 @@ DDPStrategy::DDPStrategy(DDPOptions options) : options_(std::move(options)) {
 }
 
 DDPStrategy::~DDPStrategy() = default;
+
+void DDPStrategy::register_strategies(StrategyRegistry& registry) {
+  registry.register_strategy(
+      "ddp", [] { return std::make_shared<DDPStrategy>(); },
+      "DDP: one process per device, gradients all-reduced during backward");
+  registry.register_strategy(
+      "ddp_find_unused_parameters_true",
+      [] { return std::make_shared<DDPStrategy>(DDPOptions{.find_unused_parameters = true}); },
+      "DDP with find_unused_parameters=true");
+}
 
 std::string DDPStrategy::name() const {
   return options_.find_unused_parameters ? "ddp_find_unused_parameters_true" : "ddp";

@@ -1,8 +1,15 @@
 #include "cppfabric/strategies/single_device.hpp"
 
 #include "cppfabric/detail/fmt.hpp"
+#include "cppfabric/strategies/registry.hpp"
 
 namespace cppfabric::strategies {
+
+void SingleDeviceStrategy::register_strategies(StrategyRegistry& registry) {
+  registry.register_strategy(
+      "single_device", [] { return std::make_shared<SingleDeviceStrategy>(); },
+      "One process, one device (what strategy='auto' picks for a single device)");
+}
 
 void SingleDeviceStrategy::set_parallel_devices(std::vector<c10::Device> devices) {
   if (devices.size() > 1) {

@@ -6,8 +6,11 @@
 #include <limits>
 
 #include "cppfabric/accelerators/accelerator.hpp"
+#include "cppfabric/checkpoint/checkpoint_io.hpp"
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/precision/precision.hpp"
+#include "cppfabric/state.hpp"
+#include "cppfabric/utilities/errors.hpp"
 
 namespace cppfabric::strategies {
 
@@ -104,6 +107,127 @@ Guard Strategy::module_init_context(bool empty_init) { return precision_->module
 void Strategy::teardown() {
   if (precision_) precision_->teardown();
   if (accelerator_) accelerator_->teardown();
+}
+
+// ------------------------------------------------------------------ checkpoints
+// Lightning Fabric's Strategy.save_checkpoint / load_checkpoint: every rank converts, global rank
+// 0 writes; every rank reads its own copy of the file.
+
+namespace {
+
+std::string key_set(const std::vector<std::string>& keys) {
+  std::vector<std::string> quoted;
+  for (const auto& k : keys) quoted.push_back(fmt::format("'{}'", k));
+  return fmt::format("{{{}}}", fmt::join(quoted, ", "));
+}
+
+std::vector<std::string> checkpoint_keys(const Value& checkpoint) {
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : checkpoint.items())
+    keys.push_back(k.kind() == Value::Kind::String ? k.to_string() : k.repr());
+  return keys;
+}
+
+// Loads `ckpt` into `state`; `where` names the nesting for messages.
+void load_into(State& state, Value& ckpt, bool strict, const std::string& where) {
+  if (strict) {
+    for (const auto& key : state.keys()) {
+      if (ckpt.find(Value(key)) == nullptr) {
+        throw std::runtime_error(fmt::format(
+            "The requested state contains a key '{}'{} that does not exist in the loaded "
+            "checkpoint (its keys: {}). To disable strict loading, pass strict = false.",
+            key, where, key_set(checkpoint_keys(ckpt))));
+      }
+    }
+  }
+  for (auto& [key, item] : state) {
+    Value* found = ckpt.find(Value(key));
+    if (found == nullptr) continue;
+    Value value = std::move(*found);
+    ckpt.erase(Value(key));
+    if (item.is_stateful()) {
+      try {
+        item.stateful()->load_state_dict(value, strict);
+      } catch (const std::invalid_argument& e) {
+        throw std::runtime_error(
+            fmt::format("Loading the checkpoint key '{}'{} into the {} failed: {}", key, where,
+                        item.stateful()->kind(), e.what()));
+      }
+    } else if (item.is_state() && value.is_dict()) {
+      load_into(*item.state(), value, strict, fmt::format("{} (inside '{}')", where, key));
+    } else {
+      item = State::Item(std::move(value));
+    }
+  }
+}
+
+}  // namespace
+
+checkpoint::CheckpointIO& Strategy::require_checkpoint_io() const {
+  if (!checkpoint_io_) {
+    throw std::logic_error(fmt::format(
+        "The {} strategy has no CheckpointIO: it was not set up by a Fabric (the connector gives "
+        "every strategy one); call set_checkpoint_io() first.",
+        name()));
+  }
+  return *checkpoint_io_;
+}
+
+Value Strategy::convert_stateful_objects(const State& state, const SaveFilter& filter) const {
+  for (const auto& [key, fn] : filter) {
+    if (!state.contains(key)) {
+      std::vector<std::string> extra;
+      for (const auto& [k, f] : filter)
+        if (!state.contains(k)) extra.push_back(k);
+      throw std::invalid_argument(
+          fmt::format("The filter keys {} are not present in the state keys {}.", key_set(extra),
+                      key_set(state.keys())));
+    }
+    if (!fn) {
+      throw TypeError(
+          fmt::format("Expected `fabric.save(filter=...)` for key '{}' to be a callable, given an "
+                      "empty function",
+                      key));
+    }
+  }
+  Value checkpoint = state.to_value();
+  for (auto& [key, value] : checkpoint.items()) {
+    auto it = filter.find(key.to_string());
+    if (it == filter.end() || !value.is_dict()) continue;
+    Value::Items kept;
+    for (auto& [k, v] : value.items())
+      if (it->second(k, v)) kept.emplace_back(k, v);
+    value = Value::dict(std::move(kept), value.is_ordered_dict());
+  }
+  return checkpoint;
+}
+
+void Strategy::load_state_into(State& state, Value& checkpoint, bool strict) {
+  load_into(state, checkpoint, strict, "");
+}
+
+void Strategy::save_checkpoint(const std::string& path, const State& state,
+                               const SaveFilter& filter) {
+  // Every rank converts its objects (sharded strategies gather in state_dict()).
+  Value checkpoint = convert_stateful_objects(state, filter);
+  if (is_global_zero()) require_checkpoint_io().save_checkpoint(checkpoint, path);
+}
+
+State Strategy::load_checkpoint(const std::string& path, State& state, bool strict) {
+  Value checkpoint = require_checkpoint_io().load_checkpoint(path);
+  if (!checkpoint.is_dict()) {
+    throw std::runtime_error(fmt::format(
+        "The checkpoint {} holds a {}, not a dict of states; use fabric.load_raw for a bare state "
+        "dict",
+        path, checkpoint.type_name()));
+  }
+  if (!state.empty()) load_state_into(state, checkpoint, strict);
+  return State::from_value(checkpoint);
+}
+
+void Strategy::load_raw_checkpoint(const std::string& path, Stateful& object, bool strict) {
+  Value checkpoint = require_checkpoint_io().load_checkpoint(path);
+  object.load_state_dict(checkpoint, strict);
 }
 
 }  // namespace cppfabric::strategies

@@ -15,12 +15,7 @@ namespace acc = cppfabric::accelerators;
 
 namespace {
 
-class ConnectorTest : public ::testing::Test {
- protected:
-  ScopedEnv a_{"LT_ACCELERATOR", std::nullopt}, s_{"LT_STRATEGY", std::nullopt},
-      d_{"LT_DEVICES", std::nullopt}, n_{"LT_NUM_NODES", std::nullopt},
-      p_{"LT_PRECISION", std::nullopt}, c_{"LT_CLI_USED", std::nullopt};
-};
+class ConnectorTest : public cppfabric::testing::FabricEnvTest {};
 
 bool has_gpu() { return acc::CUDAAccelerator::device_count() > 0; }
 
@@ -143,45 +138,6 @@ TEST_F(ConnectorTest, CpuDevicesMustBeAPositiveInt) {
   }
 }
 
-TEST_F(ConnectorTest, CpuParseCores) {
-  EXPECT_EQ(acc::CPUAccelerator::parse_cpu_cores(3), 3);
-  EXPECT_EQ(acc::CPUAccelerator::parse_cpu_cores(" 2 "), 2);
-  acc::CPUAccelerator cpu;
-  EXPECT_EQ(cpu.parse_devices(4).size(), 4u);
-}
-
-TEST_F(ConnectorTest, GpuIdParsingMatchesPython) {
-  using V = std::vector<int>;
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids(2, 4), (V{0, 1}));
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids(-1, 3), (V{0, 1, 2}));
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids("-1", 2), (V{0, 1}));
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids("2", 4), (V{0, 1}));
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids("1,3", 4), (V{1, 3}));
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids("1, 3", 4), (V{1, 3}));
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids("0,", 4), (V{0}));
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids(V{1, 4}, 5), (V{1, 4}));
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids(0, 4), V{});
-  EXPECT_EQ(acc::CUDAAccelerator::parse_gpu_ids("0", 4), V{});
-}
-
-TEST_F(ConnectorTest, GpuIdErrors) {
-  EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids(2, 0), cppfabric::MisconfigurationError,
-                    "You requested gpu: [0, 1]", "only has: []");
-  EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids(-1, 0), cppfabric::MisconfigurationError,
-                    "none are available");
-  EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids("1,1", 4), cppfabric::MisconfigurationError,
-                    "must be unique");
-  EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids(std::vector<int>{0, 5}, 2),
-                    cppfabric::MisconfigurationError, "You requested gpu: [0, 5]",
-                    "only has: [0, 1]");
-  EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids(3, 2), cppfabric::MisconfigurationError,
-                    "You requested gpu: [0, 1, 2]");
-  EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids("a,b", 2), std::invalid_argument,
-                    "`devices='a,b'`", "not an integer");
-  EXPECT_THROW_WITH(acc::CUDAAccelerator::parse_gpu_ids(-3, 2), std::invalid_argument,
-                    "`devices=-3`");
-}
-
 TEST_F(ConnectorTest, SeveralDevicesOrNodesSelectDdp) {
   Fabric two({.accelerator = "cpu", .devices = 2});
   EXPECT_EQ(two.strategy()->name(), "ddp");
@@ -236,32 +192,6 @@ TEST_F(ConnectorTest, InvalidStrategyName) {
 TEST_F(ConnectorTest, StrategyIsValidatedBeforeAccelerator) {
   EXPECT_THROW_WITH(Fabric({.accelerator = "nope", .strategy = "nope"}), std::invalid_argument,
                     "strategy");
-}
-
-TEST_F(ConnectorTest, DdpByName) {
-  Fabric ddp({.accelerator = "cpu", .strategy = "ddp"});
-  EXPECT_EQ(ddp.strategy()->name(), "ddp");
-  EXPECT_EQ(ddp.world_size(), 1);
-  Fabric unused({.accelerator = "cpu", .strategy = "ddp_find_unused_parameters_true"});
-  EXPECT_EQ(unused.strategy()->name(), "ddp_find_unused_parameters_true");
-}
-
-TEST_F(ConnectorTest, RecognisedStrategiesAreNotYetAvailable) {
-  for (const char* name : {"deepspeed_stage_2"}) {
-    EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .strategy = name}),
-                      cppfabric::NotYetAvailableError, std::string("strategy='") + name + "'",
-                      "not yet available");
-  }
-}
-
-TEST_F(ConnectorTest, FsdpNeedsAGpu) {
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .strategy = "fsdp"}), std::invalid_argument,
-                    "FSDP is only available on GPU");
-}
-
-TEST_F(ConnectorTest, SingleDeviceRejectsSeveralDevices) {
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .strategy = "single_device", .devices = 2}),
-                    std::invalid_argument, "single_device", "2 devices");
 }
 
 TEST_F(ConnectorTest, StrategyObject) {

@@ -6,42 +6,17 @@
 #include <cppfabric/cppfabric.hpp>
 
 #include "test_utils.hpp"
+#include "unit/models.hpp"
 
 using cppfabric::Fabric;
 using cppfabric::testing::CaptureConsole;
+using cppfabric::testing::cpu_fabric;
+using cppfabric::testing::Net;
 using cppfabric::testing::ScopedEnv;
+using cppfabric::testing::sgd;
+using cppfabric::testing::TwoHeads;
 
 namespace {
-
-struct NetImpl : torch::nn::Module {
-  NetImpl() {
-    fc1 = register_module("fc1", torch::nn::Linear(4, 8));
-    fc2 = register_module("fc2", torch::nn::Linear(8, 1));
-    register_buffer("scale", torch::ones({1}));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return fc2(torch::relu(fc1(x))); }
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
-};
-TORCH_MODULE(Net);
-
-// A module whose forward takes a tensor and an int and returns a tuple.
-struct TwoHeadsImpl : torch::nn::Module {
-  TwoHeadsImpl() { fc = register_module("fc", torch::nn::Linear(4, 2)); }
-  std::tuple<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, int64_t k) {
-    auto y = fc(x);
-    return {y * k, y.to(torch::kLong)};
-  }
-  torch::nn::Linear fc{nullptr};
-};
-TORCH_MODULE(TwoHeads);
-
-Fabric cpu_fabric(const char* precision = "32-true") {
-  return Fabric({.accelerator = "cpu", .devices = 1, .precision = precision});
-}
-
-std::shared_ptr<torch::optim::SGD> sgd(torch::nn::Module& m, double lr = 0.1) {
-  return std::make_shared<torch::optim::SGD>(m.parameters(), torch::optim::SGDOptions(lr));
-}
 
 struct Recorder : cppfabric::Callback {
   int setups = 0, steps = 0;
@@ -212,25 +187,6 @@ TEST(FabricTraining, StepMatchesRawLibTorch) {
   }
 }
 
-TEST(FabricTraining, ForwardPassesNonTensorArgsAndTuples) {
-  Fabric fabric({.accelerator = "cpu", .precision = "64-true"});
-  auto net = fabric.setup(TwoHeads());
-  auto [a, b] = net(torch::ones({2, 4}), int64_t{3});
-  EXPECT_EQ(a.scalar_type(), torch::kFloat32) << "outputs come back in the default dtype";
-  EXPECT_EQ(b.scalar_type(), torch::kLong) << "integer outputs are left alone";
-}
-
-TEST(FabricTraining, TrainEvalPassThrough) {
-  Fabric fabric = cpu_fabric();
-  Net model;
-  auto net = fabric.setup(model);
-  net.eval();
-  EXPECT_FALSE(model->is_training());
-  EXPECT_FALSE(net.is_training());
-  net.train();
-  EXPECT_TRUE(model->is_training());
-}
-
 TEST(FabricTraining, BackwardArguments) {
   Fabric fabric = cpu_fabric();
   auto w = torch::ones({3}, torch::requires_grad());
@@ -240,33 +196,6 @@ TEST(FabricTraining, BackwardArguments) {
   fabric.backward(y, torch::ones({3}));
   EXPECT_TRUE(torch::allclose(w.grad(), torch::full({3}, 3.0)));
   EXPECT_THROW(fabric.backward(torch::Tensor()), std::invalid_argument);
-}
-
-TEST(FabricTraining, RawBackwardIsAllowedWith32True) {
-  Fabric fabric = cpu_fabric();
-  auto net = fabric.setup(Net());
-  EXPECT_NO_THROW(net(torch::ones({1, 4})).sum().backward());
-}
-
-// A precision plugin that changes backward: FabricModule outputs must refuse loss.backward().
-struct ScalingPrecision : cppfabric::precision::Precision {
-  std::string name() const override { return "scaling"; }
-  bool requires_fabric_backward() const override { return true; }
-  void backward(const at::Tensor& t, const at::Tensor& g, std::optional<bool> r, bool c) override {
-    ++calls;
-    Precision::backward(t, g, r, c);
-  }
-  int calls = 0;
-};
-
-TEST(FabricTraining, BackwardRequiredWhenThePrecisionOverridesIt) {
-  auto precision = std::make_shared<ScalingPrecision>();
-  Fabric fabric({.accelerator = "cpu", .plugins = {precision}});
-  auto net = fabric.setup(Net());
-  EXPECT_THROW_WITH(net(torch::ones({1, 4})).sum().backward(), std::exception,
-                    "requires you to call `fabric.backward(loss)` instead of `loss.backward()`");
-  fabric.backward(net(torch::ones({1, 4})).sum());
-  EXPECT_EQ(precision->calls, 1);
 }
 
 // ------------------------------------------------------------------ clip_gradients

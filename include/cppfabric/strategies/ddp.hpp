@@ -40,6 +40,8 @@ class DDPStrategy : public Strategy {
  public:
   explicit DDPStrategy(DDPOptions options = {});
   ~DDPStrategy() override;
+  /// Registers "ddp" and "ddp_find_unused_parameters_true", as Python does.
+  static void register_strategies(StrategyRegistry& registry);
 
   std::string name() const override;
   bool is_parallel() const override { return true; }

@@ -4,13 +4,21 @@
 //   Fabric fabric({.strategy = "auto"});          // single device here
 //   fabric.strategy()->name();                    // "single_device"
 //
-// A strategy never reads options: the connector hands it an accelerator, a precision plugin
-// and its devices once.
+// A strategy never reads options: the connector hands it an accelerator, a precision plugin,
+// a CheckpointIO and its devices once. Strategies are found by name in the StrategyRegistry
+// (strategies/registry.hpp); a strategy of your own subclasses Strategy and registers there.
+//
+// Checkpoints go through the strategy, as in Python: fabric.save() calls save_checkpoint(),
+// fabric.load() load_checkpoint() and fabric.load_raw() load_raw_checkpoint(). The defaults
+// convert every object on every rank, write on global rank 0 through checkpoint_io(), and read
+// on every rank; a sharded strategy overrides them to write and read its own layout.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +28,11 @@
 #include "cppfabric/detail/fwd.hpp"
 #include "cppfabric/guard.hpp"
 
+namespace cppfabric {
+class State;
+class Stateful;
+class Value;
+}  // namespace cppfabric
 namespace cppfabric::accelerators {
 class Accelerator;
 }
@@ -38,11 +51,17 @@ class Launcher;
 
 namespace cppfabric::strategies {
 
+class StrategyRegistry;
+
 /// What a distributed sampler needs from the strategy (Python's distributed_sampler_kwargs).
 struct DistributedSamplerArgs {
   int num_replicas = 1;
   int rank = 0;
 };
+
+/// Per-key filters for save_checkpoint(): for a key whose value saves as a dict, only the
+/// entries with fn(entry_key, entry_value) == true are written (Python's `filter`).
+using SaveFilter = std::map<std::string, std::function<bool(const Value& key, const Value& value)>>;
 
 class Strategy {
  public:
@@ -55,6 +74,8 @@ class Strategy {
   // Wiring, done once by the connector.
   void set_accelerator(std::shared_ptr<accelerators::Accelerator> accelerator);
   void set_precision(std::shared_ptr<precision::Precision> precision);
+  /// The CheckpointIO that writes and reads files (the connector sets TorchCheckpointIO unless a
+  /// plugin or this strategy's constructor gave another).
   void set_checkpoint_io(std::shared_ptr<checkpoint::CheckpointIO> io);
   void set_cluster_environment(std::shared_ptr<environments::ClusterEnvironment> env);
   virtual void set_parallel_devices(std::vector<c10::Device> devices);
@@ -121,9 +142,29 @@ class Strategy {
     return tensor;
   }
 
+  // Checkpoints.
+  /// Saves `state` to `path`. Default: every rank converts its objects (state_dict()), global
+  /// rank 0 writes through checkpoint_io(). fabric.save() adds a barrier after it.
+  virtual void save_checkpoint(const std::string& path, const State& state,
+                               const SaveFilter& filter = {});
+  /// Reads `path` and loads it into the objects of `state`; plain values in `state` are replaced
+  /// by the file's. Returns the entries of the file that `state` did not ask for. Default: every
+  /// rank reads the whole file. With `strict`, a key of `state` missing in the file throws.
+  virtual State load_checkpoint(const std::string& path, State& state, bool strict = true);
+  /// Reads a bare state dict (no {"model": ...} wrapping) into one object (fabric.load_raw).
+  virtual void load_raw_checkpoint(const std::string& path, Stateful& object, bool strict = true);
+
   virtual void teardown();
 
  protected:
+  /// Python's _convert_stateful_objects_in_state: every object's state_dict(), then `filter`
+  /// applied per key. Checks that the filter's keys are keys of `state`.
+  Value convert_stateful_objects(const State& state, const SaveFilter& filter) const;
+  /// Loads the dict `checkpoint` into `state`, removing the entries it used from `checkpoint`.
+  static void load_state_into(State& state, Value& checkpoint, bool strict);
+  /// checkpoint_io(), or std::logic_error when the strategy was never wired by a connector.
+  checkpoint::CheckpointIO& require_checkpoint_io() const;
+
   std::shared_ptr<accelerators::Accelerator> accelerator_;
   std::shared_ptr<precision::Precision> precision_;
   std::shared_ptr<checkpoint::CheckpointIO> checkpoint_io_;

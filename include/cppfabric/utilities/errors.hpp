@@ -31,4 +31,11 @@ class NotYetAvailableError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+/// A feature of Python Fabric that cannot exist in C++ (e.g. strategy='xla'); the message says
+/// why and what to use instead.
+class NotSupportedError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
 }  // namespace cppfabric

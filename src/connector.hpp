@@ -2,12 +2,14 @@
 // once, following Python Fabric's resolution order and errors. Private to the library.
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "cppfabric/fabric.hpp"
+#include "cppfabric/options.hpp"
 
 namespace cppfabric::accelerators {
 class Accelerator;
@@ -24,8 +26,6 @@ class CheckpointIO;
 
 namespace cppfabric::detail {
 
-/// Names `strategy=` accepts, and those that a later release implements.
-const std::vector<std::string>& registered_strategies();
 /// The precision strings `precision=` accepts: canonical ones, then the legacy aliases.
 const std::vector<std::string>& precision_choices();
 /// Canonical precision strings, then legacy aliases, in Python's order.

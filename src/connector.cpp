@@ -1,4 +1,4 @@
-#include "detail/connector.hpp"
+#include "connector.hpp"
 
 #include <algorithm>
 #include <array>
@@ -8,22 +8,21 @@
 #include "cppfabric/accelerators/cpu.hpp"
 #include "cppfabric/accelerators/cuda.hpp"
 #include "cppfabric/checkpoint/checkpoint_io.hpp"
+#include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/environments/cluster_environment.hpp"
+#include "cppfabric/plugins.hpp"
 #include "cppfabric/precision/double.hpp"
 #include "cppfabric/precision/half.hpp"
 #include "cppfabric/precision/mixed.hpp"
 #include "cppfabric/precision/precision.hpp"
-#include "cppfabric/strategies/ddp.hpp"
-#include "cppfabric/strategies/single_device.hpp"
+#include "cppfabric/strategies/registry.hpp"
+#include "cppfabric/strategies/strategy.hpp"
+#include "cppfabric/utilities/errors.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 
 namespace cppfabric::detail {
 namespace {
 
-// Strategy names: implemented now, and recognised ones whose issue has not landed yet.
-const std::vector<std::string> kImplementedStrategies = {"single_device", "ddp",
-                                                         "ddp_find_unused_parameters_true"};
-const std::vector<std::string> kUpcomingStrategies = {"fsdp", "deepspeed_stage_2"};
 const std::vector<std::string> kAcceleratorNames = {"cpu", "cuda", "mps", "tpu"};
 
 const std::vector<std::string> kPrecisionStrings = {"transformer-engine",
@@ -87,15 +86,6 @@ std::string object_str(const std::shared_ptr<T>& object, const std::string& kind
 }
 
 }  // namespace
-
-const std::vector<std::string>& registered_strategies() {
-  static const std::vector<std::string> all = [] {
-    auto names = kImplementedStrategies;
-    names.insert(names.end(), kUpcomingStrategies.begin(), kUpcomingStrategies.end());
-    return names;
-  }();
-  return all;
-}
 
 const std::vector<std::string>& precision_choices() {
   static const std::vector<std::string> all = [] {
@@ -191,12 +181,14 @@ void Connector::check_config(const FabricOptions& options) {
     strategy_flag_ = options.strategy.name();
     for (auto& c : strategy_flag_)
       c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (strategy_flag_ != "auto" && !contains(registered_strategies(), strategy_flag_)) {
-      throw std::invalid_argument(
-          fmt::format("You selected an invalid strategy name: `strategy='{}'`. It must be either a "
-                      "string or an "
-                      "instance of `cppfabric::strategies::Strategy`. Valid names: auto, {}.",
-                      strategy_flag_, fmt::join(registered_strategies(), ", ")));
+    const auto& registry = strategies::StrategyRegistry::global();
+    if (strategy_flag_ != "auto" && !registry.contains(strategy_flag_)) {
+      throw std::invalid_argument(fmt::format(
+          "You selected an invalid strategy name: `strategy='{}'`. It must be either a string or "
+          "an instance of `cppfabric::strategies::Strategy`. Valid names: auto, {}. Also "
+          "recognised, but not available in cppfabric: {}.",
+          strategy_flag_, fmt::join(registry.available_strategies(), ", "),
+          fmt::join(registry.unavailable_strategies(), ", ")));
     }
   } else {
     strategy_object_ = options.strategy.object();
@@ -406,30 +398,17 @@ void Connector::choose_strategy() {
     strategy = strategy_object_;
     return;
   }
-  if ((strategy_flag_ == "fsdp") && acc != "cuda") {
+  if ((strategy_flag_ == "fsdp" || strategy_flag_ == "fsdp_cpu_offload") && acc != "cuda") {
     throw std::invalid_argument(
         "You selected the FSDP strategy but FSDP is only available on GPU. Set "
         "`Fabric({.accelerator = \"gpu\", ...})` to continue or select a different strategy.");
   }
-  if (strategy_flag_ == "single_device") {
-    if (num_nodes > 1) {
-      throw std::invalid_argument(fmt::format(
-          "strategy='single_device' runs on one device, but num_nodes={}. Use strategy='ddp'.",
-          num_nodes));
-    }
-    strategy = std::make_shared<strategies::SingleDeviceStrategy>(
-        parallel_devices.empty() ? c10::Device(c10::kCPU) : parallel_devices.front());
-    return;
+  if (strategy_flag_ == "single_device" && num_nodes > 1) {
+    throw std::invalid_argument(fmt::format(
+        "strategy='single_device' runs on one device, but num_nodes={}. Use strategy='ddp'.",
+        num_nodes));
   }
-  if (strategy_flag_ == "ddp" || strategy_flag_ == "ddp_find_unused_parameters_true") {
-    strategy = std::make_shared<strategies::DDPStrategy>(strategies::DDPOptions{
-        .find_unused_parameters = strategy_flag_ == "ddp_find_unused_parameters_true"});
-    return;
-  }
-  throw NotYetAvailableError(fmt::format(
-      "strategy='{}' is recognised but not yet available in this cppfabric release ({} device(s) x "
-      "{} node(s) were selected). Use strategy='ddp' (or 'auto') for now.",
-      strategy_flag_, parallel_devices.size(), num_nodes));
+  strategy = strategies::StrategyRegistry::global().create(strategy_flag_);
 }
 
 void Connector::init_precision() {
@@ -475,6 +454,9 @@ void Connector::wire_strategy() {
   accelerator = accelerator_object_;
   strategy->set_accelerator(accelerator);
   strategy->set_precision(precision);
+  // Python's Strategy.checkpoint_io: the torch.save-compatible format unless a plugin or the
+  // strategy object brought one.
+  if (!checkpoint_io) checkpoint_io = std::make_shared<checkpoint::TorchCheckpointIO>();
   strategy->set_checkpoint_io(checkpoint_io);
   strategy->set_cluster_environment(cluster_environment);
   strategy->set_parallel_devices(parallel_devices);
