@@ -12,7 +12,7 @@
 #include "cppfabric/launchers/subprocess_script.hpp"
 #include "cppfabric/utilities/errors.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
-#include "detail/reducer.hpp"
+#include "strategies/ddp_reducer.hpp"
 
 namespace cppfabric::strategies {
 
