@@ -19,6 +19,7 @@
 #include "cppfabric/strategies/strategy.hpp"
 #include "cppfabric/utilities/errors.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
+#include "utilities/env.hpp"
 
 namespace cppfabric::detail {
 namespace {
@@ -49,16 +50,7 @@ std::string allowed_precision_values() {
   return fmt::format("({})", fmt::join(items, ", "));
 }
 
-bool using_cli() {
-  const char* value = std::getenv("LT_CLI_USED");
-  if (value == nullptr) return false;
-  try {
-    return std::stoi(value) != 0;
-  } catch (const std::exception&) {
-    throw std::invalid_argument(
-        fmt::format("LT_CLI_USED='{}' is not an integer; it must be 0 or 1.", value));
-  }
-}
+bool using_cli() { return env_int("LT_CLI_USED", "0 or 1").value_or(0) != 0; }
 
 // Python's _argument_from_env: the environment wins; with the CLI in use, an explicit
 // non-default value in code that disagrees with it is an error.

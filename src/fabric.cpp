@@ -14,14 +14,12 @@
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 #include "cppfabric/utilities/seed.hpp"
+#include "utilities/env.hpp"
 
 namespace cppfabric {
 
 namespace {
-bool cli_in_use() {
-  const char* value = std::getenv("LT_CLI_USED");
-  return value != nullptr && std::string(value) != "0" && std::string(value) != "";
-}
+bool cli_in_use() { return detail::env_int("LT_CLI_USED", "0 or 1").value_or(0) != 0; }
 }  // namespace
 
 struct Fabric::Impl {

@@ -6,22 +6,15 @@
 #include <string>
 
 #include "cppfabric/fabric.hpp"
+#include "utilities/env.hpp"
 
 namespace cppfabric {
 
 namespace {
+// Python: int(os.getenv("PL_GLOBAL_SEED", 0)); no bounds check, no warning (seed_everything has both).
 uint64_t global_seed_from_env() {
-  const char* value = std::getenv("PL_GLOBAL_SEED");
-  if (value == nullptr || *value == '\0') return 0;
-  try {
-    std::size_t used = 0;
-    const long long seed = std::stoll(value, &used);
-    if (used != std::string(value).size()) throw std::invalid_argument(value);
-    return static_cast<uint64_t>(seed);
-  } catch (const std::exception&) {
-    throw std::invalid_argument(fmt::format(
-        "PL_GLOBAL_SEED='{}' is not an integer; set it to an integer seed or unset it", value));
-  }
+  return static_cast<uint64_t>(
+      detail::env_int("PL_GLOBAL_SEED", "an integer seed, or unset").value_or(0));
 }
 }  // namespace
 

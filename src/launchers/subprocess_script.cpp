@@ -1,8 +1,6 @@
 #include "cppfabric/launchers/subprocess_script.hpp"
 
 #include <ATen/Parallel.h>
-#include <sched.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,7 +12,9 @@
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/environments/cluster_environment.hpp"
-#include "detail/process_supervisor.hpp"
+#include "launchers/num_threads.hpp"
+#include "launchers/process_supervisor.hpp"
+#include "utilities/env.hpp"
 
 namespace cppfabric::launchers {
 
@@ -37,8 +37,8 @@ detail::ProcessSupervisor& children() {
                failure.describe().c_str());
   std::fflush(stderr);
   std::fflush(stdout);
-  children().kill_all(SIGKILL);
-  children().wait(std::chrono::seconds(10));
+  // No grace period, as in Python: SIGTERM does not stop a process stuck in a collective.
+  children().stop_all(std::chrono::milliseconds(0));
   std::_Exit(failure.exit_code());
 }
 
@@ -54,14 +54,6 @@ void observe_children() {
 // very end still turns into a non-zero exit, and none is killed mid-way by our exit.
 void wait_for_children_at_exit() {
   if (auto failure = children().wait()) stop_everything(*failure);
-}
-
-int cpus_available() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
-  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? static_cast<int>(n) : 1;
 }
 
 }  // namespace
@@ -116,19 +108,10 @@ void SubprocessScriptLauncher::call_children_scripts() {
 }
 
 int set_num_threads_if_needed(int num_processes) {
-  if (num_processes < 1) {
-    throw std::invalid_argument(
-        fmt::format("`num_processes` should be >= 1, got {}.", num_processes));
+  const int threads = detail::suggested_max_num_threads(num_processes);  // validates it too
+  if (auto set = detail::env_int("OMP_NUM_THREADS", "a thread count such as 4")) {
+    return static_cast<int>(*set);
   }
-  if (const char* set = std::getenv("OMP_NUM_THREADS"); set && *set) {
-    try {
-      return std::stoi(set);
-    } catch (const std::exception&) {
-      throw std::invalid_argument(fmt::format(
-          "OMP_NUM_THREADS='{}' is not an integer; set a thread count such as 4.", set));
-    }
-  }
-  const int threads = std::max(1, cpus_available() / num_processes);
   at::set_num_threads(threads);
   ::setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
   return threads;

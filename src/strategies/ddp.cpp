@@ -13,7 +13,7 @@
 #include "cppfabric/strategies/registry.hpp"
 #include "cppfabric/utilities/errors.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
-#include "detail/reducer.hpp"
+#include "strategies/ddp_reducer.hpp"
 
 namespace cppfabric::strategies {
 

@@ -9,34 +9,24 @@
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
+#include "utilities/env.hpp"
 
 namespace cppfabric::utilities {
-namespace {
-std::optional<int64_t> parse_int(const std::string& text) {
-  try {
-    std::size_t used = 0;
-    const int64_t value = std::stoll(text, &used);
-    while (used < text.size() && std::isspace(static_cast<unsigned char>(text[used]))) ++used;
-    if (used == text.size()) return value;
-  } catch (const std::exception&) {
-  }
-  return std::nullopt;
-}
-}  // namespace
 
 uint64_t seed_everything(std::optional<int64_t> seed, bool workers, bool verbose) {
   if (!seed) {
-    const char* env = std::getenv("PL_GLOBAL_SEED");
-    if (env == nullptr) {
+    // Python's rule: set means it must parse, even when empty (setup_dataloaders takes "" as 0).
+    const auto env = detail::env_string("PL_GLOBAL_SEED");
+    if (!env) {
       seed = 0;
       if (verbose) rank_zero_warn("No seed found, seed set to 0");
     } else {
-      seed = parse_int(env);
+      seed = detail::parse_int(*env);
       if (!seed) {
         throw std::invalid_argument(
             fmt::format("Invalid seed specified via PL_GLOBAL_SEED: '{}'. Set it to an integer "
                         "between 0 and {}.",
-                        env, kMaxSeed));
+                        *env, kMaxSeed));
       }
     }
   }
@@ -56,11 +46,9 @@ uint64_t seed_everything(std::optional<int64_t> seed, bool workers, bool verbose
 }
 
 void reset_seed() {
-  const char* seed = std::getenv("PL_GLOBAL_SEED");
-  if (seed == nullptr) return;
-  const char* workers = std::getenv("PL_SEED_WORKERS");
-  seed_everything(parse_int(seed), workers != nullptr && std::string(workers) == "1",
-                  /*verbose=*/false);
+  if (!detail::env_string("PL_GLOBAL_SEED")) return;
+  // seed unset: seed_everything reads PL_GLOBAL_SEED itself, with its error for a bad value.
+  seed_everything(std::nullopt, detail::env_string("PL_SEED_WORKERS") == "1", /*verbose=*/false);
 }
 
 }  // namespace cppfabric::utilities

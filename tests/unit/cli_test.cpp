@@ -1,21 +1,21 @@
 // `cppfabric run`: option parsing, the process count and the environment given to each process.
+#include "cli.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cppfabric/cppfabric.hpp>
 
-#include "detail/cli_run.hpp"
 #include "test_utils.hpp"
 
 namespace {
 
-using cppfabric::detail::cli_environment;
-using cppfabric::detail::cli_num_processes;
-using cppfabric::detail::CliRunConfig;
-using cppfabric::detail::parse_cli;
+using cppfabric::cli::num_processes;
+using cppfabric::cli::process_environment;
+using cppfabric::cli::RunConfig;
 
-std::optional<CliRunConfig> parse(std::vector<const char*> args) {
+std::optional<RunConfig> parse(std::vector<const char*> args) {
   args.insert(args.begin(), "cppfabric");
-  return parse_cli(static_cast<int>(args.size()), args.data());
+  return cppfabric::cli::parse_args(static_cast<int>(args.size()), args.data());
 }
 
 TEST(Cli, DefaultsFollowFabricRun) {
@@ -49,6 +49,16 @@ TEST(Cli, OptionsBothSpellingsAndProgramArgumentsPassThrough) {
   EXPECT_EQ(config->command, (std::vector<std::string>{"./train", "--devices", "7", "--lr=0.1"}));
 }
 
+TEST(Cli, HelpAndRepeatedOptions) {
+  EXPECT_FALSE(parse({}));  // help
+  EXPECT_FALSE(parse({"--help"}));
+  EXPECT_FALSE(parse({"run", "--help", "./t"}));
+  auto config = parse({"run", "--devices", "2", "--devices=3", "./t", "--help"});
+  ASSERT_TRUE(config);  // the last value wins, as with click; --help after PROGRAM is PROGRAM's
+  EXPECT_EQ(config->devices, "3");
+  EXPECT_EQ(config->command, (std::vector<std::string>{"./t", "--help"}));
+}
+
 TEST(Cli, BadInputNamesTheValueAndTheChoices) {
   EXPECT_THROW_WITH(parse({"run", "--accelerator", "abc", "./t"}), std::invalid_argument,
                     "'--accelerator'", "'abc'", "'cpu'", "'cuda'", "'auto'");
@@ -69,20 +79,20 @@ TEST(Cli, BadInputNamesTheValueAndTheChoices) {
 
 TEST(Cli, ProcessCount) {
   auto config = *parse({"run", "--accelerator", "cpu", "--devices", "3", "./t"});
-  EXPECT_EQ(cli_num_processes(config), 3);
+  EXPECT_EQ(num_processes(config), 3);
   config.devices = "auto";
-  EXPECT_EQ(cli_num_processes(config), 1);
+  EXPECT_EQ(num_processes(config), 1);
   config.devices = "0,1";
-  EXPECT_THROW(cli_num_processes(config), std::invalid_argument);  // indices select GPUs
+  EXPECT_THROW(num_processes(config), std::invalid_argument);  // indices select GPUs
   config.accelerator = "tpu";
-  EXPECT_THROW_WITH(cli_num_processes(config), std::invalid_argument, "tpu");
+  EXPECT_THROW_WITH(num_processes(config), std::invalid_argument, "tpu");
 }
 
 TEST(Cli, EnvironmentOfEachProcess) {
   auto config = *parse({"run", "--accelerator", "cpu", "--devices", "2", "--num-nodes", "3",
                         "--node-rank", "2", "--main-address", "node0", "--main-port", "5555",
                         "--precision", "64-true", "./t"});
-  auto env = cli_environment(config, 2, 1);
+  auto env = process_environment(config, 2, 1);
   EXPECT_EQ(env["LT_CLI_USED"], "1");
   EXPECT_EQ(env["LT_ACCELERATOR"], "cpu");
   EXPECT_EQ(env.count("LT_STRATEGY"), 0u);

@@ -1,4 +1,4 @@
-// `cppfabric run [OPTIONS] PROGRAM [ARGS]...`: see src/detail/cli_run.hpp and docs/cli.md.
-#include "detail/cli_run.hpp"
+// `cppfabric run [OPTIONS] PROGRAM [ARGS]...`: see cli.hpp and docs/cli.md.
+#include "cli.hpp"
 
-int main(int argc, char** argv) { return cppfabric::detail::cli_main(argc, argv); }
+int main(int argc, char** argv) { return cppfabric::cli::tool_main(argc, argv); }

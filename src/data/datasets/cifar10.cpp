@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "cppfabric/detail/fmt.hpp"
-#include "detail/md5.hpp"
+#include "data/datasets/md5.hpp"
 
 #if CPPFABRIC_HAS_CURL
 #include <curl/curl.h>

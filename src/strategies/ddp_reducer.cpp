@@ -1,4 +1,4 @@
-#include "detail/reducer.hpp"
+#include "strategies/ddp_reducer.hpp"
 
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>

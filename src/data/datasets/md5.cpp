@@ -1,4 +1,4 @@
-#include "detail/md5.hpp"
+#include "data/datasets/md5.hpp"
 
 #include <cerrno>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "detail/process_supervisor.hpp"
+#include "launchers/process_supervisor.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -172,11 +172,31 @@ std::optional<ProcessSupervisor::Failure> ProcessSupervisor::wait(
   }
 }
 
-void ProcessSupervisor::kill_all(int signal) {
+void ProcessSupervisor::signal_all(int signal) {
   std::lock_guard<std::mutex> lock(mutex_);
   for (const auto& child : children_) {
     if (!child.status) ::kill(child.pid, signal);
   }
+}
+
+void ProcessSupervisor::reap_all(std::chrono::milliseconds timeout) {
+  // Not wait(): that returns at the first failure, and a child stopped by a signal is one.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    poll();
+    if (all_exited() || std::chrono::steady_clock::now() >= deadline) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+void ProcessSupervisor::stop_all(std::chrono::milliseconds grace) {
+  if (grace.count() > 0) {
+    signal_all(SIGTERM);
+    reap_all(grace);
+  }
+  if (all_exited()) return;
+  signal_all(SIGKILL);
+  reap_all(kKillTimeout);
 }
 
 bool ProcessSupervisor::all_exited() {

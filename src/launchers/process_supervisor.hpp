@@ -1,7 +1,7 @@
-// Starting and watching child processes: the one piece of process control shared by
-// `fabric.launch()` (which re-executes the program for local ranks 1..N-1) and the `cppfabric run`
-// command-line tool (which starts every rank). Private; no LibTorch here, so the tool can compile
-// it without the heavy headers.
+// Starting, watching and stopping child processes: the one piece of process control shared by
+// `fabric.launch()` (SubprocessScriptLauncher, which re-executes the program for local ranks
+// 1..N-1) and the `cppfabric run` command-line tool (tools/cppfabric, which starts every rank).
+// Private; no LibTorch here.
 #pragma once
 
 #include <sys/types.h>
@@ -55,15 +55,24 @@ class ProcessSupervisor {
   /// exit or a signal), once.
   std::optional<Failure> poll();
   /// Blocks until every child has exited or one has failed (then returns that failure at once,
-  /// leaving the others running: call kill_all). `timeout` unset waits without limit.
+  /// leaving the others running: call stop_all). `timeout` unset waits without limit.
   std::optional<Failure> wait(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
-  /// Sends `signal` to every child still running.
-  void kill_all(int signal);
+  /// Stops every child still running: SIGTERM, up to `grace` for them to exit, then SIGKILL for the
+  /// rest, and reaps them (giving up after kKillTimeout, so it never hangs). A zero `grace` skips
+  /// SIGTERM. Exits seen here are not reported by poll() or wait() afterwards.
+  void stop_all(std::chrono::milliseconds grace);
   /// True when every child has been reaped.
   bool all_exited();
   std::size_t size();
 
+  /// How long stop_all waits for SIGKILLed children to be reaped.
+  static constexpr std::chrono::seconds kKillTimeout{10};
+
  private:
+  void signal_all(int signal);
+  /// Reaps until every child has exited or `timeout` has passed, whatever their exit status.
+  void reap_all(std::chrono::milliseconds timeout);
+
   std::mutex mutex_;
   std::vector<Child> children_;
   bool failure_reported_ = false;
