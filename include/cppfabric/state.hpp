@@ -9,11 +9,12 @@
 // A State maps string keys, in insertion order, to either a stateful object or a plain value:
 //   - stateful: a FabricModule, a module holder or std::shared_ptr<Module>, a FabricOptimizer or
 //     std::shared_ptr<Optimizer>, an LR scheduler, a precision plugin, a GradScaler, or anything
-//     implementing cppfabric::Stateful (state_dict / load_state_dict). Objects passed as lvalue
-//     references (schedulers, scalers, your own Stateful) are referenced, not copied: they must
-//     outlive the State. Rvalues of Stateful subclasses are moved in and owned.
-//   - plain values (cppfabric::Value): None, bool, integers, floats, strings, tensors, lists,
-//     tuples, dicts, and nested States.
+//     implementing cppfabric::Stateful (stateful.hpp: state_dict / load_state_dict). Objects
+//     passed as lvalue references (schedulers, scalers, your own Stateful) are referenced, not
+//     copied: they must outlive the State. Movable rvalues of Stateful subclasses are moved in
+//     and owned (schedulers and scalers cannot move: they are referenced).
+//   - plain values (cppfabric::Value, value.hpp): None, bool, integers, floats, strings, tensors,
+//     lists, tuples, dicts, and nested States.
 // get<T>(key) returns a plain value as T (int64_t, int, double, bool, std::string, at::Tensor,
 // Value, State) and throws std::invalid_argument naming the key and the type found otherwise.
 #pragma once
@@ -23,119 +24,24 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <stdexcept>
 #include <string>
-#include <string_view>
 #include <type_traits>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include "cppfabric/detail/fwd.hpp"
+#include "cppfabric/stateful.hpp"
+#include "cppfabric/value.hpp"
 #include "cppfabric/wrappers.hpp"
 
 namespace cppfabric {
 
-namespace optim {
-class LRScheduler;
-}
-namespace precision {
-class Precision;
-class GradScaler;
-}  // namespace precision
-
-/// A plain value as Python's pickle sees it: None, bool, int, float, str, Tensor, list, tuple,
-/// dict (optionally an OrderedDict). Dict keys are Values too (Python's optimizer state uses int
-/// keys). Copies share tensors, as Python objects would.
-class Value {
- public:
-  enum class Kind { None, Bool, Int, Double, String, Tensor, List, Tuple, Dict };
-  using List = std::vector<Value>;
-  using Items = std::vector<std::pair<Value, Value>>;
-
-  Value() = default;
-  Value(std::nullptr_t) {}
-  Value(bool value) : data_(value) {}
-  template <typename T>
-  requires(std::is_integral_v<T> && !std::is_same_v<T, bool>) Value(T value)
-      : data_(static_cast<int64_t>(value)) {}
-  template <typename T>
-  requires std::is_floating_point_v<T> Value(T value) : data_(static_cast<double>(value)) {}
-  Value(std::string value) : data_(std::move(value)) {}
-  Value(std::string_view value) : data_(std::string(value)) {}
-  Value(const char* value) : data_(std::string(value)) {}
-  Value(at::Tensor value) : data_(std::move(value)) {}
-
-  static Value list(List items = {});
-  static Value tuple(List items = {});
-  /// A dict; `ordered` marks a collections.OrderedDict (what module state dicts are in Python).
-  static Value dict(Items items = {}, bool ordered = false);
-
-  Kind kind() const;
-  /// Python's name for the kind: "NoneType", "bool", "int", "float", "str", "Tensor", "list",
-  /// "tuple", "dict".
-  const char* type_name() const;
-  bool is_none() const { return kind() == Kind::None; }
-  bool is_dict() const { return kind() == Kind::Dict; }
-  bool is_sequence() const { return kind() == Kind::List || kind() == Kind::Tuple; }
-  bool is_ordered_dict() const;
-
-  // Typed access; each throws std::invalid_argument naming the expected and the actual type.
-  bool to_bool() const;
-  int64_t to_int() const;    // also accepts a bool
-  double to_double() const;  // also accepts an int
-  const std::string& to_string() const;
-  const at::Tensor& to_tensor() const;
-  const List& elements() const;  // list or tuple
-  List& elements();
-  const Items& items() const;  // dict
-  Items& items();
-
-  /// Dict lookup (nullptr when absent or not a dict).
-  const Value* find(const Value& key) const;
-  Value* find(const Value& key);
-  /// Dict lookup that throws std::out_of_range naming the key.
-  const Value& at(const Value& key) const;
-  /// Inserts or replaces a dict entry, keeping the insertion order.
-  void set(Value key, Value value);
-  bool erase(const Value& key);
-
-  /// Equality of scalars (None, bool, int, float, str); containers and tensors compare false.
-  bool scalar_equals(const Value& other) const;
-  /// A short Python-like rendering for messages: 'text', 3, 0.5, True, Tensor[2, 3] ...
-  std::string repr() const;
-
- private:
-  struct Seq {
-    List items;
-    bool tuple = false;
-  };
-  struct Map {
-    Items items;
-    bool ordered = false;
-  };
-  std::variant<std::monostate, bool, int64_t, double, std::string, at::Tensor, Seq, Map> data_;
-};
-
-/// The interface fabric.save / fabric.load use for anything with a state: return a Value tree
-/// (usually a dict) and restore from one.
-class Stateful {
- public:
-  virtual ~Stateful() = default;
-  virtual Value state_dict() const = 0;
-  virtual void load_state_dict(const Value& state) = 0;
-  /// Called by fabric.load with its `strict` flag; defaults to load_state_dict(state).
-  virtual void load_state_dict(const Value& state, bool /*strict*/) { load_state_dict(state); }
-  /// A word for messages ("module", "optimizer", "scheduler", ...).
-  virtual std::string kind() const { return "stateful object"; }
-};
-
 namespace detail {
-// Adapters for the objects cppfabric knows (implemented in src/state.cpp).
+// Adapters that give LibTorch's modules and optimizers Python's state-dict layout (implemented in
+// src/checkpoint/adapters.cpp).
 std::shared_ptr<Stateful> module_stateful(std::shared_ptr<torch::nn::Module> module);
 std::shared_ptr<Stateful> optimizer_stateful(std::shared_ptr<torch::optim::Optimizer> optimizer);
-std::shared_ptr<Stateful> scheduler_stateful(std::shared_ptr<optim::LRScheduler> scheduler);
-std::shared_ptr<Stateful> precision_stateful(std::shared_ptr<precision::Precision> precision);
-std::shared_ptr<Stateful> grad_scaler_stateful(std::shared_ptr<precision::GradScaler> scaler);
 /// A shared_ptr that does not own (for objects passed by lvalue reference).
 template <typename T>
 std::shared_ptr<T> borrow(T& object) {
@@ -179,16 +85,13 @@ class State {
     // Optimizers.
     Item(const FabricOptimizer& optimizer)
         : stateful_(detail::optimizer_stateful(optimizer.optimizer_ptr())) {}
-    // shared_ptr to a module, optimizer, scheduler, precision plugin, scaler or Stateful.
+    // shared_ptr to a module, an optimizer or a Stateful (scheduler, precision plugin, ...).
     template <typename T>
     Item(const std::shared_ptr<T>& object) : stateful_(from_shared(object)) {}
-    // References to schedulers, precision plugins, scalers and Stateful objects (not owned).
+    // Stateful objects (schedulers, precision plugins, scalers, your own): lvalues are
+    // referenced, not owned; movable rvalues are moved in.
     template <typename T>
-    requires(!std::is_arithmetic_v<std::remove_cvref_t<T>> &&
-             (std::is_base_of_v<optim::LRScheduler, std::remove_cvref_t<T>> ||
-              std::is_base_of_v<precision::Precision, std::remove_cvref_t<T>> ||
-              std::is_same_v<precision::GradScaler, std::remove_cvref_t<T>> ||
-              std::is_base_of_v<Stateful, std::remove_cvref_t<T>>)) Item(T&& object)
+    requires std::is_base_of_v<Stateful, std::remove_cvref_t<T>> Item(T&& object)
         : stateful_(from_object(std::forward<T>(object))) {}
 
     bool is_stateful() const { return stateful_ != nullptr; }
@@ -205,30 +108,26 @@ class State {
     template <typename T>
     static std::shared_ptr<Stateful> from_shared(const std::shared_ptr<T>& object) {
       if constexpr (std::is_base_of_v<Stateful, T>) {
+        if (!object) throw std::invalid_argument("State: got a null stateful object");
         return object;
       } else if constexpr (std::is_base_of_v<torch::nn::Module, T>) {
         return detail::module_stateful(object);
       } else if constexpr (std::is_base_of_v<torch::optim::Optimizer, T>) {
         return detail::optimizer_stateful(object);
-      } else if constexpr (std::is_base_of_v<optim::LRScheduler, T>) {
-        return detail::scheduler_stateful(object);
-      } else if constexpr (std::is_base_of_v<precision::Precision, T>) {
-        return detail::precision_stateful(object);
-      } else if constexpr (std::is_same_v<precision::GradScaler, T>) {
-        return detail::grad_scaler_stateful(object);
       } else {
         static_assert(sizeof(T) == 0,
-                      "State holds modules, optimizers, schedulers, precision plugins, "
-                      "GradScalers and cppfabric::Stateful objects");
+                      "State holds modules, optimizers and cppfabric::Stateful objects "
+                      "(schedulers, precision plugins, GradScalers, your own)");
       }
     }
     template <typename T>
     static std::shared_ptr<Stateful> from_object(T&& object) {
       using D = std::remove_cvref_t<T>;
-      if constexpr (std::is_base_of_v<Stateful, D> && !std::is_lvalue_reference_v<T>) {
+      if constexpr (!std::is_lvalue_reference_v<T> && std::is_move_constructible_v<D>) {
         return std::make_shared<D>(std::forward<T>(object));
       } else {
-        return from_shared(detail::borrow(const_cast<D&>(object)));
+        // Not copyable (schedulers, scalers): referenced, like an lvalue.
+        return detail::borrow(const_cast<D&>(object));
       }
     }
 

@@ -11,19 +11,20 @@
 #include <unordered_map>
 
 #include "cppfabric/detail/fmt.hpp"
-#include "optim/initial_lr.hpp"
+#include "optim/group_values.hpp"
 
 namespace cppfabric::optim {
 namespace {
 
 constexpr double kPi = std::numbers::pi;
 
-// Python keeps `initial_lr` inside each param group; LibTorch's groups cannot hold extra keys,
-// so it lives here, keyed by the group's options object and checked against the group's first
-// parameter (so a group freed and replaced at the same address does not inherit a stale value).
-struct InitialLrEntry {
+// Python keeps `initial_lr` (and OneCycleLR's max_lr, min_lr, ...) inside each param group;
+// LibTorch's groups cannot hold extra keys, so they live here, keyed by the group's options
+// object and checked against the group's first parameter (so a group freed and replaced at the
+// same address does not inherit stale values).
+struct GroupEntry {
   std::optional<c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>> first_param;
-  double value;
+  std::vector<std::pair<std::string, double>> values;  // in the order first set, as Python's dict
 };
 
 std::mutex& registry_mutex() {
@@ -31,24 +32,16 @@ std::mutex& registry_mutex() {
   return mutex;
 }
 
-std::unordered_map<const void*, InitialLrEntry>& registry() {
-  static std::unordered_map<const void*, InitialLrEntry> map;
+std::unordered_map<const void*, GroupEntry>& registry() {
+  static std::unordered_map<const void*, GroupEntry> map;
   return map;
 }
 
-bool entry_matches(const InitialLrEntry& entry, const torch::optim::OptimizerParamGroup& group) {
+bool entry_matches(const GroupEntry& entry, const torch::optim::OptimizerParamGroup& group) {
   if (group.params().empty()) return !entry.first_param.has_value();
   if (!entry.first_param) return false;
   auto locked = entry.first_param->lock();
   return locked.get() == group.params().front().unsafeGetTensorImpl();
-}
-
-InitialLrEntry make_entry(const torch::optim::OptimizerParamGroup& group, double value) {
-  InitialLrEntry entry{std::nullopt, value};
-  if (!group.params().empty()) {
-    entry.first_param.emplace(group.params().front().getIntrusivePtr());
-  }
-  return entry;
 }
 
 void prune_locked() {
@@ -62,65 +55,173 @@ void prune_locked() {
   }
 }
 
-std::optional<double> find_initial_lr(const torch::optim::OptimizerParamGroup& group) {
-  std::lock_guard<std::mutex> lock(registry_mutex());
+// The group's entry (nullptr when none matches); the registry mutex must be held.
+GroupEntry* find_entry_locked(const torch::optim::OptimizerParamGroup& group) {
   auto it = registry().find(&group.options());
-  if (it == registry().end() || !entry_matches(it->second, group)) return std::nullopt;
-  return it->second.value;
+  if (it == registry().end() || !entry_matches(it->second, group)) return nullptr;
+  return &it->second;
 }
 
-// group["initial_lr"] = value (overwrite: OneCycleLR) or group.setdefault("initial_lr", value).
-double set_initial_lr(const torch::optim::OptimizerParamGroup& group, double value,
-                      bool overwrite) {
+double* find_value_locked(GroupEntry* entry, const std::string& key) {
+  if (entry == nullptr) return nullptr;
+  for (auto& [name, value] : entry->values)
+    if (name == key) return &value;
+  return nullptr;
+}
+
+// group[key] = value (overwrite) or group.setdefault(key, value); returns the value now stored.
+double store_group_value(const torch::optim::OptimizerParamGroup& group, const std::string& key,
+                         double value, bool overwrite) {
   std::lock_guard<std::mutex> lock(registry_mutex());
-  prune_locked();
-  auto& map = registry();
-  auto it = map.find(&group.options());
-  if (it != map.end() && entry_matches(it->second, group) && !overwrite) return it->second.value;
-  map.insert_or_assign(&group.options(), make_entry(group, value));
+  GroupEntry* entry = find_entry_locked(group);
+  if (entry == nullptr) {
+    prune_locked();
+    GroupEntry fresh;
+    if (!group.params().empty())
+      fresh.first_param.emplace(group.params().front().getIntrusivePtr());
+    entry = &registry().insert_or_assign(&group.options(), std::move(fresh)).first->second;
+  }
+  if (double* existing = find_value_locked(entry, key)) {
+    if (overwrite) *existing = value;
+    return *existing;
+  }
+  entry->values.emplace_back(key, value);
   return value;
 }
 
 std::string fmt_double(double value) { return fmt::format("{}", value); }
 
-double require(const SchedulerStateDict& state, const std::string& key) {
-  auto it = state.find(key);
-  if (it == state.end()) {
+// ------------------------------------------------------------------ reading a state dict Value
+
+const Value& require(const Value& state, const std::string& key) {
+  if (!state.is_dict()) {
+    throw std::invalid_argument(
+        fmt::format("a scheduler state_dict must be a dict, but got a {}: {}", state.type_name(),
+                    state.repr()));
+  }
+  const Value* found = state.find(Value(key));
+  if (found == nullptr) {
     throw std::invalid_argument(
         fmt::format("scheduler state_dict lacks the key '{}'; pass a dict that the same kind "
                     "of scheduler's state_dict() returned",
                     key));
   }
-  return it->second;
+  return *found;
 }
 
-void save_list(SchedulerStateDict& state, const std::string& name,
-               const std::vector<double>& values) {
-  for (std::size_t i = 0; i < values.size(); ++i) state[fmt::format("{}.{}", name, i)] = values[i];
+[[noreturn]] void ill_typed(const std::string& key, const char* wanted, const Value& value) {
+  throw std::invalid_argument(
+      fmt::format("scheduler state_dict: '{}' must be {}, but it holds a {} ({})", key, wanted,
+                  value.type_name(), value.repr()));
 }
 
-std::vector<double> load_list(const SchedulerStateDict& state, const std::string& name,
-                              std::size_t count) {
-  std::vector<double> values(count);
-  for (std::size_t i = 0; i < count; ++i) values[i] = require(state, fmt::format("{}.{}", name, i));
-  return values;
+bool is_number(const Value& value) {
+  return value.kind() == Value::Kind::Int || value.kind() == Value::Kind::Double;
 }
 
-// How many "name.<i>" entries the state holds (consecutive from 0).
-std::size_t count_list(const SchedulerStateDict& state, const std::string& name) {
-  std::size_t count = 0;
-  while (state.count(fmt::format("{}.{}", name, count)) != 0) ++count;
-  return count;
+int64_t require_int(const Value& state, const std::string& key) {
+  const Value& value = require(state, key);
+  if (value.kind() != Value::Kind::Int) ill_typed(key, "an int", value);
+  return value.to_int();
+}
+
+double require_double(const Value& state, const std::string& key) {
+  const Value& value = require(state, key);
+  if (!is_number(value)) ill_typed(key, "a float", value);
+  return value.to_double();
+}
+
+bool require_bool(const Value& state, const std::string& key) {
+  const Value& value = require(state, key);
+  if (value.kind() != Value::Kind::Bool) ill_typed(key, "a bool", value);
+  return value.to_bool();
+}
+
+const std::string& require_string(const Value& state, const std::string& key) {
+  const Value& value = require(state, key);
+  if (value.kind() != Value::Kind::String) ill_typed(key, "a str", value);
+  return value.to_string();
+}
+
+const Value::List& require_list(const Value& state, const std::string& key) {
+  const Value& value = require(state, key);
+  if (!value.is_sequence()) ill_typed(key, "a list", value);
+  return value.elements();
+}
+
+std::vector<double> require_doubles(const Value& state, const std::string& key) {
+  std::vector<double> out;
+  for (const auto& item : require_list(state, key)) {
+    if (!is_number(item)) ill_typed(key, "a list of floats", require(state, key));
+    out.push_back(item.to_double());
+  }
+  return out;
+}
+
+std::vector<int64_t> require_ints(const Value& state, const std::string& key) {
+  std::vector<int64_t> out;
+  for (const auto& item : require_list(state, key)) {
+    if (item.kind() != Value::Kind::Int) ill_typed(key, "a list of ints", require(state, key));
+    out.push_back(item.to_int());
+  }
+  return out;
+}
+
+// A transient flag Python keeps in the dict (False between steps): checked when present.
+void check_optional_bool(const Value& state, const std::string& key) {
+  const Value* value = state.find(Value(key));
+  if (value != nullptr && value->kind() != Value::Kind::Bool) ill_typed(key, "a bool", *value);
+}
+
+Value doubles(const std::vector<double>& values) {
+  Value out = Value::list();
+  for (double v : values) out.elements().emplace_back(v);
+  return out;
+}
+
+void check_groups(const std::string& key, std::size_t found, std::size_t groups) {
+  if (found != groups) {
+    throw std::invalid_argument(
+        fmt::format("scheduler state_dict holds {} for {} param groups, but the optimizer "
+                    "has {}; load a state saved with the same optimizer layout",
+                    key, found, groups));
+  }
+}
+
+// Counter(milestones): one entry per distinct milestone, in the order first seen.
+void count_milestone(std::vector<std::pair<int64_t, int64_t>>& counter, int64_t milestone) {
+  auto it = std::find_if(counter.begin(), counter.end(),
+                         [&](const auto& entry) { return entry.first == milestone; });
+  if (it == counter.end()) {
+    counter.emplace_back(milestone, 1);
+  } else {
+    ++it->second;
+  }
 }
 
 }  // namespace
 
 namespace detail {
-std::optional<double> initial_lr(const torch::optim::OptimizerParamGroup& group) {
-  return find_initial_lr(group);
+const std::vector<std::string>& scheduler_group_keys() {
+  static const std::vector<std::string> keys = {"initial_lr", "max_lr", "min_lr", "max_momentum",
+                                                "base_momentum"};
+  return keys;
 }
-void set_initial_lr(const torch::optim::OptimizerParamGroup& group, double value) {
-  optim::set_initial_lr(group, value, /*overwrite=*/true);
+std::optional<double> group_value(const torch::optim::OptimizerParamGroup& group,
+                                  const std::string& key) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  if (const double* value = find_value_locked(find_entry_locked(group), key)) return *value;
+  return std::nullopt;
+}
+void set_group_value(const torch::optim::OptimizerParamGroup& group, const std::string& key,
+                     double value) {
+  store_group_value(group, key, value, /*overwrite=*/true);
+}
+std::vector<std::pair<std::string, double>> group_values(
+    const torch::optim::OptimizerParamGroup& group) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  const GroupEntry* entry = find_entry_locked(group);
+  return entry != nullptr ? entry->values : std::vector<std::pair<std::string, double>>{};
 }
 }  // namespace detail
 
@@ -143,7 +244,8 @@ std::vector<double> LRScheduler::group_lrs() const {
 void LRScheduler::init_base_lrs() {
   base_lrs_.clear();
   for (const auto& group : optimizer_->param_groups()) {
-    base_lrs_.push_back(set_initial_lr(group, group.options().get_lr(), /*overwrite=*/false));
+    base_lrs_.push_back(
+        store_group_value(group, "initial_lr", group.options().get_lr(), /*overwrite=*/false));
   }
   last_epoch_ = -1;
 }
@@ -184,34 +286,37 @@ void LRScheduler::update_lr(std::optional<int64_t> epoch) {
   last_lr_ = group_lrs();
 }
 
-void LRScheduler::save_common(StateDict& state) const {
-  state["last_epoch"] = static_cast<double>(last_epoch_);
-  state["_step_count"] = static_cast<double>(step_count_);
-  save_list(state, "base_lrs", base_lrs_);
-  save_list(state, "_last_lr", last_lr_);
+void LRScheduler::save_common(Value& state) const {
+  state.set("base_lrs", doubles(base_lrs_));
+  state.set("last_epoch", last_epoch_);
+  state.set("_step_count", step_count_);
+  state.set("_is_initial", false);
+  state.set("_get_lr_called_within_step", false);
+  state.set("_last_lr", doubles(last_lr_));
 }
 
-void LRScheduler::load_common(const StateDict& state) {
-  const std::size_t groups = count_list(state, "base_lrs");
-  if (groups != num_groups()) {
-    throw std::invalid_argument(
-        fmt::format("scheduler state_dict holds base_lrs for {} param groups, but the optimizer "
-                    "has {}; load a state saved with the same optimizer layout",
-                    groups, num_groups()));
-  }
-  last_epoch_ = static_cast<int64_t>(require(state, "last_epoch"));
-  step_count_ = static_cast<int64_t>(require(state, "_step_count"));
-  base_lrs_ = load_list(state, "base_lrs", groups);
-  last_lr_ = load_list(state, "_last_lr", groups);
+void LRScheduler::load_common(const Value& state) {
+  auto base_lrs = require_doubles(state, "base_lrs");
+  check_groups("base_lrs", base_lrs.size(), num_groups());
+  auto last_lr = require_doubles(state, "_last_lr");
+  check_groups("_last_lr", last_lr.size(), num_groups());
+  const int64_t last_epoch = require_int(state, "last_epoch");
+  const int64_t step_count = require_int(state, "_step_count");
+  check_optional_bool(state, "_is_initial");
+  check_optional_bool(state, "_get_lr_called_within_step");
+  base_lrs_ = std::move(base_lrs);
+  last_lr_ = std::move(last_lr);
+  last_epoch_ = last_epoch;
+  step_count_ = step_count;
 }
 
-LRScheduler::StateDict LRScheduler::state_dict() const {
-  StateDict state;
+Value LRScheduler::state_dict() const {
+  Value state = Value::dict();
   save_common(state);
   return state;
 }
 
-void LRScheduler::load_state_dict(const StateDict& state) { load_common(state); }
+void LRScheduler::load_state_dict(const Value& state) { load_common(state); }
 
 // ---------------------------------------------------------------------------------------------
 // CosineAnnealingLR
@@ -265,17 +370,18 @@ std::optional<std::vector<double>> CosineAnnealingLR::closed_form_lr() const {
   return lrs;
 }
 
-LRScheduler::StateDict CosineAnnealingLR::state_dict() const {
-  auto state = LRScheduler::state_dict();
-  state["T_max"] = static_cast<double>(T_max_);
-  state["eta_min"] = eta_min_;
+Value CosineAnnealingLR::state_dict() const {
+  Value state = Value::dict({{"T_max", T_max_}, {"eta_min", eta_min_}});
+  save_common(state);
   return state;
 }
 
-void CosineAnnealingLR::load_state_dict(const StateDict& state) {
+void CosineAnnealingLR::load_state_dict(const Value& state) {
+  const int64_t T_max = require_int(state, "T_max");
+  const double eta_min = require_double(state, "eta_min");
   load_common(state);
-  T_max_ = static_cast<int64_t>(require(state, "T_max"));
-  eta_min_ = require(state, "eta_min");
+  T_max_ = T_max;
+  eta_min_ = eta_min;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,17 +415,18 @@ std::optional<std::vector<double>> StepLR::closed_form_lr() const {
   return lrs;
 }
 
-LRScheduler::StateDict StepLR::state_dict() const {
-  auto state = LRScheduler::state_dict();
-  state["step_size"] = static_cast<double>(step_size_);
-  state["gamma"] = gamma_;
+Value StepLR::state_dict() const {
+  Value state = Value::dict({{"step_size", step_size_}, {"gamma", gamma_}});
+  save_common(state);
   return state;
 }
 
-void StepLR::load_state_dict(const StateDict& state) {
+void StepLR::load_state_dict(const Value& state) {
+  const int64_t step_size = require_int(state, "step_size");
+  const double gamma = require_double(state, "gamma");
   load_common(state);
-  step_size_ = static_cast<int64_t>(require(state, "step_size"));
-  gamma_ = require(state, "gamma");
+  step_size_ = step_size;
+  gamma_ = gamma;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -327,23 +434,27 @@ void StepLR::load_state_dict(const StateDict& state) {
 
 MultiStepLR::MultiStepLR(torch::optim::Optimizer& optimizer, std::vector<int64_t> milestones,
                          double gamma)
-    : LRScheduler(optimizer), milestones_(std::move(milestones)), gamma_(gamma) {
-  std::sort(milestones_.begin(), milestones_.end());
+    : LRScheduler(optimizer), gamma_(gamma) {
+  for (int64_t milestone : milestones) count_milestone(milestones_, milestone);
   init_base_lrs();
   initial_step();
 }
 
 std::vector<double> MultiStepLR::get_lr() {
   auto lrs = group_lrs();
-  const auto count = std::count(milestones_.begin(), milestones_.end(), last_epoch_);
-  if (count == 0) return lrs;
+  auto it = std::find_if(milestones_.begin(), milestones_.end(),
+                         [&](const auto& entry) { return entry.first == last_epoch_; });
+  if (it == milestones_.end()) return lrs;
+  const int64_t count = it->second;
   for (auto& lr : lrs) lr = lr * std::pow(gamma_, static_cast<double>(count));
   return lrs;
 }
 
 std::optional<std::vector<double>> MultiStepLR::closed_form_lr() const {
-  const auto passed =
-      std::upper_bound(milestones_.begin(), milestones_.end(), last_epoch_) - milestones_.begin();
+  // bisect_right over the sorted milestones, repeats counted.
+  int64_t passed = 0;
+  for (const auto& [milestone, count] : milestones_)
+    if (milestone <= last_epoch_) passed += count;
   std::vector<double> lrs(base_lrs_.size());
   for (std::size_t i = 0; i < lrs.size(); ++i) {
     lrs[i] = base_lrs_[i] * std::pow(gamma_, static_cast<double>(passed));
@@ -351,22 +462,33 @@ std::optional<std::vector<double>> MultiStepLR::closed_form_lr() const {
   return lrs;
 }
 
-LRScheduler::StateDict MultiStepLR::state_dict() const {
-  auto state = LRScheduler::state_dict();
-  state["gamma"] = gamma_;
-  for (std::size_t i = 0; i < milestones_.size(); ++i) {
-    state[fmt::format("milestones.{}", i)] = static_cast<double>(milestones_[i]);
-  }
+Value MultiStepLR::state_dict() const {
+  Value counter = Value::dict();
+  for (const auto& [milestone, count] : milestones_) counter.items().emplace_back(milestone, count);
+  Value state = Value::dict({{"milestones", std::move(counter)}, {"gamma", gamma_}});
+  save_common(state);
   return state;
 }
 
-void MultiStepLR::load_state_dict(const StateDict& state) {
+void MultiStepLR::load_state_dict(const Value& state) {
+  // Python's Counter {milestone: count}; a list of milestones (older cppfabric files) also loads.
+  const Value& saved = require(state, "milestones");
+  std::vector<std::pair<int64_t, int64_t>> milestones;
+  if (saved.is_dict()) {
+    for (const auto& [milestone, count] : saved.items()) {
+      if (milestone.kind() != Value::Kind::Int || count.kind() != Value::Kind::Int) {
+        ill_typed("milestones", "a Counter of int milestones", saved);
+      }
+      milestones.emplace_back(milestone.to_int(), count.to_int());
+    }
+  } else {
+    for (int64_t milestone : require_ints(state, "milestones"))
+      count_milestone(milestones, milestone);
+  }
+  const double gamma = require_double(state, "gamma");
   load_common(state);
-  gamma_ = require(state, "gamma");
-  const auto values = load_list(state, "milestones", count_list(state, "milestones"));
-  milestones_.assign(values.size(), 0);
-  for (std::size_t i = 0; i < values.size(); ++i) milestones_[i] = static_cast<int64_t>(values[i]);
-  std::sort(milestones_.begin(), milestones_.end());
+  milestones_ = std::move(milestones);
+  gamma_ = gamma;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -393,15 +515,16 @@ std::optional<std::vector<double>> ExponentialLR::closed_form_lr() const {
   return lrs;
 }
 
-LRScheduler::StateDict ExponentialLR::state_dict() const {
-  auto state = LRScheduler::state_dict();
-  state["gamma"] = gamma_;
+Value ExponentialLR::state_dict() const {
+  Value state = Value::dict({{"gamma", gamma_}});
+  save_common(state);
   return state;
 }
 
-void ExponentialLR::load_state_dict(const StateDict& state) {
+void ExponentialLR::load_state_dict(const Value& state) {
+  const double gamma = require_double(state, "gamma");
   load_common(state);
-  gamma_ = require(state, "gamma");
+  gamma_ = gamma;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,19 +584,22 @@ std::optional<std::vector<double>> LinearLR::closed_form_lr() const {
   return lrs;
 }
 
-LRScheduler::StateDict LinearLR::state_dict() const {
-  auto state = LRScheduler::state_dict();
-  state["start_factor"] = start_factor_;
-  state["end_factor"] = end_factor_;
-  state["total_iters"] = static_cast<double>(total_iters_);
+Value LinearLR::state_dict() const {
+  Value state = Value::dict({{"start_factor", start_factor_},
+                             {"end_factor", end_factor_},
+                             {"total_iters", total_iters_}});
+  save_common(state);
   return state;
 }
 
-void LinearLR::load_state_dict(const StateDict& state) {
+void LinearLR::load_state_dict(const Value& state) {
+  const double start_factor = require_double(state, "start_factor");
+  const double end_factor = require_double(state, "end_factor");
+  const int64_t total_iters = require_int(state, "total_iters");
   load_common(state);
-  start_factor_ = require(state, "start_factor");
-  end_factor_ = require(state, "end_factor");
-  total_iters_ = static_cast<int64_t>(require(state, "total_iters"));
+  start_factor_ = start_factor;
+  end_factor_ = end_factor;
+  total_iters_ = total_iters;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -510,12 +636,19 @@ std::vector<double> LambdaLR::get_lr() {
   return lrs;
 }
 
+Value LambdaLR::state_dict() const {
+  Value state = Value::dict();
+  save_common(state);
+  // The functions themselves are not saved, as in Python (which saves only callable objects'
+  // attributes).
+  state.set("lr_lambdas", Value::list(Value::List(lr_lambdas_.size())));
+  return state;
+}
+
+void LambdaLR::load_state_dict(const Value& state) { load_common(state); }
+
 // ---------------------------------------------------------------------------------------------
 // OneCycleLR
-
-namespace {
-enum OneCycleValue { kInitialLr, kMaxLr, kMinLr, kMaxMomentum, kBaseMomentum };
-}  // namespace
 
 OneCycleLR::OneCycleLR(torch::optim::Optimizer& optimizer, double max_lr, int64_t total_steps,
                        double pct_start, const std::string& anneal_strategy, bool cycle_momentum,
@@ -532,8 +665,7 @@ OneCycleLR::OneCycleLR(torch::optim::Optimizer& optimizer, std::vector<double> m
     : LRScheduler(optimizer),
       total_steps_(total_steps),
       anneal_cos_(anneal_strategy == "cos"),
-      cycle_momentum_(cycle_momentum),
-      three_phase_(three_phase) {
+      cycle_momentum_(cycle_momentum) {
   if (total_steps <= 0) {
     throw std::invalid_argument(fmt::format(
         "OneCycleLR expects total_steps to be a positive integer, but got total_steps={}",
@@ -575,36 +707,39 @@ OneCycleLR::OneCycleLR(torch::optim::Optimizer& optimizer, std::vector<double> m
     }
     use_beta1_ = has_betas;
   }
-  build_phases(pct_start);
-  max_lrs_ = std::move(max_lrs);
-  initial_lrs_.resize(groups);
-  min_lrs_.resize(groups);
+  build_phases(pct_start, three_phase);
+  // Python keeps these in the param groups (group["initial_lr"] = ..., group["max_lr"] = ...).
   for (std::size_t i = 0; i < groups; ++i) {
-    initial_lrs_[i] = max_lrs_[i] / div_factor;
-    min_lrs_[i] = initial_lrs_[i] / final_div_factor;
-    set_initial_lr(optimizer.param_groups()[i], initial_lrs_[i], /*overwrite=*/true);
+    const auto& group = optimizer.param_groups()[i];
+    const double initial_lr = max_lrs[i] / div_factor;
+    store_group_value(group, "initial_lr", initial_lr, /*overwrite=*/true);
+    store_group_value(group, "max_lr", max_lrs[i], /*overwrite=*/true);
+    store_group_value(group, "min_lr", initial_lr / final_div_factor, /*overwrite=*/true);
   }
   if (cycle_momentum_) {
-    max_momentums_.assign(groups, max_momentum);
-    base_momentums_.assign(groups, base_momentum);
-    for (std::size_t i = 0; i < groups; ++i) set_momentum(i, max_momentum);
+    for (std::size_t i = 0; i < groups; ++i) {
+      const auto& group = optimizer.param_groups()[i];
+      set_momentum(i, max_momentum);
+      store_group_value(group, "max_momentum", max_momentum, /*overwrite=*/true);
+      store_group_value(group, "base_momentum", base_momentum, /*overwrite=*/true);
+    }
   }
   init_base_lrs();
   initial_step();
 }
 
-void OneCycleLR::build_phases(double pct_start) {
+void OneCycleLR::build_phases(double pct_start, bool three_phase) {
   const double total = static_cast<double>(total_steps_);
-  if (three_phase_) {
+  if (three_phase) {
     phases_ = {
-        {pct_start * total - 1, kInitialLr, kMaxLr, kMaxMomentum, kBaseMomentum},
-        {2 * pct_start * total - 2, kMaxLr, kInitialLr, kBaseMomentum, kMaxMomentum},
-        {total - 1, kInitialLr, kMinLr, kMaxMomentum, kMaxMomentum},
+        {pct_start * total - 1, false, "initial_lr", "max_lr", "max_momentum", "base_momentum"},
+        {2 * pct_start * total - 2, false, "max_lr", "initial_lr", "base_momentum", "max_momentum"},
+        {total - 1, true, "initial_lr", "min_lr", "max_momentum", "max_momentum"},
     };
   } else {
     phases_ = {
-        {pct_start * total - 1, kInitialLr, kMaxLr, kMaxMomentum, kBaseMomentum},
-        {total - 1, kMaxLr, kMinLr, kBaseMomentum, kMaxMomentum},
+        {pct_start * total - 1, false, "initial_lr", "max_lr", "max_momentum", "base_momentum"},
+        {total - 1, true, "max_lr", "min_lr", "base_momentum", "max_momentum"},
     };
   }
 }
@@ -615,21 +750,6 @@ double OneCycleLR::anneal(double start, double end, double pct) const {
     return end + (start - end) / 2.0 * cos_out;
   }
   return (end - start) * pct + start;
-}
-
-double OneCycleLR::group_value(int which, std::size_t group) const {
-  switch (which) {
-    case kInitialLr:
-      return initial_lrs_[group];
-    case kMaxLr:
-      return max_lrs_[group];
-    case kMinLr:
-      return min_lrs_[group];
-    case kMaxMomentum:
-      return max_momentums_[group];
-    default:
-      return base_momentums_[group];
-  }
 }
 
 void OneCycleLR::set_momentum(std::size_t group, double momentum) {
@@ -653,7 +773,16 @@ std::vector<double> OneCycleLR::get_lr() {
                     "total_steps or stop stepping",
                     step_num, total_steps_));
   }
-  std::vector<double> lrs(num_groups());
+  auto& groups = optimizer_->param_groups();
+  // group[key], as Python's get_lr reads it.
+  auto value = [&](std::size_t g, const std::string& key) {
+    if (auto found = detail::group_value(groups[g], key)) return *found;
+    throw std::invalid_argument(fmt::format(
+        "OneCycleLR: param group {} has no '{}'; build the OneCycleLR on this optimizer (or load "
+        "the optimizer's state, whose param groups carry it) before stepping",
+        g, key));
+  };
+  std::vector<double> lrs(groups.size());
   for (std::size_t g = 0; g < lrs.size(); ++g) {
     double start_step = 0.0;
     for (std::size_t i = 0; i < phases_.size(); ++i) {
@@ -661,10 +790,10 @@ std::vector<double> OneCycleLR::get_lr() {
       if (static_cast<double>(step_num) <= phase.end_step || i == phases_.size() - 1) {
         const double pct =
             (static_cast<double>(step_num) - start_step) / (phase.end_step - start_step);
-        lrs[g] = anneal(group_value(phase.start_lr, g), group_value(phase.end_lr, g), pct);
+        lrs[g] = anneal(value(g, phase.start_lr), value(g, phase.end_lr), pct);
         if (cycle_momentum_) {
-          set_momentum(g, anneal(group_value(phase.start_momentum, g),
-                                 group_value(phase.end_momentum, g), pct));
+          set_momentum(g,
+                       anneal(value(g, phase.start_momentum), value(g, phase.end_momentum), pct));
         }
         break;
       }
@@ -674,45 +803,66 @@ std::vector<double> OneCycleLR::get_lr() {
   return lrs;
 }
 
-LRScheduler::StateDict OneCycleLR::state_dict() const {
-  auto state = LRScheduler::state_dict();
-  state["total_steps"] = static_cast<double>(total_steps_);
-  state["three_phase"] = three_phase_ ? 1.0 : 0.0;
-  state["cycle_momentum"] = cycle_momentum_ ? 1.0 : 0.0;
-  state["use_beta1"] = use_beta1_ ? 1.0 : 0.0;
-  state["anneal_cos"] = anneal_cos_ ? 1.0 : 0.0;
-  for (std::size_t i = 0; i < phases_.size(); ++i) {
-    state[fmt::format("_schedule_phases.{}.end_step", i)] = phases_[i].end_step;
+Value OneCycleLR::state_dict() const {
+  Value phases = Value::list();
+  for (const auto& phase : phases_) {
+    phases.elements().push_back(Value::dict({
+        {"end_step", phase.end_step_is_int ? Value(static_cast<int64_t>(phase.end_step))
+                                           : Value(phase.end_step)},
+        {"start_lr", phase.start_lr},
+        {"end_lr", phase.end_lr},
+        {"start_momentum", phase.start_momentum},
+        {"end_momentum", phase.end_momentum},
+    }));
   }
-  save_list(state, "initial_lr", initial_lrs_);
-  save_list(state, "max_lr", max_lrs_);
-  save_list(state, "min_lr", min_lrs_);
-  if (cycle_momentum_) {
-    save_list(state, "max_momentum", max_momentums_);
-    save_list(state, "base_momentum", base_momentums_);
-  }
+  Value state = Value::dict({{"total_steps", total_steps_},
+                             {"_schedule_phases", std::move(phases)},
+                             {"_anneal_func_type", anneal_cos_ ? "cos" : "linear"},
+                             {"cycle_momentum", cycle_momentum_}});
+  if (cycle_momentum_) state.set("use_beta1", use_beta1_);
+  save_common(state);
   return state;
 }
 
-void OneCycleLR::load_state_dict(const StateDict& state) {
+void OneCycleLR::load_state_dict(const Value& state) {
+  const int64_t total_steps = require_int(state, "total_steps");
+  std::vector<Phase> phases;
+  for (const auto& saved : require_list(state, "_schedule_phases")) {
+    if (!saved.is_dict()) ill_typed("_schedule_phases", "a list of dicts", saved);
+    const Value& end = require(saved, "end_step");
+    if (!is_number(end)) ill_typed("end_step", "a float", end);
+    Phase phase{end.to_double(), end.kind() == Value::Kind::Int, "", "", "", ""};
+    for (auto [key, field] :
+         {std::pair{"start_lr", &phase.start_lr}, std::pair{"end_lr", &phase.end_lr},
+          std::pair{"start_momentum", &phase.start_momentum},
+          std::pair{"end_momentum", &phase.end_momentum}}) {
+      *field = require_string(saved, key);
+      const auto& known = detail::scheduler_group_keys();
+      if (std::find(known.begin(), known.end(), *field) == known.end()) {
+        throw std::invalid_argument(fmt::format(
+            "scheduler state_dict: a _schedule_phases entry names '{}' as its {}; expected one of "
+            "{}",
+            *field, key, fmt::join(known, ", ")));
+      }
+    }
+    phases.push_back(std::move(phase));
+  }
+  if (phases.empty())
+    ill_typed("_schedule_phases", "a non-empty list", state.at("_schedule_phases"));
+  const std::string& anneal = require_string(state, "_anneal_func_type");
+  if (anneal != "cos" && anneal != "linear") {
+    throw std::invalid_argument(fmt::format(
+        "scheduler state_dict: '_anneal_func_type' must be 'cos' or 'linear', but it is '{}'",
+        anneal));
+  }
+  const bool cycle_momentum = require_bool(state, "cycle_momentum");
+  const bool use_beta1 = cycle_momentum ? require_bool(state, "use_beta1") : false;
   load_common(state);
-  const std::size_t groups = num_groups();
-  total_steps_ = static_cast<int64_t>(require(state, "total_steps"));
-  three_phase_ = require(state, "three_phase") != 0.0;
-  build_phases(0.0);
-  for (std::size_t i = 0; i < phases_.size(); ++i) {
-    phases_[i].end_step = require(state, fmt::format("_schedule_phases.{}.end_step", i));
-  }
-  cycle_momentum_ = require(state, "cycle_momentum") != 0.0;
-  use_beta1_ = require(state, "use_beta1") != 0.0;
-  anneal_cos_ = require(state, "anneal_cos") != 0.0;
-  initial_lrs_ = load_list(state, "initial_lr", groups);
-  max_lrs_ = load_list(state, "max_lr", groups);
-  min_lrs_ = load_list(state, "min_lr", groups);
-  if (cycle_momentum_) {
-    max_momentums_ = load_list(state, "max_momentum", groups);
-    base_momentums_ = load_list(state, "base_momentum", groups);
-  }
+  total_steps_ = total_steps;
+  phases_ = std::move(phases);
+  anneal_cos_ = anneal == "cos";
+  cycle_momentum_ = cycle_momentum;
+  use_beta1_ = use_beta1;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -747,7 +897,7 @@ SequentialLR::SequentialLR(torch::optim::Optimizer& optimizer,
   }
   last_epoch_ = 0;
   for (auto& group : optimizer.param_groups()) {
-    const auto initial = find_initial_lr(group);
+    const auto initial = detail::group_value(group, "initial_lr");
     if (!initial) {
       throw std::invalid_argument(
           "SequentialLR: a param group has no initial_lr; build its schedulers on this "
@@ -788,37 +938,33 @@ std::vector<double> SequentialLR::get_lr() {
       "only where it is stepped, not restarted at a milestone");
 }
 
-LRScheduler::StateDict SequentialLR::state_dict() const {
-  StateDict state;
-  state["last_epoch"] = static_cast<double>(last_epoch_);
-  save_list(state, "_last_lr", last_lr_);
-  for (std::size_t i = 0; i < milestones_.size(); ++i) {
-    state[fmt::format("_milestones.{}", i)] = static_cast<double>(milestones_[i]);
-  }
-  for (std::size_t i = 0; i < schedulers_.size(); ++i) {
-    const std::string prefix = fmt::format("_schedulers.{}.", i);
-    for (const auto& [key, value] : schedulers_[i]->state_dict()) state[prefix + key] = value;
-  }
-  return state;
+Value SequentialLR::state_dict() const {
+  Value milestones = Value::list();
+  for (int64_t milestone : milestones_) milestones.elements().emplace_back(milestone);
+  Value children = Value::list();
+  for (const auto& scheduler : schedulers_) children.elements().push_back(scheduler->state_dict());
+  return Value::dict({{"_milestones", std::move(milestones)},
+                      {"last_epoch", last_epoch_},
+                      {"_last_lr", doubles(last_lr_)},
+                      {"_schedulers", std::move(children)}});
 }
 
-void SequentialLR::load_state_dict(const StateDict& state) {
-  last_epoch_ = static_cast<int64_t>(require(state, "last_epoch"));
-  last_lr_ = load_list(state, "_last_lr", count_list(state, "_last_lr"));
-  const auto milestones = load_list(state, "_milestones", count_list(state, "_milestones"));
-  milestones_.assign(milestones.size(), 0);
-  for (std::size_t i = 0; i < milestones.size(); ++i) {
-    milestones_[i] = static_cast<int64_t>(milestones[i]);
+void SequentialLR::load_state_dict(const Value& state) {
+  auto milestones = require_ints(state, "_milestones");
+  const int64_t last_epoch = require_int(state, "last_epoch");
+  auto last_lr = require_doubles(state, "_last_lr");
+  check_groups("_last_lr", last_lr.size(), num_groups());
+  const auto& children = require_list(state, "_schedulers");
+  if (children.size() != schedulers_.size() || milestones.size() + 1 != schedulers_.size()) {
+    throw std::invalid_argument(fmt::format(
+        "SequentialLR state_dict holds {} schedulers and {} milestones, but this SequentialLR "
+        "has {} schedulers and {} milestones; build it with the same schedulers",
+        children.size(), milestones.size(), schedulers_.size(), milestones_.size()));
   }
-  for (std::size_t i = 0; i < schedulers_.size(); ++i) {
-    const std::string prefix = fmt::format("_schedulers.{}.", i);
-    StateDict child;
-    for (auto it = state.lower_bound(prefix); it != state.end() && it->first.starts_with(prefix);
-         ++it) {
-      child.emplace(it->first.substr(prefix.size()), it->second);
-    }
-    schedulers_[i]->load_state_dict(child);
-  }
+  for (std::size_t i = 0; i < children.size(); ++i) schedulers_[i]->load_state_dict(children[i]);
+  milestones_ = std::move(milestones);
+  last_epoch_ = last_epoch;
+  last_lr_ = std::move(last_lr);
 }
 
 }  // namespace cppfabric::optim

@@ -191,37 +191,58 @@ int64_t GradScaler::growth_tracker_value() const {
   return growth_tracker_.defined() ? growth_tracker_.item<int64_t>() : init_growth_tracker_;
 }
 
-std::map<std::string, double> GradScaler::state_dict() const {
-  if (!enabled_) return {};
-  return {{"scale", get_scale()},
-          {"growth_factor", growth_factor_},
-          {"backoff_factor", backoff_factor_},
-          {"growth_interval", static_cast<double>(growth_interval_)},
-          {"_growth_tracker", static_cast<double>(growth_tracker_value())}};
+Value GradScaler::state_dict() const {
+  if (!enabled_) return Value::dict();
+  return Value::dict({{"scale", get_scale()},
+                      {"growth_factor", growth_factor_},
+                      {"backoff_factor", backoff_factor_},
+                      {"growth_interval", growth_interval_},
+                      {"_growth_tracker", growth_tracker_value()}});
 }
 
-void GradScaler::load_state_dict(const std::map<std::string, double>& state) {
+void GradScaler::load_state_dict(const Value& state) {
   if (!enabled_) return;
-  if (state.empty()) {
+  if (!state.is_dict()) {
+    throw std::invalid_argument(fmt::format("A GradScaler state dict must be a dict, got a {}: {}",
+                                            state.type_name(), state.repr()));
+  }
+  if (state.items().empty()) {
     throw std::runtime_error(
         "The source state dict is empty, possibly because it was saved from a disabled "
         "GradScaler.");
   }
-  auto get = [&state](const char* key) {
-    auto it = state.find(key);
-    if (it == state.end()) {
+  auto get = [&state](const char* key, bool integral) {
+    const Value* value = state.find(Value(key));
+    if (value == nullptr) {
       throw std::invalid_argument(
           fmt::format("GradScaler state dict lacks '{}'; expected keys: scale, growth_factor, "
                       "backoff_factor, growth_interval, _growth_tracker.",
                       key));
     }
-    return it->second;
+    // torch writes Python numbers; a 0-dim tensor is accepted too (what the scale is in memory).
+    if (value->kind() == Value::Kind::Tensor && value->to_tensor().defined() &&
+        value->to_tensor().numel() == 1) {
+      return value->to_tensor().item<double>();
+    }
+    const bool ok =
+        value->kind() == Value::Kind::Int || (!integral && value->kind() == Value::Kind::Double);
+    if (!ok) {
+      throw std::invalid_argument(
+          fmt::format("GradScaler state dict: '{}' must be {}, but it holds a {} ({})", key,
+                      integral ? "an int" : "a float", value->type_name(), value->repr()));
+    }
+    return value->to_double();
   };
-  init_scale_ = get("scale");
-  growth_factor_ = get("growth_factor");
-  backoff_factor_ = get("backoff_factor");
-  growth_interval_ = static_cast<int64_t>(get("growth_interval"));
-  init_growth_tracker_ = static_cast<int64_t>(get("_growth_tracker"));
+  const double scale = get("scale", false);
+  const double growth_factor = get("growth_factor", false);
+  const double backoff_factor = get("backoff_factor", false);
+  const auto growth_interval = static_cast<int64_t>(get("growth_interval", true));
+  const auto growth_tracker = static_cast<int64_t>(get("_growth_tracker", true));
+  init_scale_ = scale;
+  growth_factor_ = growth_factor;
+  backoff_factor_ = backoff_factor;
+  growth_interval_ = growth_interval;
+  init_growth_tracker_ = growth_tracker;
   if (scale_.defined()) scale_.fill_(init_scale_);
   if (growth_tracker_.defined()) growth_tracker_.fill_(init_growth_tracker_);
 }

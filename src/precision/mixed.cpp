@@ -55,11 +55,9 @@ void MixedPrecision::unscale_gradients(torch::optim::Optimizer& optimizer) {
   if (scaler_) scaler_->unscale_(optimizer);
 }
 
-std::map<std::string, double> MixedPrecision::state_dict() const {
-  return scaler_ ? scaler_->state_dict() : std::map<std::string, double>{};
-}
+Value MixedPrecision::state_dict() const { return scaler_ ? scaler_->state_dict() : Value::dict(); }
 
-void MixedPrecision::load_state_dict(const std::map<std::string, double>& state) {
+void MixedPrecision::load_state_dict(const Value& state) {
   if (scaler_) scaler_->load_state_dict(state);
 }
 

@@ -1,11 +1,20 @@
 """Reference trajectory of torch.amp.GradScaler for tests/unit/precision_test.cpp.
 
+    grad_scaler_reference.py                          # the trajectory
+    grad_scaler_reference.py state <cpp.pt> <py.pt>   # states across the language line
+
 The C++ test runs the same sequence with cppfabric::precision::GradScaler and compares every
 line: after each step the scale, the growth tracker, whether the optimizer stepped, and the
 parameters; then the final state_dict. Floats are printed with repr (shortest round trip).
+
+state: loads the state_dict C++ saved to <cpp.pt> (torch.load(weights_only=True)) into a fresh
+GradScaler("cpu"), runs RESUME_STEPS of `short_run` and prints `cpp_resumed <i> <scale>
+<tracker>` lines (the scale as %.17g); then runs a scaler of its own SAVE_AT steps, torch.save()s its state_dict to
+<py.pt>, and prints `py_resumed` lines for RESUME_STEPS more.
 """
 
 import math
+import sys
 
 import torch
 
@@ -44,5 +53,38 @@ def main() -> None:
     print("state", " ".join(f"{k}={float(v)!r}" for k, v in sorted(state.items())))
 
 
+SAVE_AT = 3
+RESUME_STEPS = 6
+
+
+def short_run(scaler, first, count, tag):
+    """`count` steps of a small problem; every step i with i % 3 == 1 has an inf gradient."""
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    optimizer = torch.optim.SGD([p], lr=0.1)
+    for i in range(first, first + count):
+        optimizer.zero_grad()
+        scaler.scale((p * p).sum()).backward()
+        if i % 3 == 1:
+            p.grad[0] = math.inf
+        scaler.step(optimizer)
+        scaler.update()
+        if tag:
+            state = scaler.state_dict()
+            print(tag, i, format(float(state["scale"]), ".17g"), state["_growth_tracker"])
+
+
+def states(cpp_path, py_path):
+    resumed = torch.amp.GradScaler("cpu")
+    resumed.load_state_dict(torch.load(cpp_path, weights_only=True))
+    short_run(resumed, SAVE_AT, RESUME_STEPS, "cpp_resumed")
+    own = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
+    short_run(own, 0, SAVE_AT, None)
+    torch.save(own.state_dict(), py_path)
+    short_run(own, SAVE_AT, RESUME_STEPS, "py_resumed")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "state":
+        states(sys.argv[2], sys.argv[3])
+    else:
+        main()

@@ -300,6 +300,36 @@ TEST(CheckpointFabric, SchedulerRoundTrip) {
   EXPECT_EQ(scheduler2->get_last_lr(), scheduler.get_last_lr());
 }
 
+TEST(CheckpointFabric, OneCycleGroupValuesTravelWithTheOptimizer) {
+  // As in Python, OneCycleLR's max_lr / min_lr / momenta live in the optimizer's param groups:
+  // fabric.load of the optimizer restores them, so a scheduler built with other arguments
+  // continues the saved schedule.
+  auto fabric = make_fabric();
+  auto model = small_model();
+  auto opt = std::make_shared<torch::optim::SGD>(model->parameters(),
+                                                 torch::optim::SGDOptions(0.1).momentum(0.9));
+  cppfabric::optim::OneCycleLR scheduler(*opt, 1.0, 20);
+  for (int i = 0; i < 5; ++i) scheduler.step();
+  const std::string path = temp_dir() + "onecycle.ckpt";
+  fabric.save(path, {{"optimizer", opt}, {"scheduler", scheduler}});
+  const Value group = ck::load_torch_file(path).at("optimizer").at("param_groups").elements()[0];
+  EXPECT_EQ(group.at("max_lr"), Value(1.0));
+  EXPECT_EQ(group.at("max_momentum"), Value(0.95));
+
+  auto opt2 = std::make_shared<torch::optim::SGD>(model->parameters(),
+                                                  torch::optim::SGDOptions(0.1).momentum(0.9));
+  cppfabric::optim::OneCycleLR scheduler2(*opt2, 0.3, 20, 0.3, "cos", true, 0.5, 0.6);
+  fabric.load(path, {{"optimizer", opt2}, {"scheduler", scheduler2}});
+  EXPECT_EQ(scheduler2.state_dict(), scheduler.state_dict());
+  for (int i = 0; i < 10; ++i) {
+    scheduler.step();
+    scheduler2.step();
+    EXPECT_EQ(scheduler2.get_last_lr(), scheduler.get_last_lr()) << "step " << i;
+    EXPECT_EQ(static_cast<torch::optim::SGDOptions&>(opt2->param_groups()[0].options()).momentum(),
+              static_cast<torch::optim::SGDOptions&>(opt->param_groups()[0].options()).momentum());
+  }
+}
+
 TEST(CheckpointFabric, MultiStepMilestonesRoundTrip) {
   auto fabric = make_fabric();
   auto model = small_model();

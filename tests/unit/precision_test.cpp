@@ -2,13 +2,17 @@
 // precision plugins, and training with every precision string on CPU (CUDA ones with a GPU).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <cppfabric/cppfabric.hpp>
+#include <cstdio>
+#include <limits>
 #include <sstream>
 
 #include "test_utils.hpp"
 
 using cppfabric::Fabric;
+using cppfabric::Value;
 using cppfabric::precision::AutocastGuard;
 using cppfabric::precision::GradScaler;
 using cppfabric::precision::GradScalerOptions;
@@ -189,8 +193,8 @@ std::vector<std::string> run_cpp_trajectory() {
     EXPECT_EQ(stepped, !torch::equal(before, model->weight.detach())) << step;
     scaler.update();
     const auto state = scaler.state_dict();
-    std::vector<double> values = {state.at("scale"), state.at("_growth_tracker"),
-                                  stepped ? 1.0 : 0.0};
+    std::vector<double> values = {state.at("scale").to_double(),
+                                  state.at("_growth_tracker").to_double(), stepped ? 1.0 : 0.0};
     for (const auto& p : {model->weight, model->bias}) {
       auto flat = p.detach().flatten();
       for (int64_t i = 0; i < flat.numel(); ++i) values.push_back(flat[i].item<float>());
@@ -240,6 +244,66 @@ TEST(GradScalerParity, MatchesPythonTrajectoryExactly) {
             "scale=256.0");
 }
 
+// The C++ twin of short_run in grad_scaler_reference.py: lines "<tag> <i> <scale> <tracker>".
+std::vector<std::string> short_run(GradScaler& scaler, int first, int count,
+                                   const std::string& tag) {
+  auto p = torch::tensor({1.0f, 2.0f}).requires_grad_();
+  torch::optim::SGD optimizer(std::vector<torch::Tensor>{p}, 0.1);
+  std::vector<std::string> lines;
+  for (int i = first; i < first + count; ++i) {
+    optimizer.zero_grad();
+    scaler.scale((p * p).sum()).backward();
+    if (i % 3 == 1) {
+      torch::NoGradGuard no_grad;
+      p.grad()[0] = std::numeric_limits<double>::infinity();
+    }
+    scaler.step(optimizer);
+    scaler.update();
+    const Value state = scaler.state_dict();
+    lines.push_back(fmt::format("{} {} {:.17g} {}", tag, i, state.at("scale").to_double(),
+                                state.at("_growth_tracker").to_int()));
+  }
+  return lines;
+}
+
+TEST(GradScalerParity, StateCrossesTheLanguageLine) {
+  const auto python = cppfabric::testing::venv_python();
+  if (!python) GTEST_SKIP() << "the bootstrapped venv is missing: run scripts/bootstrap";
+  const std::string base = ::testing::TempDir() + "cppfabric_scaler_" + std::to_string(::getpid());
+  const std::string cpp_path = base + "_cpp.pt", py_path = base + "_py.pt";
+  // Python's SAVE_AT = 3 (saved with a growth tracker of 1), RESUME_STEPS = 6.
+  GradScaler mine("cpu", {.init_scale = 1024.0, .growth_interval = 2});
+  short_run(mine, 0, 3, "");
+  EXPECT_EQ(mine.state_dict().at("_growth_tracker").to_int(), 1);
+  cppfabric::checkpoint::save_torch_file(mine.state_dict(), cpp_path);
+  const auto mine_resumed = short_run(mine, 3, 6, "cpp_resumed");
+
+  int status = 0;
+  const std::string script =
+      std::string(CPPFABRIC_SOURCE_DIR) + "/tests/python/grad_scaler_reference.py";
+  const auto lines = split_lines(cppfabric::testing::run_command(
+      *python + " -W ignore " + script + " state " + cpp_path + " " + py_path + " 2>&1", &status));
+  ASSERT_EQ(status, 0) << "the Python reference failed: "
+                       << fmt::format("{}", fmt::join(lines, "\n"));
+  std::vector<std::string> cpp_resumed, py_resumed;
+  for (const auto& line : lines) {
+    if (line.starts_with("cpp_resumed ")) cpp_resumed.push_back(line);
+    if (line.starts_with("py_resumed ")) py_resumed.push_back(line);
+  }
+  // Python resumed from the C++ state exactly as C++ went on.
+  EXPECT_EQ(cpp_resumed, mine_resumed);
+
+  // C++ resumes from Python's state: the same dict back, then the same steps.
+  const Value saved = cppfabric::checkpoint::load_torch_file(py_path);
+  GradScaler theirs("cpu");
+  theirs.load_state_dict(saved);
+  EXPECT_EQ(theirs.state_dict(), saved);
+  EXPECT_EQ(short_run(theirs, 3, 6, "py_resumed"), py_resumed);
+  ASSERT_EQ(py_resumed.size(), 6u);
+  std::remove(cpp_path.c_str());
+  std::remove(py_path.c_str());
+}
+
 // ------------------------------------------------------------------ GradScaler rules
 
 TEST(GradScaler, DefaultsAndStateDict) {
@@ -247,23 +311,34 @@ TEST(GradScaler, DefaultsAndStateDict) {
   EXPECT_TRUE(scaler.is_enabled());
   EXPECT_EQ(scaler.get_scale(), 65536.0);
   const auto state = scaler.state_dict();
-  EXPECT_EQ(state.at("scale"), 65536.0);
-  EXPECT_EQ(state.at("growth_factor"), 2.0);
-  EXPECT_EQ(state.at("backoff_factor"), 0.5);
-  EXPECT_EQ(state.at("growth_interval"), 2000.0);
-  EXPECT_EQ(state.at("_growth_tracker"), 0.0);
+  EXPECT_EQ(state.at("scale").to_double(), 65536.0);
+  EXPECT_EQ(state.at("growth_factor").to_double(), 2.0);
+  EXPECT_EQ(state.at("backoff_factor").to_double(), 0.5);
+  EXPECT_EQ(state.at("growth_interval").to_double(), 2000.0);
+  EXPECT_EQ(state.at("_growth_tracker").to_double(), 0.0);
+  // torch.amp.GradScaler("cpu").state_dict(), key for key and type for type.
+  EXPECT_EQ(state, Value::dict({{"scale", 65536.0},
+                                {"growth_factor", 2.0},
+                                {"backoff_factor", 0.5},
+                                {"growth_interval", 2000},
+                                {"_growth_tracker", 0}}));
   GradScaler other("cpu");
-  other.load_state_dict({{"scale", 8.0},
-                         {"growth_factor", 4.0},
-                         {"backoff_factor", 0.25},
-                         {"growth_interval", 10},
-                         {"_growth_tracker", 3}});
+  other.load_state_dict(Value::dict({{"scale", 8.0},
+                                     {"growth_factor", 4.0},
+                                     {"backoff_factor", 0.25},
+                                     {"growth_interval", 10},
+                                     {"_growth_tracker", 3}}));
   EXPECT_EQ(other.get_scale(), 8.0);
-  EXPECT_EQ(other.state_dict().at("_growth_tracker"), 3.0);
+  EXPECT_EQ(other.state_dict().at("_growth_tracker").to_double(), 3.0);
   EXPECT_TRUE(torch::equal(other.scale(torch::ones({2})), torch::full({2}, 8.0)));
-  EXPECT_THROW_WITH(other.load_state_dict({}), std::runtime_error, "empty");
-  EXPECT_THROW_WITH(other.load_state_dict({{"scale", 1.0}}), std::invalid_argument,
+  EXPECT_THROW_WITH(other.load_state_dict(Value::dict()), std::runtime_error, "empty");
+  EXPECT_THROW_WITH(other.load_state_dict(Value::dict({{"scale", 1.0}})), std::invalid_argument,
                     "'growth_factor'");
+  Value ill_typed = state;
+  ill_typed.set("growth_interval", 2.5);
+  EXPECT_THROW_WITH(other.load_state_dict(ill_typed), std::invalid_argument, "'growth_interval'",
+                    "an int", "float");
+  EXPECT_EQ(other.get_scale(), 8.0) << "a failed load changes nothing";
 }
 
 TEST(GradScaler, StageErrors) {
@@ -309,7 +384,7 @@ TEST(GradScaler, DisabledIsTransparent) {
   EXPECT_TRUE(scaler.step(optimizer));
   scaler.update();
   EXPECT_EQ(scaler.get_scale(), 1.0);
-  EXPECT_TRUE(scaler.state_dict().empty());
+  EXPECT_EQ(scaler.state_dict(), Value::dict());
 }
 
 TEST(GradScaler, CudaScalerWithoutGpuDisablesItself) {
@@ -321,6 +396,23 @@ TEST(GradScaler, CudaScalerWithoutGpuDisablesItself) {
 }
 
 // ------------------------------------------------------------------ plugins
+
+TEST(PrecisionPlugins, StateIsPythons) {
+  // Python's Precision.state_dict() is {}; MixedPrecision's is its scaler's (none: {}).
+  cppfabric::precision::Precision plain;
+  EXPECT_EQ(plain.state_dict(), Value::dict());
+  EXPECT_NO_THROW(plain.load_state_dict(Value::dict()));
+  EXPECT_EQ(plain.kind(), "precision plugin");
+  MixedPrecision bf16("bf16-mixed", "cpu");
+  EXPECT_EQ(bf16.state_dict(), Value::dict());
+  auto scaler = std::make_shared<GradScaler>("cpu", GradScalerOptions{.init_scale = 64.0});
+  MixedPrecision fp16("16-mixed", "cpu", scaler);
+  Value state = fp16.state_dict();
+  EXPECT_EQ(state, scaler->state_dict());
+  state.set("scale", 8.0);
+  fp16.load_state_dict(state);
+  EXPECT_EQ(scaler->get_scale(), 8.0);
+}
 
 TEST(PrecisionPlugins, Errors) {
   EXPECT_THROW_WITH(MixedPrecision("32-true", "cpu"), std::invalid_argument,
@@ -387,8 +479,9 @@ TEST(PrecisionPlugins, ScalerThroughFabric) {
   EXPECT_TRUE(torch::allclose(model->fc2->weight.grad() * 256.0, scaled));
   EXPECT_GT(norm.item<double>(), 0.0);
   opt.step();  // scaler.step: no second unscale, then update()
-  EXPECT_EQ(plugin->state_dict().at("scale"), 256.0);
-  EXPECT_EQ(plugin->state_dict().at("_growth_tracker"), 1.0);
+  EXPECT_EQ(plugin->state_dict().at("scale").to_double(), 256.0);
+  EXPECT_EQ(plugin->state_dict().at("_growth_tracker").to_int(), 1);
+  EXPECT_EQ(plugin->state_dict(), scaler->state_dict());  // the plugin's state is its scaler's
   EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .precision = "16-mixed", .plugins = {plugin}}),
                     std::invalid_argument, "Received both `precision=16-mixed`");
 }

@@ -14,29 +14,33 @@
 // `group.setdefault("initial_lr", ...)`), so schedulers built one after another for
 // SequentialLR all start from the optimizer's original learning rates. LibTorch's param groups
 // have no `initial_lr` field, so cppfabric keeps it beside the group (keyed by the group and
-// its first parameter). The learning rates follow Python's recursive ("chainable") formulas,
-// which read the group's current lr: changing a group's lr by hand changes the schedule.
+// its first parameter), with OneCycleLR's other per-group values (`max_lr`, `min_lr`,
+// `max_momentum`, `base_momentum`); checkpoints save them with the optimizer's param groups, as
+// Python does. The learning rates follow Python's recursive ("chainable") formulas, which read
+// the group's current lr: changing a group's lr by hand changes the schedule.
 //
-// state_dict() layout (a flat map from Python's attribute names to numbers; lists become one
-// entry per element, "name.<index>"):
-//   every scheduler        last_epoch, _step_count, base_lrs.<g>, _last_lr.<g>  (g: param group)
-//   CosineAnnealingLR      T_max, eta_min
-//   StepLR                 step_size, gamma
-//   MultiStepLR            gamma, milestones.<i> (sorted, repeated as often as given)
-//   ExponentialLR          gamma
-//   LinearLR               start_factor, end_factor, total_iters
-//   LambdaLR               (nothing more; the function itself is not saved, as in Python)
-//   OneCycleLR             total_steps, three_phase, cycle_momentum, use_beta1,
-//                          anneal_cos (1 for "cos", 0 for "linear"),
-//                          _schedule_phases.<i>.end_step, and the per-group values
-//                          Python keeps in the param group: initial_lr.<g>, max_lr.<g>,
-//                          min_lr.<g>, and with cycle_momentum max_momentum.<g>,
-//                          base_momentum.<g>
-//   SequentialLR           last_epoch, _last_lr.<g>, _milestones.<i>, and each child's entries
-//                          prefixed "_schedulers.<i>." (no _step_count or base_lrs, as in Python)
-// load_state_dict() reads the same keys back (std::invalid_argument names a missing key). Like
-// Python, it does not touch the optimizer's learning rates: restore the optimizer's own state
-// too (fabric.load does both).
+// Every scheduler is a cppfabric::Stateful. state_dict() returns what Python's
+// scheduler.state_dict() returns (torch 2.11): the scheduler's attributes with the same keys, in
+// the same order, with the same types (ints, floats, bools, lists, dicts, strings):
+//   CosineAnnealingLR  T_max, eta_min, then the common keys
+//   StepLR             step_size, gamma, ...
+//   MultiStepLR        milestones ({milestone: count}: the contents of Python's Counter), gamma, ...
+//   ExponentialLR      gamma, ...
+//   LinearLR           start_factor, end_factor, total_iters, ...
+//   LambdaLR           the common keys, then lr_lambdas ([None] per group: functions are not
+//                      saved, as in Python)
+//   OneCycleLR         total_steps, _schedule_phases (a list of {end_step, start_lr, end_lr,
+//                      start_momentum, end_momentum}, the last four naming group keys),
+//                      _anneal_func_type ("cos" or "linear"), cycle_momentum, use_beta1 (only
+//                      with cycle_momentum), ...
+//   SequentialLR       _milestones, last_epoch, _last_lr, _schedulers (each child's state_dict();
+//                      no common keys, as in Python)
+//   common keys        base_lrs, last_epoch, _step_count, _is_initial,
+//                      _get_lr_called_within_step, _last_lr
+// A state Python saved (torch.save(scheduler.state_dict())) loads with load_state_dict(), and
+// Python's scheduler.load_state_dict() takes ours. load_state_dict() throws std::invalid_argument
+// naming a missing or ill-typed key. Like Python, it does not touch the optimizer's learning
+// rates or param-group values: restore the optimizer's own state too (fabric.load does both).
 //
 // OneCycleLR's cycle_momentum (default true, as in Python) works with SGD and RMSprop
 // (`momentum`) and Adam/AdamW (`betas`' first value); other optimizers throw unless
@@ -45,11 +49,13 @@
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "cppfabric/stateful.hpp"
 
 namespace torch::optim {
 class Optimizer;
@@ -57,15 +63,10 @@ class Optimizer;
 
 namespace cppfabric::optim {
 
-/// A scheduler's state: Python's attribute names (lists flattened to "name.<index>") to values.
-using SchedulerStateDict = std::map<std::string, double>;
-
 /// Common base: the optimizer, last_epoch, base_lrs and the last learning rates.
-class LRScheduler {
+class LRScheduler : public Stateful {
  public:
-  using StateDict = SchedulerStateDict;
-
-  virtual ~LRScheduler();
+  ~LRScheduler() override;
   LRScheduler(const LRScheduler&) = delete;
   LRScheduler& operator=(const LRScheduler&) = delete;
 
@@ -79,8 +80,10 @@ class LRScheduler {
   const std::vector<double>& base_lrs() const { return base_lrs_; }
   torch::optim::Optimizer& optimizer() const { return *optimizer_; }
 
-  virtual StateDict state_dict() const;
-  virtual void load_state_dict(const StateDict& state);
+  /// Python's state_dict(): the common keys (a subclass adds its own around them).
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
+  std::string kind() const override { return "scheduler"; }
 
  protected:
   explicit LRScheduler(torch::optim::Optimizer& optimizer);
@@ -100,8 +103,10 @@ class LRScheduler {
   std::vector<double> group_lrs() const;
   std::size_t num_groups() const;
 
-  void save_common(StateDict& state) const;
-  void load_common(const StateDict& state);
+  /// Appends the common keys (base_lrs ... _last_lr) to the dict `state`.
+  void save_common(Value& state) const;
+  /// Reads the common keys back; checks that base_lrs and _last_lr have one entry per group.
+  void load_common(const Value& state);
 
   torch::optim::Optimizer* optimizer_;
   int64_t last_epoch_ = -1;
@@ -117,8 +122,8 @@ class LRScheduler {
 class CosineAnnealingLR final : public LRScheduler {
  public:
   CosineAnnealingLR(torch::optim::Optimizer& optimizer, int64_t T_max, double eta_min = 0.0);
-  StateDict state_dict() const override;
-  void load_state_dict(const StateDict& state) override;
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
 
  protected:
   std::vector<double> get_lr() override;
@@ -133,8 +138,8 @@ class CosineAnnealingLR final : public LRScheduler {
 class StepLR final : public LRScheduler {
  public:
   StepLR(torch::optim::Optimizer& optimizer, int64_t step_size, double gamma = 0.1);
-  StateDict state_dict() const override;
-  void load_state_dict(const StateDict& state) override;
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
 
  protected:
   std::vector<double> get_lr() override;
@@ -150,15 +155,16 @@ class MultiStepLR final : public LRScheduler {
  public:
   MultiStepLR(torch::optim::Optimizer& optimizer, std::vector<int64_t> milestones,
               double gamma = 0.1);
-  StateDict state_dict() const override;
-  void load_state_dict(const StateDict& state) override;
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
 
  protected:
   std::vector<double> get_lr() override;
   std::optional<std::vector<double>> closed_form_lr() const override;
 
  private:
-  std::vector<int64_t> milestones_;  // sorted, with repeats
+  /// How often each milestone was given, in the order first given (Python's Counter).
+  std::vector<std::pair<int64_t, int64_t>> milestones_;
   double gamma_;
 };
 
@@ -166,8 +172,8 @@ class MultiStepLR final : public LRScheduler {
 class ExponentialLR final : public LRScheduler {
  public:
   ExponentialLR(torch::optim::Optimizer& optimizer, double gamma);
-  StateDict state_dict() const override;
-  void load_state_dict(const StateDict& state) override;
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
 
  protected:
   std::vector<double> get_lr() override;
@@ -182,8 +188,8 @@ class LinearLR final : public LRScheduler {
  public:
   LinearLR(torch::optim::Optimizer& optimizer, double start_factor = 1.0 / 3,
            double end_factor = 1.0, int64_t total_iters = 5);
-  StateDict state_dict() const override;
-  void load_state_dict(const StateDict& state) override;
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
 
  protected:
   std::vector<double> get_lr() override;
@@ -201,6 +207,8 @@ class LambdaLR final : public LRScheduler {
   using Lambda = std::function<double(int64_t)>;
   LambdaLR(torch::optim::Optimizer& optimizer, Lambda lr_lambda);
   LambdaLR(torch::optim::Optimizer& optimizer, std::vector<Lambda> lr_lambdas);
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
 
  protected:
   std::vector<double> get_lr() override;
@@ -222,29 +230,29 @@ class OneCycleLR final : public LRScheduler {
              double pct_start = 0.3, const std::string& anneal_strategy = "cos",
              bool cycle_momentum = true, double base_momentum = 0.85, double max_momentum = 0.95,
              double div_factor = 25.0, double final_div_factor = 1e4, bool three_phase = false);
-  StateDict state_dict() const override;
-  void load_state_dict(const StateDict& state) override;
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
 
  protected:
   std::vector<double> get_lr() override;
 
  private:
-  void build_phases(double pct_start);
+  void build_phases(double pct_start, bool three_phase);
   double anneal(double start, double end, double pct) const;
-  double group_value(int which, std::size_t group) const;
   void set_momentum(std::size_t group, double momentum);
 
+  /// Python's _schedule_phases entry: where the phase ends and the param-group keys it anneals
+  /// between ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum").
   struct Phase {
     double end_step;
-    int start_lr, end_lr, start_momentum, end_momentum;  // indexes into the per-group values
+    bool end_step_is_int;  // Python stores the last phase's end (total_steps - 1) as an int
+    std::string start_lr, end_lr, start_momentum, end_momentum;
   };
   int64_t total_steps_;
   bool anneal_cos_;
   bool cycle_momentum_;
   bool use_beta1_ = false;
-  bool three_phase_;
   std::vector<Phase> phases_;
-  std::vector<double> initial_lrs_, max_lrs_, min_lrs_, max_momentums_, base_momentums_;
 };
 
 /// Runs schedulers one after another, switching at each milestone.
@@ -254,8 +262,8 @@ class SequentialLR final : public LRScheduler {
                std::vector<std::shared_ptr<LRScheduler>> schedulers,
                std::vector<int64_t> milestones);
   void step() override;
-  StateDict state_dict() const override;
-  void load_state_dict(const StateDict& state) override;
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
   const std::vector<std::shared_ptr<LRScheduler>>& schedulers() const { return schedulers_; }
 
  protected:

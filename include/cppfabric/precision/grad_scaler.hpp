@@ -11,18 +11,21 @@
 //   scaler.update();                       // back off on overflow, grow after clean steps
 //
 // Defaults are torch's: init_scale 65536, growth x2 every 2000 clean steps, backoff x0.5.
+// A GradScaler is a cppfabric::Stateful; state_dict() is torch's: {"scale": float,
+// "growth_factor": float, "backoff_factor": float, "growth_interval": int, "_growth_tracker": int}
+// (an empty dict when disabled).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "cppfabric/detail/fwd.hpp"
+#include "cppfabric/stateful.hpp"
 
 namespace cppfabric::precision {
 
@@ -34,12 +37,12 @@ struct GradScalerOptions {
   bool enabled = true;
 };
 
-class GradScaler {
+class GradScaler : public Stateful {
  public:
   /// `device` is "cuda" (the default, as in torch) or "cpu". A "cuda" scaler without a GPU
   /// warns and disables itself, as torch does.
   explicit GradScaler(std::string device = "cuda", GradScalerOptions options = {});
-  ~GradScaler();
+  ~GradScaler() override;
   GradScaler(const GradScaler&) = delete;
   GradScaler& operator=(const GradScaler&) = delete;
 
@@ -66,9 +69,12 @@ class GradScaler {
   const std::string& device() const { return device_; }
 
   /// Python's keys: scale, growth_factor, backoff_factor, growth_interval, _growth_tracker
-  /// (empty when disabled).
-  std::map<std::string, double> state_dict() const;
-  void load_state_dict(const std::map<std::string, double>& state);
+  /// (an empty dict when disabled).
+  Value state_dict() const override;
+  /// Restores the keys above (std::invalid_argument names a missing or ill-typed one); an empty
+  /// dict throws std::runtime_error, as torch does. A disabled scaler ignores the call.
+  void load_state_dict(const Value& state) override;
+  std::string kind() const override { return "precision plugin"; }
 
  private:
   void lazy_init(const at::Tensor& like);

@@ -31,8 +31,9 @@ class MixedPrecision : public Precision {
   bool requires_fabric_backward() const override { return true; }
   void optimizer_step(torch::optim::Optimizer& optimizer) override;
   void unscale_gradients(torch::optim::Optimizer& optimizer) override;
-  std::map<std::string, double> state_dict() const override;
-  void load_state_dict(const std::map<std::string, double>& state) override;
+  /// The scaler's state_dict() ("16-mixed"), or an empty dict ("bf16-mixed"), as in Python.
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
 
   const std::shared_ptr<GradScaler>& scaler() const { return scaler_; }
   const std::string& device() const { return device_; }

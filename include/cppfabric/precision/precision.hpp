@@ -4,21 +4,25 @@
 //   auto guard = fabric.autocast();              // the plugin's forward context
 //
 // The base class is `32-true` (everything float32, nothing changes). Subclasses override the
-// hooks they need; `precision::DoublePrecision` is `64-true`.
+// hooks they need; `precision::DoublePrecision` is `64-true`. Every plugin is a
+// cppfabric::Stateful: its state_dict() is Python's Precision.state_dict() -- an empty dict, or
+// the GradScaler's state under "16-mixed" -- so `{"precision", fabric.strategy()->precision()}`
+// checkpoints it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-#include <map>
+#include <optional>
 #include <string>
 
 #include "cppfabric/detail/fwd.hpp"
 #include "cppfabric/guard.hpp"
 #include "cppfabric/plugins.hpp"
+#include "cppfabric/stateful.hpp"
 
 namespace cppfabric::precision {
 
-class Precision : public Plugin {
+class Precision : public Plugin, public Stateful {
  public:
   /// The precision string this plugin implements, e.g. "32-true".
   virtual std::string name() const { return "32-true"; }
@@ -50,9 +54,10 @@ class Precision : public Plugin {
   virtual void unscale_gradients(torch::optim::Optimizer& optimizer) {}
   virtual void teardown() {}
 
-  /// The plugin's state for checkpoints (the GradScaler's, under 16-mixed); empty otherwise.
-  virtual std::map<std::string, double> state_dict() const { return {}; }
-  virtual void load_state_dict(const std::map<std::string, double>& state) {}
+  /// The plugin's state for checkpoints: an empty dict here (the GradScaler's under 16-mixed).
+  Value state_dict() const override { return Value::dict(); }
+  void load_state_dict(const Value& state) override {}
+  std::string kind() const override { return "precision plugin"; }
 };
 
 /// A "true" precision: the module, its inputs and the default dtype inside Fabric's contexts
