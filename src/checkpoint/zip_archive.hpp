@@ -43,6 +43,7 @@ class MemorySource final : public ByteSource {
   std::string_view data_;
 };
 
+/// Reads an open file with pread; owns `fd` and closes it.
 class FileSource final : public ByteSource {
  public:
   FileSource(int fd, uint64_t size, std::string what)
