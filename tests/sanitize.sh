@@ -10,7 +10,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 suite=${1:?usage: tests/sanitize.sh checkpoint|data [iterations]}
 BUILD=$(cd "${BUILD_DIR:-$ROOT/build/dev}" && pwd)
 case "$suite" in
-  checkpoint) sources="src/state.cpp src/checkpoint/torch_pickle.cpp src/plugins.cpp
+  checkpoint) sources="src/state.cpp src/checkpoint/torch_pickle.cpp src/checkpoint/zip_archive.cpp
+                       src/checkpoint/pickler.cpp src/checkpoint/unpickler.cpp
+                       src/utilities/filesystem.cpp src/plugins.cpp
                        tests/unit/checkpoint_pickle_test.cpp" ;;
   data) sources="src/data/dataloader.cpp src/data/dataset.cpp src/data/sampler.cpp
                  src/data/transforms.cpp tests/unit/data_loader_test.cpp" ;;

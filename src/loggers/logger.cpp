@@ -1,7 +1,6 @@
 #include "cppfabric/loggers/logger.hpp"
 
 #include <dirent.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -13,6 +12,8 @@
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
+#include "loggers/logger_detail.hpp"
+#include "utilities/filesystem.hpp"
 
 namespace cppfabric::loggers::detail {
 
@@ -60,7 +61,9 @@ int next_version(const std::filesystem::path& dir) {
   int best = -1;
   while (const dirent* entry = ::readdir(handle)) {
     const std::string name = entry->d_name;
-    if (name.rfind("version_", 0) != 0 || !is_directory((dir / name).string())) continue;
+    if (name.rfind("version_", 0) != 0 || !cppfabric::detail::is_directory((dir / name).string())) {
+      continue;
+    }
     // As Python: the text between the first and the second "_" must be all digits.
     const std::string rest = name.substr(8);
     const std::string number = rest.substr(0, rest.find('_'));
@@ -74,40 +77,35 @@ int next_version(const std::filesystem::path& dir) {
   return best + 1;
 }
 
-bool is_directory(const std::string& path) {
-  struct stat info {};
-  return ::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
-}
-
-bool is_regular_file(const std::string& path) {
-  struct stat info {};
-  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
-}
-
-namespace {
-/// mkdir -p; returns 0 or the errno of the first folder that could not be made (`failed`).
-int make_directories(const std::string& path, std::string* failed) {
-  if (path.empty() || is_directory(path)) return 0;
-  const auto last = path.find_last_not_of('/');
-  const auto slash = last == std::string::npos ? std::string::npos : path.find_last_of('/', last);
-  if (slash != std::string::npos && slash > 0) {
-    if (const int error = make_directories(path.substr(0, slash), failed)) return error;
-  }
-  if (::mkdir(path.c_str(), 0777) != 0 && !(errno == EEXIST && is_directory(path))) {
-    *failed = path;
-    return errno;
-  }
-  return 0;
-}
-}  // namespace
-
 void create_directories(const std::string& path, const char* who) {
   std::string failed;
-  if (const int error = make_directories(path, &failed)) {
+  if (const int error = cppfabric::detail::make_directories(path, &failed)) {
     throw std::runtime_error(fmt::format(
         "{}: cannot create the log directory '{}': '{}': {}. Pass a writable root_dir.", who, path,
         failed, error == EEXIST ? "a file of that name exists" : std::strerror(error)));
   }
+}
+
+LogDirectory::LogDirectory(std::filesystem::path root_dir, std::string name, VersionArg version,
+                           const char* logger)
+    : root_dir_(std::move(root_dir)), name_(std::move(name)), version_(std::move(version)) {
+  if (root_dir_.empty()) {
+    throw std::invalid_argument(fmt::format(
+        "{}(root_dir=\"\"): pass the folder to write logs under, e.g. \"logs\" or \".\".", logger));
+  }
+  validate_version(version_, logger);
+}
+
+std::string LogDirectory::version() const {
+  if (version_.is_auto()) version_ = VersionArg(next_version(root_dir_ / name_));
+  return version_.text() ? *version_.text() : std::to_string(*version_.number());
+}
+
+std::filesystem::path LogDirectory::log_dir() const {
+  // A number (given or picked) names the folder version_N; a string names it as is.
+  const std::string dir =
+      version_.is_auto() || version_.number() ? "version_" + version() : version();
+  return root_dir_ / name_ / dir;
 }
 
 std::map<std::string, double> add_prefix(const std::map<std::string, double>& metrics,

@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
-#include <array>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -16,53 +15,11 @@
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
+#include "loggers/logger_detail.hpp"
+#include "loggers/tfrecord.hpp"
 
 namespace cppfabric::loggers {
 namespace fs = std::filesystem;
-
-// ------------------------------------------------------------------ TFRecord framing
-
-namespace {
-std::array<uint32_t, 256> make_crc32c_table() {
-  std::array<uint32_t, 256> table{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t crc = i;
-    for (int k = 0; k < 8; ++k) crc = (crc & 1) ? (crc >> 1) ^ 0x82F63B78u : crc >> 1;
-    table[i] = crc;
-  }
-  return table;
-}
-
-void put_fixed32(std::string& out, uint32_t value) {
-  for (int i = 0; i < 4; ++i) out += static_cast<char>((value >> (8 * i)) & 0xFF);
-}
-void put_fixed64(std::string& out, uint64_t value) {
-  for (int i = 0; i < 8; ++i) out += static_cast<char>((value >> (8 * i)) & 0xFF);
-}
-}  // namespace
-
-uint32_t detail::crc32c(const void* data, std::size_t size) {
-  static const auto table = make_crc32c_table();
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  uint32_t crc = 0xFFFFFFFFu;
-  for (std::size_t i = 0; i < size; ++i) crc = table[(crc ^ bytes[i]) & 0xFF] ^ (crc >> 8);
-  return crc ^ 0xFFFFFFFFu;
-}
-
-uint32_t detail::masked_crc32c(const void* data, std::size_t size) {
-  const uint32_t crc = crc32c(data, size);
-  return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u;
-}
-
-std::string detail::tfrecord(const std::string& data) {
-  std::string header;
-  put_fixed64(header, data.size());
-  std::string record = header;
-  put_fixed32(record, masked_crc32c(header.data(), header.size()));
-  record += data;
-  put_fixed32(record, masked_crc32c(data.data(), data.size()));
-  return record;
-}
 
 // ------------------------------------------------------------------ protobuf encoding
 // Only what TensorBoard's Event, Summary and hparams plugin messages need. Wire types:
@@ -87,14 +44,14 @@ class Proto {
     key(field, 1);
     uint64_t bits;
     std::memcpy(&bits, &value, sizeof(bits));
-    put_fixed64(bytes_, bits);
+    detail::put_fixed64(bytes_, bits);
     return *this;
   }
   Proto& float_value(int field, float value) {
     key(field, 5);
     uint32_t bits;
     std::memcpy(&bits, &value, sizeof(bits));
-    put_fixed32(bytes_, bits);
+    detail::put_fixed32(bytes_, bits);
     return *this;
   }
   Proto& bytes(int field, const std::string& value) {
@@ -286,34 +243,27 @@ class EventFileWriter {
 // ------------------------------------------------------------------ TensorBoardLogger
 
 struct TensorBoardLogger::Impl {
-  fs::path root_dir;
-  mutable TensorBoardLoggerOptions options;
+  Impl(detail::LogDirectory dir, TensorBoardLoggerOptions options)
+      : dir(std::move(dir)), options(std::move(options)) {}
+
+  detail::LogDirectory dir;  // root_dir, name, version (options.version is not used)
+  TensorBoardLoggerOptions options;
   mutable std::mutex mutex;
   std::unique_ptr<EventFileWriter> writer;
   std::string last_file;
 
-  std::string version_text() const {
-    if (options.version.is_auto()) {
-      options.version = VersionArg(detail::next_version(root_dir / options.name));
-    }
-    return options.version.text() ? *options.version.text()
-                                  : std::to_string(*options.version.number());
-  }
   fs::path log_dir() const {
-    const std::string dir = options.version.is_auto() || options.version.number()
-                                ? "version_" + version_text()
-                                : version_text();
-    fs::path path = root_dir / options.name / dir;
+    fs::path path = dir.log_dir();
     if (options.sub_dir) path /= *options.sub_dir;
     return fs::path(expand_path(path.string()));
   }
 
   EventFileWriter& experiment() {
     if (writer) return *writer;
-    const fs::path dir = log_dir();
-    detail::create_directories(root_dir.string(), "TensorBoardLogger");
-    detail::create_directories(dir.string(), "TensorBoardLogger");
-    writer = std::make_unique<EventFileWriter>(dir, options.filename_suffix);
+    const fs::path path = log_dir();
+    detail::create_directories(dir.root_dir().string(), "TensorBoardLogger");
+    detail::create_directories(path.string(), "TensorBoardLogger");
+    writer = std::make_unique<EventFileWriter>(path, options.filename_suffix);
     last_file = writer->path().string();
     return *writer;
   }
@@ -328,8 +278,7 @@ struct TensorBoardLogger::Impl {
   }
 };
 
-TensorBoardLogger::TensorBoardLogger(fs::path root_dir, TensorBoardLoggerOptions options)
-    : impl_(std::make_unique<Impl>()) {
+TensorBoardLogger::TensorBoardLogger(fs::path root_dir, TensorBoardLoggerOptions options) {
   if (options.max_queue < 1) {
     throw std::invalid_argument(fmt::format(
         "TensorBoardLogger(max_queue={}): must be at least 1 (events buffered before a flush; "
@@ -342,14 +291,8 @@ TensorBoardLogger::TensorBoardLogger(fs::path root_dir, TensorBoardLoggerOptions
         "120).",
         options.flush_secs));
   }
-  if (root_dir.empty()) {
-    throw std::invalid_argument(
-        "TensorBoardLogger(root_dir=\"\"): pass the folder to write logs under, e.g. \"logs\" or "
-        "\".\".");
-  }
-  detail::validate_version(options.version, "TensorBoardLogger");
-  impl_->root_dir = std::move(root_dir);
-  impl_->options = std::move(options);
+  detail::LogDirectory dir(std::move(root_dir), options.name, options.version, "TensorBoardLogger");
+  impl_ = std::make_unique<Impl>(std::move(dir), std::move(options));
 }
 
 TensorBoardLogger::~TensorBoardLogger() {
@@ -361,14 +304,14 @@ TensorBoardLogger::~TensorBoardLogger() {
   }
 }
 
-std::string TensorBoardLogger::name() const { return impl_->options.name; }
+std::string TensorBoardLogger::name() const { return impl_->dir.name(); }
 
 std::string TensorBoardLogger::version() const {
   std::lock_guard lock(impl_->mutex);
-  return impl_->version_text();
+  return impl_->dir.version();
 }
 
-std::string TensorBoardLogger::root_dir() const { return impl_->root_dir.string(); }
+std::string TensorBoardLogger::root_dir() const { return impl_->dir.root_dir().string(); }
 
 std::string TensorBoardLogger::log_dir() const {
   std::lock_guard lock(impl_->mutex);

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "test_utils.hpp"
+#include "utilities/filesystem.hpp"
 
 namespace {
 
@@ -410,7 +411,7 @@ TEST(CheckpointFabric, CorruptAndForeignFilesAreClearErrors) {
   auto fabric = make_fabric();
   const std::string path = temp_dir() + "garbage.ckpt";
   {
-    ck::make_directories(temp_dir());
+    ASSERT_EQ(cppfabric::detail::make_directories(temp_dir()), 0);
     std::FILE* f = std::fopen(path.c_str(), "wb");
     std::fputs("definitely not a checkpoint", f);
     std::fclose(f);

@@ -17,6 +17,9 @@
 #include <sstream>
 
 #include "cppfabric/detail/fmt.hpp"
+#include "loggers/hparams_yaml.hpp"
+#include "loggers/logger_detail.hpp"
+#include "loggers/tfrecord.hpp"
 #include "test_utils.hpp"
 
 namespace fs = std::filesystem;

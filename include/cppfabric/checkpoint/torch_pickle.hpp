@@ -44,7 +44,4 @@ void save_torch_file(const Value& value, const std::string& path);
 /// Reads a torch.save file (std::runtime_error for missing, truncated, corrupt or foreign files).
 Value load_torch_file(const std::string& path, const ReadLimits& limits = {});
 
-/// Creates `path` and its missing parents (POSIX mkdir; std::runtime_error on failure).
-void make_directories(const std::string& path);
-
 }  // namespace cppfabric::checkpoint

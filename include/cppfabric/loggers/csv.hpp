@@ -2,16 +2,16 @@
 // CSVLogger writes, byte for byte (sorted columns plus "step", CRLF line ends, Python's float
 // text), so pandas, spreadsheets and existing scripts read it unchanged.
 //
-//   auto csv = std::make_shared<cppfabric::loggers::CSVLogger>("logs");        //
-//   logs/lightning_logs/version_N cppfabric::Fabric fabric({.loggers = {csv}});
+//   // Writes logs/lightning_logs/version_N/metrics.csv:
+//   auto csv = std::make_shared<cppfabric::loggers::CSVLogger>("logs");
+//   cppfabric::Fabric fabric({.loggers = {csv}});
 //   fabric.log_dict({{"train/loss", 0.25}, {"train/acc", 0.9}}, step);
-//   csv->log_hyperparams({{"lr", 3e-4}, {"batch_size", 128}});             // hparams.yaml
-//   csv->finalize("success");                                              // or let it flush when
-//   destroyed
+//   csv->log_hyperparams({{"lr", 3e-4}, {"batch_size", 128}});  // hparams.yaml
+//   csv->finalize("success");  // or let it flush when destroyed
 //
 //   // Options by name instead of by position:
-//   cppfabric::loggers::CSVLogger logger("logs", {.name = "cifar10", .flush_logs_every_n_steps =
-//   10});
+//   cppfabric::loggers::CSVLogger logger("logs", {.name = "cifar10",
+//                                                 .flush_logs_every_n_steps = 10});
 //
 // Rows are buffered and written every `flush_logs_every_n_steps` steps, on save()/finalize() and
 // when the logger is destroyed. When a flush brings new metric names, the file is rewritten with
@@ -100,10 +100,5 @@ class CSVLogger : public Logger {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-namespace detail {
-/// PyYAML's `yaml.dump` of a flat mapping (sorted keys), as PyTorch Lightning writes hparams.yaml.
-std::string hparams_to_yaml(const HParams& params);
-}  // namespace detail
 
 }  // namespace cppfabric::loggers

@@ -14,7 +14,6 @@
 
 #include <concepts>
 #include <cstdint>
-#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
@@ -73,27 +72,5 @@ class Logger {
   /// Called once at the end of training with "success", "failed", ...; saves by default.
   virtual void finalize(const std::string& status) { save(); }
 };
-
-namespace detail {
-/// Python's `str(float)`: the shortest text that reads back the same double ("0.1", "1.0",
-/// "1e-05", "1e+16", "inf", "nan").
-std::string python_float_repr(double value);
-/// The next free version number under `dir`: 1 + the largest N of the `version_N` folders, or 0.
-int next_version(const std::filesystem::path& dir);
-/// "prefix<separator>key" for every key when `prefix` is not empty.
-std::map<std::string, double> add_prefix(const std::map<std::string, double>& metrics,
-                                         const std::string& prefix, const std::string& separator);
-/// Checks a VersionArg (a negative number or an empty string is rejected).
-void validate_version(const VersionArg& version, const char* logger);
-/// True on global rank 0 (Python's @rank_zero_only).
-bool is_rank_zero();
-// File-system helpers on POSIX calls. (LibTorch's wheel exports its own copy of several
-// std::filesystem functions, which a process linked with it may call instead of libstdc++'s;
-// its remove_all crashes. The loggers therefore stay off std::filesystem's operations.)
-bool is_directory(const std::string& path);
-bool is_regular_file(const std::string& path);
-/// Creates `path` and its parents; std::runtime_error naming the path (and `who`) on failure.
-void create_directories(const std::string& path, const char* who);
-}  // namespace detail
 
 }  // namespace cppfabric::loggers

@@ -4,10 +4,12 @@
 //
 //   auto tb = std::make_shared<cppfabric::loggers::TensorBoardLogger>("logs");
 //   cppfabric::Fabric fabric({.loggers = {tb}});
-//   fabric.log("train/loss", loss.item<double>(), step);       // a scalar curve "train/loss"
-//   tb->log_hyperparams({{"lr", 3e-4}, {"optimizer", "adamw"}});  // the HPARAMS tab (+ hp_metric =
-//   -1) tb->log_hyperparams({{"lr", 3e-4}}, {{"val/acc", 0.91}});     // ... with your own metric
-//   tb->finalize("success");                                     // flush and close
+//   fabric.log("train/loss", loss.item<double>(), step);  // a scalar curve "train/loss"
+//   // The HPARAMS tab, with the placeholder metric hp_metric = -1 ...
+//   tb->log_hyperparams({{"lr", 3e-4}, {"optimizer", "adamw"}});
+//   // ... or with your own metric:
+//   tb->log_hyperparams({{"lr", 3e-4}}, {{"val/acc", 0.91}});
+//   tb->finalize("success");  // flush and close
 //
 //   // Options by name, including the SummaryWriter's max_queue / flush_secs:
 //   cppfabric::loggers::TensorBoardLogger logger("logs", {.name = "cifar10", .sub_dir = "train"});
@@ -99,13 +101,5 @@ class TensorBoardLogger : public Logger {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-namespace detail {
-/// CRC-32C (Castagnoli) of `size` bytes, and TensorFlow's masked form used by TFRecord files.
-uint32_t crc32c(const void* data, std::size_t size);
-uint32_t masked_crc32c(const void* data, std::size_t size);
-/// One TFRecord: uint64 length, masked CRC of the length, the data, masked CRC of the data.
-std::string tfrecord(const std::string& data);
-}  // namespace detail
 
 }  // namespace cppfabric::loggers

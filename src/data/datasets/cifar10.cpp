@@ -18,6 +18,7 @@
 
 #include "cppfabric/detail/fmt.hpp"
 #include "data/datasets/md5.hpp"
+#include "utilities/filesystem.hpp"
 
 #if CPPFABRIC_HAS_CURL
 #include <curl/curl.h>
@@ -51,18 +52,11 @@ bool file_exists(const std::string& path) {
   return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
 }
 
-/// mkdir -p with POSIX calls (std::filesystem's recursive helpers clash with LibTorch's copies).
 void make_dirs(const std::string& path) {
-  std::string partial;
-  std::size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = path.find('/', pos + 1);
-    partial = path.substr(0, pos);
-    if (partial.empty()) continue;
-    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
-      throw std::runtime_error(
-          fmt::format("CIFAR10: cannot create folder {}: {}", partial, std::strerror(errno)));
-  }
+  std::string failed;
+  if (const int error = detail::make_directories(path, &failed))
+    throw std::runtime_error(fmt::format("CIFAR10: cannot create folder {}: {}", failed,
+                                         detail::make_directories_error_text(error)));
 }
 
 std::string resolve_base_url(const DownloadOptions& options) {

@@ -1,0 +1,559 @@
+#include "checkpoint/unpickler.hpp"
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "checkpoint/pickler.hpp"
+#include "cppfabric/detail/fmt.hpp"
+
+namespace cppfabric::checkpoint::detail {
+namespace {
+
+// The unpickler's own objects: shared and mutable, as Python's are, until converted to Values.
+struct Obj;
+using ObjPtr = std::shared_ptr<Obj>;
+struct Obj {
+  enum class T {
+    None,
+    Bool,
+    Int,
+    Float,
+    Str,
+    Tensor,
+    List,
+    Tuple,
+    Dict,
+    Global,
+    Storage
+  } t = T::None;
+  bool b = false;
+  int64_t i = 0;
+  double d = 0;
+  std::string s;              // Str, Global ("module.name")
+  at::Tensor tensor;          // Tensor, Storage
+  std::vector<ObjPtr> items;  // List, Tuple; Dict: k0, v0, k1, v1 ...
+  bool ordered = false;
+  Obj() = default;
+  Obj(const Obj&) = delete;
+  // Tears nested containers down iteratively, so a deeply nested (hostile) pickle cannot
+  // overflow the stack through recursive destructors.
+  ~Obj() {
+    std::vector<ObjPtr> pending = std::move(items);
+    while (!pending.empty()) {
+      ObjPtr o = std::move(pending.back());
+      pending.pop_back();
+      if (o && o.use_count() == 1) {
+        for (auto& c : o->items) pending.push_back(std::move(c));
+        o->items.clear();
+      }
+    }
+  }
+};
+
+class Unpickler {
+ public:
+  Unpickler(std::string_view data, const ZipReader& zip, const ReadLimits& limits)
+      : data_(data), zip_(zip), limits_(limits) {}
+
+  Value run() {
+    ObjPtr result = execute();
+    int64_t budget = limits_.max_values;
+    return convert(result, 0, budget);
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    zip_.fail(fmt::format("data.pkl: {} (at byte {})", why, pos_));
+  }
+  const unsigned char* need(uint64_t n) {
+    if (n > data_.size() - pos_) fail("unexpected end of the pickle");
+    const auto* p = reinterpret_cast<const unsigned char*>(data_.data() + pos_);
+    pos_ += n;
+    return p;
+  }
+  uint64_t le(uint64_t n) {
+    const auto* p = need(n);
+    uint64_t v = 0;
+    for (uint64_t k = 0; k < n; ++k) v |= uint64_t(p[k]) << (8 * k);
+    return v;
+  }
+  std::string line() {
+    const auto end = data_.find('\n', pos_);
+    if (end == std::string_view::npos || end - pos_ > 256) fail("a malformed GLOBAL");
+    std::string out(data_.substr(pos_, end - pos_));
+    pos_ = end + 1;
+    return out;
+  }
+  static ObjPtr make(Obj::T t) {
+    auto o = std::make_shared<Obj>();
+    o->t = t;
+    return o;
+  }
+  ObjPtr pop() {
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
+      fail("stack underflow");
+    ObjPtr o = std::move(stack_.back());
+    stack_.pop_back();
+    return o;
+  }
+  ObjPtr& top() {
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
+      fail("stack underflow");
+    return stack_.back();
+  }
+  std::vector<ObjPtr> pop_mark() {
+    if (marks_.empty()) fail("no MARK");
+    const std::size_t m = marks_.back();
+    marks_.pop_back();
+    std::vector<ObjPtr> out(
+        std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(m)),
+        std::make_move_iterator(stack_.end()));
+    stack_.resize(m);
+    return out;
+  }
+  void push(ObjPtr o) {
+    if (stack_.size() > 1'000'000) fail("the pickle stack grows too deep");
+    stack_.push_back(std::move(o));
+  }
+  void put(uint64_t index) {
+    if (stack_.empty()) fail("memoize on an empty stack");
+    memo_[index] = stack_.back();
+  }
+  void get(uint64_t index) {
+    auto it = memo_.find(index);
+    if (it == memo_.end()) fail(fmt::format("memo entry {} does not exist", index));
+    push(it->second);
+  }
+  void push_str(uint64_t n) {
+    const auto* p = need(n);
+    auto o = make(Obj::T::Str);
+    o->s.assign(reinterpret_cast<const char*>(p), n);
+    push(std::move(o));
+  }
+  static std::string global_name(const ObjPtr& o) { return o->t == Obj::T::Global ? o->s : ""; }
+
+  void check_global(const std::string& name) {
+    static const std::array<const char*, 6> allowed = {
+        "collections.OrderedDict",         "collections.Counter", "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_parameter", "torch.Size",          "torch.device"};
+    for (const char* a : allowed)
+      if (name == a) return;
+    if (storage_dtype(name)) return;
+    fail(
+        fmt::format("it refers to the Python global '{}', which checkpoints may not contain "
+                    "(allowed: tensors, containers, numbers, strings)",
+                    name));
+  }
+  static std::optional<at::ScalarType> storage_dtype(const std::string& name) {
+    for (const auto& t : kStorageTypes)
+      if (name == std::string("torch.") + t.name) return t.dtype;
+    return std::nullopt;
+  }
+
+  ObjPtr load_storage(const ObjPtr& pid) {
+    if (pid->t != Obj::T::Tuple || pid->items.size() != 5 || pid->items[0]->t != Obj::T::Str ||
+        pid->items[0]->s != "storage" || pid->items[2]->t != Obj::T::Str ||
+        pid->items[4]->t != Obj::T::Int) {
+      fail("an unknown persistent id (expected ('storage', type, key, location, numel))");
+    }
+    const auto dtype = storage_dtype(global_name(pid->items[1]));
+    if (!dtype) fail("a storage of unknown type");
+    const std::string& key = pid->items[2]->s;
+    auto cached = storages_.find(key);
+    if (cached != storages_.end()) return cached->second;
+    const int64_t numel = pid->items[4]->i;
+    const Record* r = zip_.find("data/" + key);
+    if (r == nullptr) fail(fmt::format("the storage record data/{} is missing", key));
+    const uint64_t itemsize = c10::elementSize(*dtype);
+    if (numel < 0 || static_cast<uint64_t>(numel) > r->size / itemsize) {
+      fail(fmt::format("storage {} claims {} elements but its record holds {} bytes", key, numel,
+                       r->size));
+    }
+    at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(*dtype));
+    Record part = *r;
+    if (part.size == static_cast<uint64_t>(numel) * itemsize) {
+      zip_.read_into(part, t.data_ptr(), "data/" + key);
+    } else {
+      // A record longer than the storage: read (and CRC-check) it all, keep the prefix.
+      std::string bytes(part.size, '\0');
+      zip_.read_into(part, bytes.data(), "data/" + key);
+      if (numel > 0) {
+        std::memcpy(t.data_ptr(), bytes.data(), static_cast<std::size_t>(numel) * itemsize);
+      }
+    }
+    auto o = make(Obj::T::Storage);
+    o->tensor = t;
+    storages_[key] = o;
+    return o;
+  }
+
+  std::vector<int64_t> ints(const ObjPtr& o, const char* what) {
+    if (o->t != Obj::T::Tuple && o->t != Obj::T::List)
+      fail(fmt::format("{} must be a tuple", what));
+    std::vector<int64_t> out;
+    for (const auto& e : o->items) {
+      if (e->t != Obj::T::Int) fail(fmt::format("{} must hold ints", what));
+      out.push_back(e->i);
+    }
+    return out;
+  }
+
+  ObjPtr rebuild_tensor(const std::vector<ObjPtr>& args) {
+    if (args.size() < 4 || args[0]->t != Obj::T::Storage || args[1]->t != Obj::T::Int) {
+      fail("_rebuild_tensor_v2 got malformed arguments");
+    }
+    const at::Tensor& storage = args[0]->tensor;
+    const int64_t offset = args[1]->i;
+    const auto sizes = ints(args[2], "a tensor size");
+    const auto strides = ints(args[3], "a tensor stride");
+    if (sizes.size() != strides.size() || sizes.size() > 64)
+      fail("tensor size and stride disagree");
+    const int64_t numel = storage.numel();
+    if (offset < 0 || offset > numel) fail("a tensor offset outside its storage");
+    bool empty = false;
+    for (auto s : sizes) {
+      if (s < 0) fail("a negative tensor size");
+      if (s == 0) empty = true;
+    }
+    if (!empty) {
+      // The last element the view touches must lie inside the storage (no overflow).
+      int64_t last = offset;
+      for (std::size_t k = 0; k < sizes.size(); ++k) {
+        if (strides[k] < 0) fail("a negative tensor stride");
+        if (strides[k] != 0 && (sizes[k] - 1) > (numel - 1 - last) / strides[k]) {
+          fail("a tensor view reaches outside its storage");
+        }
+        last += (sizes[k] - 1) * strides[k];
+      }
+      if (last >= numel) fail("a tensor view reaches outside its storage");
+    }
+    auto o = make(Obj::T::Tensor);
+    o->tensor = storage.as_strided(sizes, strides, offset);
+    return o;
+  }
+
+  ObjPtr reduce(const ObjPtr& callable, const ObjPtr& args) {
+    const std::string name = global_name(callable);
+    if (name.empty()) fail("REDUCE on something that is not an allowed global");
+    if (args->t != Obj::T::Tuple) fail("REDUCE arguments must be a tuple");
+    const auto& a = args->items;
+    if (name == "collections.OrderedDict" || name == "collections.Counter") {
+      auto o = make(Obj::T::Dict);
+      o->ordered = name == "collections.OrderedDict";
+      if (!a.empty()) {
+        if (a.size() != 1 || a[0]->t != Obj::T::Dict) fail(fmt::format("{} takes a dict", name));
+        o->items = a[0]->items;
+      }
+      return o;
+    }
+    if (name == "torch._utils._rebuild_tensor_v2") return rebuild_tensor(a);
+    if (name == "torch._utils._rebuild_parameter") {
+      if (a.empty() || a[0]->t != Obj::T::Tensor) fail("_rebuild_parameter takes a tensor");
+      return a[0];
+    }
+    if (name == "torch.Size") {
+      if (a.size() != 1) fail("torch.Size takes one tuple");
+      auto o = make(Obj::T::Tuple);
+      ints(a[0], "torch.Size");
+      o->items = a[0]->items;
+      return o;
+    }
+    if (name == "torch.device") {
+      auto o = make(Obj::T::Str);
+      for (const auto& e : a) {
+        if (e->t == Obj::T::Str) o->s += e->s;
+        if (e->t == Obj::T::Int) o->s += ":" + std::to_string(e->i);
+      }
+      return o;
+    }
+    fail(fmt::format("'{}' cannot be called", name));
+  }
+
+  void setitems(const ObjPtr& dict, std::vector<ObjPtr>& kv) {
+    if (dict->t != Obj::T::Dict) fail("SETITEM(S) on something that is not a dict");
+    if (kv.size() % 2 != 0) fail("SETITEMS with an odd number of items");
+    for (std::size_t k = 0; k < kv.size(); k += 2) {
+      const auto& key = kv[k];
+      if (key->t != Obj::T::Str && key->t != Obj::T::Int && key->t != Obj::T::Bool &&
+          key->t != Obj::T::None && key->t != Obj::T::Float) {
+        fail("a dict key that is not a str, int, float, bool or None");
+      }
+      bool replaced = false;
+      for (std::size_t j = 0; j + 1 < dict->items.size(); j += 2) {
+        const auto& e = dict->items[j];
+        if (e->t == key->t && e->s == key->s && e->i == key->i && e->b == key->b &&
+            e->d == key->d) {
+          dict->items[j + 1] = kv[k + 1];
+          replaced = true;
+          break;
+        }
+      }
+      if (!replaced) {
+        dict->items.push_back(key);
+        dict->items.push_back(kv[k + 1]);
+      }
+    }
+  }
+
+  ObjPtr execute() {
+    while (true) {
+      const unsigned char code = *need(1);
+      switch (code) {
+        case 0x80:
+          need(1);
+          break;  // PROTO
+        case 0x95:
+          need(8);
+          break;     // FRAME
+        case '.': {  // STOP
+          if (stack_.size() != 1 || !marks_.empty()) fail("the pickle ends with a malformed stack");
+          return stack_.back();
+        }
+        case '(':
+          marks_.push_back(stack_.size());
+          break;
+        case '}':
+          push(make(Obj::T::Dict));
+          break;
+        case ']':
+          push(make(Obj::T::List));
+          break;
+        case ')':
+          push(make(Obj::T::Tuple));
+          break;
+        case 'N':
+          push(make(Obj::T::None));
+          break;
+        case 0x88:
+        case 0x89: {
+          auto o = make(Obj::T::Bool);
+          o->b = code == 0x88;
+          push(std::move(o));
+          break;
+        }
+        case 'K':
+        case 'M':
+        case 'J': {
+          auto o = make(Obj::T::Int);
+          if (code == 'K') o->i = static_cast<int64_t>(le(1));
+          if (code == 'M') o->i = static_cast<int64_t>(le(2));
+          if (code == 'J') o->i = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
+          push(std::move(o));
+          break;
+        }
+        case 0x8a:
+        case 0x8b: {  // LONG1 / LONG4
+          const uint64_t n = code == 0x8a ? le(1) : le(4);
+          if (n > 8) fail("an integer wider than 64 bits");
+          const auto* p = need(n);
+          uint64_t u = 0;
+          for (uint64_t k = 0; k < n; ++k) u |= uint64_t(p[k]) << (8 * k);
+          if (n > 0 && n < 8 && (p[n - 1] & 0x80)) u |= ~uint64_t(0) << (8 * n);  // sign-extend
+          auto o = make(Obj::T::Int);
+          o->i = static_cast<int64_t>(u);
+          push(std::move(o));
+          break;
+        }
+        case 'G': {
+          const auto* p = need(8);
+          uint64_t bits = 0;
+          for (int k = 0; k < 8; ++k) bits = (bits << 8) | p[k];
+          auto o = make(Obj::T::Float);
+          std::memcpy(&o->d, &bits, 8);
+          push(std::move(o));
+          break;
+        }
+        case 'X':
+          push_str(le(4));
+          break;  // BINUNICODE
+        case 0x8c:
+          push_str(le(1));
+          break;  // SHORT_BINUNICODE
+        case 0x8d:
+          push_str(le(8));
+          break;  // BINUNICODE8
+        case 'T':
+          push_str(le(4));
+          break;  // BINSTRING
+        case 'U':
+          push_str(le(1));
+          break;  // SHORT_BINSTRING
+        case 'B':
+          push_str(le(4));
+          break;  // BINBYTES (kept as a string)
+        case 'C':
+          push_str(le(1));
+          break;  // SHORT_BINBYTES
+        case 'q':
+          put(le(1));
+          break;
+        case 'r':
+          put(le(4));
+          break;
+        case 0x94:
+          put(memo_.size());
+          break;  // MEMOIZE
+        case 'h':
+          get(le(1));
+          break;
+        case 'j':
+          get(le(4));
+          break;
+        case 'c': {
+          std::string module = line();
+          std::string name = line();
+          auto o = make(Obj::T::Global);
+          o->s = module + "." + name;
+          check_global(o->s);
+          push(std::move(o));
+          break;
+        }
+        case 0x93: {  // STACK_GLOBAL
+          ObjPtr name = pop();
+          ObjPtr module = pop();
+          if (name->t != Obj::T::Str || module->t != Obj::T::Str) fail("a malformed STACK_GLOBAL");
+          auto o = make(Obj::T::Global);
+          o->s = module->s + "." + name->s;
+          check_global(o->s);
+          push(std::move(o));
+          break;
+        }
+        case 'Q':
+          push(load_storage(pop()));
+          break;  // BINPERSID
+        case 'R': {
+          ObjPtr args = pop();
+          ObjPtr callable = pop();
+          push(reduce(callable, args));
+          break;
+        }
+        case 'b': {  // BUILD: only OrderedDict's attributes (a state dict's _metadata); dropped.
+          ObjPtr state = pop();
+          ObjPtr& target = top();
+          if (target->t != Obj::T::Dict) fail("BUILD on something that is not an OrderedDict");
+          (void)state;
+          break;
+        }
+        case 't': {
+          auto o = make(Obj::T::Tuple);
+          o->items = pop_mark();
+          push(std::move(o));
+          break;
+        }
+        case 0x85:
+        case 0x86:
+        case 0x87: {
+          const int n = code - 0x84;
+          auto o = make(Obj::T::Tuple);
+          o->items.resize(n);
+          for (int k = n - 1; k >= 0; --k) o->items[k] = pop();
+          push(std::move(o));
+          break;
+        }
+        case 'a': {
+          ObjPtr item = pop();
+          ObjPtr& list = top();
+          if (list->t != Obj::T::List) fail("APPEND on something that is not a list");
+          list->items.push_back(std::move(item));
+          break;
+        }
+        case 'e': {
+          auto items = pop_mark();
+          ObjPtr& list = top();
+          if (list->t != Obj::T::List) fail("APPENDS on something that is not a list");
+          for (auto& item : items) list->items.push_back(std::move(item));
+          break;
+        }
+        case 's': {
+          std::vector<ObjPtr> kv(2);
+          kv[1] = pop();
+          kv[0] = pop();
+          setitems(top(), kv);
+          break;
+        }
+        case 'u': {
+          auto kv = pop_mark();
+          setitems(top(), kv);
+          break;
+        }
+        case '0':
+          pop();
+          break;  // POP
+        case '2':
+          push(top());
+          break;  // DUP
+        case '1':
+          pop_mark();
+          break;  // POP_MARK
+        default:
+          fail(fmt::format("the pickle opcode 0x{:02x} is not one torch.save writes", code));
+      }
+    }
+  }
+
+  Value convert(const ObjPtr& o, int depth, int64_t& budget) {
+    if (depth > limits_.max_depth) fail("containers nest too deeply");
+    if (--budget < 0) fail("too many values");
+    switch (o->t) {
+      case Obj::T::None:
+        return Value();
+      case Obj::T::Bool:
+        return Value(o->b);
+      case Obj::T::Int:
+        return Value(o->i);
+      case Obj::T::Float:
+        return Value(o->d);
+      case Obj::T::Str:
+        return Value(o->s);
+      case Obj::T::Tensor:
+        return Value(o->tensor);
+      case Obj::T::List:
+      case Obj::T::Tuple: {
+        Value::List items;
+        items.reserve(o->items.size());
+        for (const auto& e : o->items) items.push_back(convert(e, depth + 1, budget));
+        return o->t == Obj::T::List ? Value::list(std::move(items))
+                                    : Value::tuple(std::move(items));
+      }
+      case Obj::T::Dict: {
+        Value::Items items;
+        items.reserve(o->items.size() / 2);
+        for (std::size_t k = 0; k + 1 < o->items.size(); k += 2) {
+          items.emplace_back(convert(o->items[k], depth + 1, budget),
+                             convert(o->items[k + 1], depth + 1, budget));
+        }
+        return Value::dict(std::move(items), o->ordered);
+      }
+      case Obj::T::Global:
+        fail(fmt::format("the global '{}' is used as a value", o->s));
+      case Obj::T::Storage:
+        fail("a bare storage is used as a value");
+    }
+    fail("an unknown object");
+  }
+
+  std::string_view data_;
+  uint64_t pos_ = 0;
+  const ZipReader& zip_;
+  ReadLimits limits_;
+  std::vector<ObjPtr> stack_;
+  std::vector<std::size_t> marks_;
+  std::unordered_map<uint64_t, ObjPtr> memo_;
+  std::unordered_map<std::string, ObjPtr> storages_;
+};
+
+}  // namespace
+
+Value unpickle(std::string_view pickle, const ZipReader& zip, const ReadLimits& limits) {
+  return Unpickler(pickle, zip, limits).run();
+}
+
+}  // namespace cppfabric::checkpoint::detail

@@ -1,0 +1,230 @@
+#include "checkpoint/zip_archive.hpp"
+
+#include <c10/util/Exception.h>
+#include <caffe2/serialize/inline_container.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <stdexcept>
+
+#include "cppfabric/detail/fmt.hpp"
+
+namespace cppfabric::checkpoint::detail {
+namespace {
+
+// CRC-32 (zip's polynomial), eight bytes per step ("slicing-by-8").
+uint32_t crc32_update(uint32_t crc, const unsigned char* data, std::size_t n) {
+  static const auto tables = [] {
+    std::array<std::array<uint32_t, 256>, 8> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
+    return t;
+  }();
+  crc = ~crc;
+  while (n >= 8) {
+    uint32_t lo, hi;
+    std::memcpy(&lo, data, 4);
+    std::memcpy(&hi, data + 4, 4);
+    lo ^= crc;  // little-endian hosts only, as the format itself
+    crc = tables[7][lo & 0xff] ^ tables[6][(lo >> 8) & 0xff] ^ tables[5][(lo >> 16) & 0xff] ^
+          tables[4][lo >> 24] ^ tables[3][hi & 0xff] ^ tables[2][(hi >> 8) & 0xff] ^
+          tables[1][(hi >> 16) & 0xff] ^ tables[0][hi >> 24];
+    data += 8;
+    n -= 8;
+  }
+  while (n-- > 0) crc = tables[0][(crc ^ *data++) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ byte sources
+
+FileSource::~FileSource() { ::close(fd_); }
+
+void FileSource::read(uint64_t offset, void* dst, uint64_t n) const {
+  auto* out = static_cast<char*>(dst);
+  while (n > 0) {
+    const ssize_t got = ::pread(fd_, out, n, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      throw std::runtime_error(
+          fmt::format("Reading {} failed at byte {}: {}", what_, offset,
+                      got < 0 ? std::strerror(errno) : "unexpected end of file"));
+    }
+    out += got;
+    offset += static_cast<uint64_t>(got);
+    n -= static_cast<uint64_t>(got);
+  }
+}
+
+// ------------------------------------------------------------------------------ zip reader
+
+ZipReader::ZipReader(std::unique_ptr<ByteSource> src, std::string what, const ReadLimits& limits)
+    : src_(std::move(src)), what_(std::move(what)) {
+  parse(limits);
+}
+
+const Record* ZipReader::find(const std::string& name) const {
+  auto it = records_.find(prefix_ + name);
+  return it == records_.end() ? nullptr : &it->second;
+}
+
+std::string ZipReader::read_small(const std::string& name, uint64_t max_size) const {
+  const Record* r = find(name);
+  if (r == nullptr) fail(fmt::format("the record '{}' is missing", name));
+  if (r->size > max_size)
+    fail(fmt::format("the record '{}' is too large ({} bytes)", name, r->size));
+  std::string out(r->size, '\0');
+  read_into(*r, out.data(), name);
+  return out;
+}
+
+void ZipReader::read_into(const Record& r, void* dst, const std::string& name) const {
+  if (r.size == 0) return;
+  src_->read(r.data_offset, dst, r.size);
+  const uint32_t crc = crc32_update(0, static_cast<const unsigned char*>(dst), r.size);
+  if (crc != r.crc) fail(fmt::format("the record '{}' fails its CRC check (corrupt file)", name));
+}
+
+void ZipReader::fail(const std::string& why) const {
+  throw std::runtime_error(fmt::format(
+      "Cannot read checkpoint {}: {}. It is not a valid torch.save file (truncated, corrupt, or "
+      "another format).",
+      what_, why));
+}
+
+void ZipReader::read_at(uint64_t offset, void* dst, uint64_t n, const char* what) const {
+  if (offset > src_->size() || n > src_->size() - offset)
+    fail(fmt::format("{} lies outside the file", what));
+  src_->read(offset, dst, n);
+}
+
+void ZipReader::parse(const ReadLimits& limits) {
+  const uint64_t size = src_->size();
+  if (size < 22) fail("the file is too small to be a zip archive");
+  unsigned char magic[2];
+  read_at(0, magic, 2, "the file header");
+  if (magic[0] == 0x80 && magic[1] <= 5) {
+    fail(
+        "it is a bare pickle, as torch's legacy format (torch.save with "
+        "_use_new_zipfile_serialization=False) writes; re-save it with a plain torch.save");
+  }
+  const uint64_t tail = std::min<uint64_t>(size, 22 + 65535);
+  std::string buf(tail, '\0');
+  read_at(size - tail, buf.data(), tail, "the end record");
+  const auto* b = reinterpret_cast<const unsigned char*>(buf.data());
+  int64_t eocd = -1;
+  for (int64_t i = static_cast<int64_t>(tail) - 22; i >= 0; --i) {
+    if (u32(b + i) == 0x06054b50) {
+      eocd = i;
+      break;
+    }
+  }
+  if (eocd < 0) fail("no zip end-of-central-directory record");
+  uint64_t entries = u16(b + eocd + 10);
+  uint64_t cd_size = u32(b + eocd + 12);
+  uint64_t cd_offset = u32(b + eocd + 16);
+  const uint64_t eocd_abs = size - tail + static_cast<uint64_t>(eocd);
+  if (entries == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff) {
+    // zip64: locator right before the end record.
+    if (eocd_abs < 20) fail("zip64 locator missing");
+    unsigned char loc[20];
+    read_at(eocd_abs - 20, loc, 20, "the zip64 locator");
+    if (u32(loc) != 0x07064b50) fail("zip64 locator missing");
+    unsigned char z[56];
+    read_at(u64(loc + 8), z, 56, "the zip64 end record");
+    if (u32(z) != 0x06064b50) fail("bad zip64 end record");
+    entries = u64(z + 32);
+    cd_size = u64(z + 40);
+    cd_offset = u64(z + 48);
+  }
+  if (entries > static_cast<uint64_t>(limits.max_records)) fail("too many zip entries");
+  if (cd_offset > size || cd_size > size - cd_offset)
+    fail("the central directory lies outside the file");
+  std::string cd(cd_size, '\0');
+  read_at(cd_offset, cd.data(), cd_size, "the central directory");
+  const auto* c = reinterpret_cast<const unsigned char*>(cd.data());
+  uint64_t pos = 0;
+  for (uint64_t n = 0; n < entries; ++n) {
+    if (cd_size - pos < 46 || u32(c + pos) != 0x02014b50) fail("a broken central directory entry");
+    const uint64_t method = u16(c + pos + 10);
+    const uint32_t crc = static_cast<uint32_t>(u32(c + pos + 16));
+    uint64_t csize = u32(c + pos + 20);
+    uint64_t usize = u32(c + pos + 24);
+    const uint64_t name_len = u16(c + pos + 28);
+    const uint64_t extra_len = u16(c + pos + 30);
+    const uint64_t comment_len = u16(c + pos + 32);
+    uint64_t local = u32(c + pos + 42);
+    if (cd_size - pos - 46 < name_len + extra_len + comment_len)
+      fail("a central directory entry overruns");
+    std::string name(reinterpret_cast<const char*>(c + pos + 46), name_len);
+    // zip64 extra field: the 0xffffffff fields, in order usize, csize, offset.
+    const unsigned char* e = c + pos + 46 + name_len;
+    for (uint64_t ep = 0; ep + 4 <= extra_len;) {
+      const uint64_t id = u16(e + ep), len = u16(e + ep + 2);
+      if (ep + 4 + len > extra_len) fail("a broken zip extra field");
+      if (id == 0x0001) {
+        uint64_t q = ep + 4;
+        auto take = [&](uint64_t& field) {
+          if (field != 0xffffffff) return;
+          if (q + 8 > ep + 4 + len) fail("a short zip64 extra field");
+          field = u64(e + q);
+          q += 8;
+        };
+        take(usize);
+        take(csize);
+        take(local);
+      }
+      ep += 4 + len;
+    }
+    pos += 46 + name_len + extra_len + comment_len;
+    if (method != 0 || csize != usize) {
+      fail(fmt::format("the record '{}' is compressed; torch.save files store records uncompressed",
+                       name));
+    }
+    unsigned char lh[30];
+    read_at(local, lh, 30, "a local file header");
+    if (u32(lh) != 0x04034b50) fail(fmt::format("the record '{}' has a broken local header", name));
+    const uint64_t data = local + 30 + u16(lh + 26) + u16(lh + 28);
+    if (data > size || usize > size - data)
+      fail(fmt::format("the record '{}' lies outside the file", name));
+    if (n == 0) {
+      const auto slash = name.find('/');
+      if (slash == std::string::npos) fail("the first record has no archive folder");
+      prefix_ = name.substr(0, slash + 1);
+    }
+    records_[name] = Record{data, usize, crc};
+  }
+  if (prefix_.empty()) fail("the archive is empty");
+}
+
+// ------------------------------------------------------------------------------ zip writer
+
+void write_zip_archive(const std::string& pickle,
+                       const std::vector<std::pair<std::string, at::Tensor>>& storages,
+                       const ZipSink& sink) {
+  try {
+    caffe2::serialize::PyTorchStreamWriter writer(sink);
+    writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+    writer.writeRecord(".format_version", "1", 1);
+    writer.writeRecord(".storage_alignment", "64", 2);
+    writer.writeRecord("byteorder", "little", 6);
+    for (const auto& [key, tensor] : storages) {
+      writer.writeRecord("data/" + key, tensor.data_ptr(), tensor.nbytes());
+    }
+    writer.writeEndOfFile();
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(
+        fmt::format("Writing the checkpoint failed: {}", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace cppfabric::checkpoint::detail
