@@ -2,9 +2,11 @@
 //
 //   struct CountSteps : cppfabric::Callback {
 //     int steps = 0;
-//     void on_after_optimizer_step(cppfabric::strategies::Strategy&, torch::optim::Optimizer&)
-//     override { ++steps; } void on_hook(std::string_view name, const cppfabric::HookArgs& args)
-//     override {
+//     void on_after_optimizer_step(cppfabric::strategies::Strategy&,
+//                                  torch::optim::Optimizer&) override {
+//       ++steps;
+//     }
+//     void on_hook(std::string_view name, const cppfabric::HookArgs& args) override {
 //       if (name == "on_epoch_end") fmt::print("epoch {}\n", args.get<int>(0));
 //     }
 //   };

@@ -12,6 +12,7 @@ using cppfabric::Fabric;
 using cppfabric::testing::CaptureConsole;
 using cppfabric::testing::cpu_fabric;
 using cppfabric::testing::Net;
+using cppfabric::testing::NetImpl;
 using cppfabric::testing::ScopedEnv;
 using cppfabric::testing::sgd;
 using cppfabric::testing::TwoHeads;

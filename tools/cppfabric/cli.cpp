@@ -7,15 +7,15 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
-#include <regex>
 #include <cstdio>
+#include <regex>
 #include <stdexcept>
 #include <thread>
 
+#include "connector.hpp"
 #include "cppfabric/accelerators/cpu.hpp"
 #include "cppfabric/accelerators/cuda.hpp"
 #include "cppfabric/detail/fmt.hpp"
-#include "connector.hpp"
 #include "cppfabric/strategies/registry.hpp"
 #include "launchers/num_threads.hpp"
 #include "launchers/process_supervisor.hpp"

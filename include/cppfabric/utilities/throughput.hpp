@@ -1,8 +1,10 @@
 // Throughput: batches / samples / items / FLOPs per second over a sliding window, and the model
 // FLOPs utilisation (MFU), with Python Lightning Fabric's metric names.
 //
-//   cppfabric::utilities::ThroughputMonitor throughput(fabric);   // world size, peak FLOPs from
-//   fabric auto t0 = std::chrono::steady_clock::now(); for (int64_t i = 1; i <= steps; ++i) {
+//   cppfabric::utilities::ThroughputMonitor throughput(fabric);  // world size, peak FLOPs
+//                                                                //   from fabric
+//   auto t0 = std::chrono::steady_clock::now();
+//   for (int64_t i = 1; i <= steps; ++i) {
 //     train_step();
 //     if (fabric.device().is_cuda()) torch::cuda::synchronize();  // or the time is wrong
 //     double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
