@@ -50,7 +50,9 @@ const std::vector<std::string> kPythonNames = {"ddp",
 struct MemoryIO : cppfabric::checkpoint::CheckpointIO {
   std::map<std::string, Value> files;
   void save_checkpoint(const Value& checkpoint, const std::string& path) override {
-    files[path] = checkpoint;
+    // A copy, as a file would hold: module state dicts share the parameters' storage.
+    files[path] = cppfabric::checkpoint::from_torch_bytes(
+        cppfabric::checkpoint::to_torch_bytes(checkpoint), path);
   }
   Value load_checkpoint(const std::string& path) override {
     auto it = files.find(path);
