@@ -50,8 +50,6 @@ std::string allowed_precision_values() {
   return fmt::format("({})", fmt::join(items, ", "));
 }
 
-bool using_cli() { return env_int("LT_CLI_USED", "0 or 1").value_or(0) != 0; }
-
 // Python's _argument_from_env: the environment wins; with the CLI in use, an explicit
 // non-default value in code that disagrees with it is an error.
 std::optional<std::string> argument_from_env(const std::string& name,
@@ -78,6 +76,8 @@ std::string object_str(const std::shared_ptr<T>& object, const std::string& kind
 }
 
 }  // namespace
+
+bool using_cli() { return env_int("LT_CLI_USED", "0 or 1").value_or(0) != 0; }
 
 const std::vector<std::string>& precision_choices() {
   static const std::vector<std::string> all = [] {

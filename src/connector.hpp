@@ -26,6 +26,8 @@ class CheckpointIO;
 
 namespace cppfabric::detail {
 
+/// Whether `cppfabric run` started this process (LT_CLI_USED, 0 or 1).
+bool using_cli();
 /// The precision strings `precision=` accepts: canonical ones, then the legacy aliases.
 const std::vector<std::string>& precision_choices();
 /// Canonical precision strings, then legacy aliases, in Python's order.

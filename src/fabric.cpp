@@ -14,13 +14,8 @@
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 #include "cppfabric/utilities/seed.hpp"
-#include "utilities/env.hpp"
 
 namespace cppfabric {
-
-namespace {
-bool cli_in_use() { return detail::env_int("LT_CLI_USED", "0 or 1").value_or(0) != 0; }
-}  // namespace
 
 struct Fabric::Impl {
   explicit Impl(FabricOptions options)
@@ -43,7 +38,7 @@ Fabric::Fabric(FabricOptions options) : impl_(std::make_unique<Impl>(std::move(o
     if (!logger) throw TypeError("FabricOptions::loggers holds a null logger pointer.");
   }
   utilities::set_rank(global_rank(), world_size());
-  if (cli_in_use()) {
+  if (detail::using_cli()) {
     // `cppfabric run` started every process: the launcher only checks the settings.
     if (auto launcher = strategy()->launcher()) launcher->launch();
     strategy()->setup_environment();
@@ -56,7 +51,7 @@ Fabric::~Fabric() = default;
 // ------------------------------------------------------------------ launch
 
 void Fabric::launch() {
-  if (cli_in_use()) {
+  if (detail::using_cli()) {
     throw std::runtime_error(
         "This program was launched through the CLI (`cppfabric run`), and processes have already "
         "been created. Calling `.launch()` again is not allowed: remove the call.");

@@ -2,10 +2,10 @@
 
 #include <torch/torch.h>
 
+#include "backward_scope.hpp"
 #include "cppfabric/callbacks.hpp"
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/strategies/strategy.hpp"
-#include "backward_scope.hpp"
 
 namespace cppfabric {
 

@@ -171,7 +171,6 @@ std::optional<RunConfig> parse_args(int argc, const char* const* argv) {
 }
 
 int num_processes(const RunConfig& config) {
-  if (config.strategy == "dp") return 1;
   std::string accelerator = config.accelerator.value_or("auto");
   if (accelerator == "auto") {
     accelerator = accelerators::CUDAAccelerator::device_count() > 0 ? "cuda" : "cpu";
