@@ -16,76 +16,18 @@
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 #include "loggers/logger_detail.hpp"
-#include "loggers/tfrecord.hpp"
+#include "loggers/proto.hpp"
+#include "loggers/summary_detail.hpp"
 
 namespace cppfabric::loggers {
 namespace fs = std::filesystem;
 
-// ------------------------------------------------------------------ protobuf encoding
-// Only what TensorBoard's Event, Summary and hparams plugin messages need. Wire types:
-// 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32. Fields at their default value (0, "")
-// are left out, as proto3 serialisers do; fields inside a oneof are always written.
-
 namespace {
-class Proto {
- public:
-  Proto& varint(int field, uint64_t value) {
-    key(field, 0);
-    put_varint(value);
-    return *this;
-  }
-  Proto& int64(int field, int64_t value) {
-    return value == 0 ? *this : varint(field, static_cast<uint64_t>(value));
-  }
-  Proto& enum_value(int field, int value) {
-    return value == 0 ? *this : varint(field, static_cast<uint64_t>(value));
-  }
-  Proto& double_value(int field, double value) {  // always written (oneof or non-zero)
-    key(field, 1);
-    uint64_t bits;
-    std::memcpy(&bits, &value, sizeof(bits));
-    detail::put_fixed64(bytes_, bits);
-    return *this;
-  }
-  Proto& float_value(int field, float value) {
-    key(field, 5);
-    uint32_t bits;
-    std::memcpy(&bits, &value, sizeof(bits));
-    detail::put_fixed32(bytes_, bits);
-    return *this;
-  }
-  Proto& bytes(int field, const std::string& value) {
-    key(field, 2);
-    put_varint(value.size());
-    bytes_ += value;
-    return *this;
-  }
-  Proto& string(int field, const std::string& value) {
-    return value.empty() ? *this : bytes(field, value);
-  }
-  Proto& message(int field, const Proto& value) { return bytes(field, value.bytes_); }
-  const std::string& str() const { return bytes_; }
+using detail::Proto;
 
- private:
-  void key(int field, int wire_type) {
-    put_varint((static_cast<uint64_t>(field) << 3) | static_cast<uint64_t>(wire_type));
-  }
-  void put_varint(uint64_t value) {
-    while (value >= 0x80) {
-      bytes_ += static_cast<char>((value & 0x7F) | 0x80);
-      value >>= 7;
-    }
-    bytes_ += static_cast<char>(value);
-  }
-  std::string bytes_;
-};
-
-// tensorboard.Event
-constexpr int kEventWallTime = 1, kEventStep = 2, kEventFileVersion = 3, kEventSummary = 5,
-              kEventSourceMetadata = 10;
 // tensorboard.Summary / Summary.Value / SummaryMetadata / PluginData
 constexpr int kSummaryValue = 1;
-constexpr int kValueTag = 1, kValueSimpleValue = 2, kValueMetadata = 9;
+constexpr int kValueTag = 1, kValueMetadata = 9;
 constexpr int kMetadataPluginData = 1;
 constexpr int kPluginName = 1, kPluginContent = 2;
 // tensorboard.hparams.HParamsPluginData and friends
@@ -98,24 +40,6 @@ constexpr int kValueNumber = 2, kValueString = 3;  // google.protobuf.Value
 constexpr int kSessionEndStatus = 1;
 constexpr int kDataTypeString = 1, kDataTypeFloat64 = 3, kStatusSuccess = 1;
 
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-std::string event_bytes(double wall_time, std::optional<int64_t> step, const Proto& summary) {
-  Proto event;
-  event.double_value(kEventWallTime, wall_time);
-  if (step) event.int64(kEventStep, *step);
-  event.message(kEventSummary, summary);
-  return event.str();
-}
-
-Proto scalar_summary(const std::string& tag, double value) {
-  Proto v;
-  v.string(kValueTag, tag).float_value(kValueSimpleValue, static_cast<float>(value));
-  return Proto().message(kSummaryValue, v);
-}
-
 Proto hparams_summary(const std::string& tag, const Proto& plugin_data) {
   Proto plugin;
   plugin.string(kPluginName, "hparams").bytes(kPluginContent, plugin_data.str());
@@ -124,14 +48,6 @@ Proto hparams_summary(const std::string& tag, const Proto& plugin_data) {
   Proto value;
   value.string(kValueTag, tag).message(kValueMetadata, metadata);
   return Proto().message(kSummaryValue, value);
-}
-
-std::atomic<int> g_event_file_uid{0};
-
-std::string hostname() {
-  char buffer[256] = {};
-  if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "localhost";
-  return buffer;
 }
 
 /// Python's os.path.expanduser + os.path.expandvars for the common forms (`~`, `~/x`, `$VAR`,
@@ -172,72 +88,6 @@ std::string expand_path(const std::string& path) {
   return out;
 }
 
-/// One events.out.tfevents.* file: the file_version event first, then one record per event.
-class EventFileWriter {
- public:
-  EventFileWriter(const fs::path& dir, const std::string& suffix) {
-    const double now = now_seconds();
-    path_ = dir / fmt::format("events.out.tfevents.{:010d}.{}.{}.{}{}", static_cast<int64_t>(now),
-                              hostname(), ::getpid(), g_event_file_uid.fetch_add(1), suffix);
-    file_ = std::fopen(path_.c_str(), "wb");
-    if (file_ == nullptr) {
-      throw std::runtime_error(
-          fmt::format("TensorBoardLogger: cannot create the event file '{}': {}", path_.string(),
-                      std::strerror(errno)));
-    }
-    Proto source;
-    source.string(1, "cppfabric.loggers.TensorBoardLogger");
-    Proto first;
-    first.double_value(kEventWallTime, now)
-        .string(kEventFileVersion, "brain.Event:2")
-        .message(kEventSourceMetadata, source);
-    write(first.str());
-    flush();
-  }
-  ~EventFileWriter() {
-    if (file_ != nullptr) std::fclose(file_);
-  }
-  EventFileWriter(const EventFileWriter&) = delete;
-  EventFileWriter& operator=(const EventFileWriter&) = delete;
-
-  void write(const std::string& event) {
-    const std::string record = detail::tfrecord(event);
-    if (std::fwrite(record.data(), 1, record.size(), file_) != record.size()) {
-      throw std::runtime_error(
-          fmt::format("TensorBoardLogger: cannot write the event file '{}': {}", path_.string(),
-                      std::strerror(errno)));
-    }
-    ++pending_;
-  }
-  void flush() {
-    if (std::fflush(file_) != 0) {
-      throw std::runtime_error(
-          fmt::format("TensorBoardLogger: cannot write the event file '{}': {}", path_.string(),
-                      std::strerror(errno)));
-    }
-    pending_ = 0;
-    last_flush_ = now_seconds();
-  }
-  void close() {
-    flush();
-    std::FILE* file = file_;
-    file_ = nullptr;
-    if (std::fclose(file) != 0) {
-      throw std::runtime_error(
-          fmt::format("TensorBoardLogger: cannot close the event file '{}': {}", path_.string(),
-                      std::strerror(errno)));
-    }
-  }
-  int pending() const { return pending_; }
-  double last_flush() const { return last_flush_; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-  std::FILE* file_ = nullptr;
-  int pending_ = 0;
-  double last_flush_ = 0;
-};
 }  // namespace
 
 // ------------------------------------------------------------------ TensorBoardLogger
@@ -249,8 +99,7 @@ struct TensorBoardLogger::Impl {
   detail::LogDirectory dir;  // root_dir, name, version (options.version is not used)
   TensorBoardLoggerOptions options;
   mutable std::mutex mutex;
-  std::unique_ptr<EventFileWriter> writer;
-  std::string last_file;
+  std::unique_ptr<SummaryWriter> writer;
 
   fs::path log_dir() const {
     fs::path path = dir.log_dir();
@@ -258,23 +107,17 @@ struct TensorBoardLogger::Impl {
     return fs::path(expand_path(path.string()));
   }
 
-  EventFileWriter& experiment() {
+  SummaryWriter& experiment() {
     if (writer) return *writer;
-    const fs::path path = log_dir();
-    detail::create_directories(dir.root_dir().string(), "TensorBoardLogger");
-    detail::create_directories(path.string(), "TensorBoardLogger");
-    writer = std::make_unique<EventFileWriter>(path, options.filename_suffix);
-    last_file = writer->path().string();
-    return *writer;
-  }
-
-  void add(const std::string& event) {
-    EventFileWriter& file = experiment();
-    file.write(event);
-    if (file.pending() >= options.max_queue ||
-        now_seconds() - file.last_flush() >= options.flush_secs) {
-      file.flush();
+    if (!detail::is_rank_zero()) {
+      writer = SummaryWriter::disabled();
+      return *writer;
     }
+    detail::create_directories(dir.root_dir().string(), "TensorBoardLogger");
+    writer = std::make_unique<SummaryWriter>(
+        log_dir(),
+        SummaryWriterOptions{options.max_queue, options.flush_secs, options.filename_suffix});
+    return *writer;
   }
 };
 
@@ -322,16 +165,133 @@ std::optional<std::string> TensorBoardLogger::sub_dir() const { return impl_->op
 
 std::string TensorBoardLogger::event_file_path() const {
   std::lock_guard lock(impl_->mutex);
-  return impl_->last_file;
+  return impl_->writer ? impl_->writer->event_file_path() : "";
+}
+
+SummaryWriter& TensorBoardLogger::experiment() {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->experiment();
 }
 
 void TensorBoardLogger::log_metrics(const Metrics& metrics, std::optional<int64_t> step) {
   if (!detail::is_rank_zero()) return;
-  std::lock_guard lock(impl_->mutex);
+  SummaryWriter& writer = experiment();
   for (const auto& [tag, value] :
        detail::add_prefix(metrics, impl_->options.prefix, LOGGER_JOIN_CHAR)) {
-    impl_->add(event_bytes(now_seconds(), step, scalar_summary(tag, value)));
+    writer.add_scalar(tag, value, step);
   }
+}
+
+void TensorBoardLogger::log_nested_metrics(const NestedMetrics& metrics,
+                                           std::optional<int64_t> step) {
+  if (!detail::is_rank_zero()) return;
+  SummaryWriter& writer = experiment();
+  const std::string& prefix = impl_->options.prefix;
+  for (const auto& [key, value] : metrics) {
+    const std::string tag = prefix.empty() ? key : prefix + LOGGER_JOIN_CHAR + key;
+    if (const auto* group = std::get_if<std::map<std::string, double>>(&value)) {
+      writer.add_scalars(tag, *group, step);
+    } else {
+      writer.add_scalar(tag, std::get<double>(value), step);
+    }
+  }
+}
+
+namespace {
+std::string python_str(const cppfabric::Value& value);
+
+std::string python_repr(const cppfabric::Value& value) {
+  if (value.kind() == cppfabric::Value::Kind::String) {
+    const std::string& text = value.to_string();
+    const char quote =
+        text.find('\'') != std::string::npos && text.find('"') == std::string::npos ? '"' : '\'';
+    std::string out(1, quote);
+    for (char c : text) {
+      if (c == quote || c == '\\') out += '\\';
+      out += c;
+    }
+    return out + quote;
+  }
+  return python_str(value);
+}
+
+/// Python's str() of a plain value (what _sanitize_params turns unsupported values into).
+std::string python_str(const cppfabric::Value& value) {
+  using Kind = cppfabric::Value::Kind;
+  switch (value.kind()) {
+    case Kind::None:
+      return "None";
+    case Kind::Bool:
+      return value.to_bool() ? "True" : "False";
+    case Kind::Int:
+      return std::to_string(value.to_int());
+    case Kind::Double:
+      return detail::python_float_repr(value.to_double());
+    case Kind::String:
+      return value.to_string();
+    case Kind::Tensor:
+      return fmt::format("tensor(shape={})", fmt::join(value.to_tensor().sizes(), ", "));
+    case Kind::List:
+    case Kind::Tuple: {
+      std::vector<std::string> parts;
+      for (const auto& element : value.elements()) parts.push_back(python_repr(element));
+      if (value.kind() == Kind::List) return fmt::format("[{}]", fmt::join(parts, ", "));
+      return parts.size() == 1 ? fmt::format("({},)", parts[0])
+                               : fmt::format("({})", fmt::join(parts, ", "));
+    }
+    case Kind::Dict: {
+      std::vector<std::string> parts;
+      for (const auto& [k, v] : value.items()) {
+        parts.push_back(python_repr(k) + ": " + python_repr(v));
+      }
+      return fmt::format("{{{}}}", fmt::join(parts, ", "));
+    }
+  }
+  return "";
+}
+
+void flatten_into(const cppfabric::Value& dict, const std::string& parent, HParams& out) {
+  for (const auto& [key, value] : dict.items()) {
+    const std::string name = (parent.empty() ? "" : parent + "/") + python_str(key);
+    using Kind = cppfabric::Value::Kind;
+    switch (value.kind()) {
+      case Kind::Dict:
+        flatten_into(value, name, out);
+        break;
+      case Kind::Bool:
+        out[name] = value.to_bool();
+        break;
+      case Kind::Int:
+        out[name] = value.to_int();
+        break;
+      case Kind::Double:
+        out[name] = value.to_double();
+        break;
+      case Kind::String:
+        out[name] = value.to_string();
+        break;
+      case Kind::Tensor:
+        if (value.to_tensor().numel() == 1) {
+          out[name] = value.to_tensor().item<double>();
+          break;
+        }
+        [[fallthrough]];
+      default:
+        out[name] = python_str(value);
+    }
+  }
+}
+}  // namespace
+
+HParams TensorBoardLogger::flatten_hparams(const cppfabric::Value& params) {
+  if (!params.is_dict()) {
+    throw std::invalid_argument(fmt::format(
+        "TensorBoardLogger.log_hyperparams: expects a dict of hyperparameters, got a {}.",
+        params.type_name()));
+  }
+  HParams out;
+  flatten_into(params, "", out);
+  return out;
 }
 
 void TensorBoardLogger::log_hyperparams(const HParams& params) {
@@ -379,29 +339,26 @@ void TensorBoardLogger::log_hyperparams(const HParams& params, const Metrics& me
   Proto end;
   end.enum_value(kSessionEndStatus, kStatusSuccess);
 
-  std::lock_guard lock(impl_->mutex);
+  SummaryWriter& writer = experiment();
   const std::pair<const char*, Proto> summaries[] = {
       {"_hparams_/experiment", Proto().message(kPluginDataExperiment, experiment)},
       {"_hparams_/session_start_info", Proto().message(kPluginDataSessionStart, start)},
       {"_hparams_/session_end_info", Proto().message(kPluginDataSessionEnd, end)},
   };
   for (const auto& [tag, plugin_data] : summaries) {
-    impl_->add(event_bytes(now_seconds(), step, hparams_summary(tag, plugin_data)));
+    detail::SummaryWriterAccess::add_summary(writer, hparams_summary(tag, plugin_data), step);
   }
 }
 
 void TensorBoardLogger::save() {
   if (!detail::is_rank_zero()) return;
-  std::lock_guard lock(impl_->mutex);
-  impl_->experiment().flush();
+  experiment().flush();
 }
 
 void TensorBoardLogger::finalize(const std::string& status) {
   if (!detail::is_rank_zero()) return;
   std::lock_guard lock(impl_->mutex);
-  if (!impl_->writer) return;
-  auto writer = std::move(impl_->writer);
-  writer->close();
+  if (impl_->writer) impl_->writer->close();  // as Python: flush and close; a later event reopens
 }
 
 }  // namespace cppfabric::loggers

@@ -3,6 +3,7 @@
 // rank-zero behaviour, bad inputs.
 #include <ftw.h>
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cppfabric/fabric.hpp>
@@ -19,6 +20,7 @@
 #include "cppfabric/detail/fmt.hpp"
 #include "loggers/hparams_yaml.hpp"
 #include "loggers/logger_detail.hpp"
+#include "loggers/proto.hpp"
 #include "loggers/tfrecord.hpp"
 #include "test_utils.hpp"
 
@@ -404,7 +406,8 @@ class TbScript {
  public:
   TbScript(const fs::path& root, const std::string& name, const std::string& prefix,
            std::optional<std::string> sub_dir)
-      : logger(std::make_unique<TensorBoardLogger>(root, name, VersionArg(), prefix, sub_dir)) {
+      : logger(
+            std::make_unique<TensorBoardLogger>(root, name, VersionArg(), true, prefix, sub_dir)) {
     ops_ << "init\t" << name << "\t-\t" << prefix << "\t" << sub_dir.value_or("-") << "\n";
   }
   void log(std::optional<int64_t> step, const Logger::Metrics& metrics) {
@@ -574,8 +577,250 @@ TEST(TensorBoardLogger, LogDirExpandsUserAndVariables) {
   TempDir tmp;
   cppfabric::testing::ScopedEnv home("HOME", tmp.path().string());
   cppfabric::testing::ScopedEnv var("CPPFABRIC_TB_TEST", "expanded");
-  TensorBoardLogger logger("~/logs", "$CPPFABRIC_TB_TEST", 1, "", "${CPPFABRIC_TB_TEST}");
+  TensorBoardLogger logger("~/logs", "$CPPFABRIC_TB_TEST", 1, true, "", "${CPPFABRIC_TB_TEST}");
   EXPECT_EQ(fs::path(logger.log_dir()),
             tmp.path() / "logs" / "expanded" / "version_1" / "expanded");
   EXPECT_EQ(logger.sub_dir(), "${CPPFABRIC_TB_TEST}");
+}
+
+// ------------------------------------------------------------------ SummaryWriter
+
+namespace {
+/// Applies calls to a SummaryWriter and records them for tensorboard_reference.py's `summary`
+/// (torch.utils.tensorboard.SummaryWriter replaying the same calls).
+class SummaryScript {
+ public:
+  explicit SummaryScript(cppfabric::loggers::SummaryWriter& writer) : writer_(writer) {}
+  void scalar(const std::string& tag, double value, std::optional<int64_t> step) {
+    writer_.add_scalar(tag, value, step);
+    ops_ << "scalar\t" << tag << "\t" << step_text(step) << "\t" << float_text(value) << "\n";
+  }
+  void scalars(const std::string& main_tag, const std::map<std::string, double>& values,
+               std::optional<int64_t> step) {
+    writer_.add_scalars(main_tag, values, step);
+    record_scalars(main_tag, values, step);
+  }
+  void record_scalars(const std::string& main_tag, const std::map<std::string, double>& values,
+                      std::optional<int64_t> step) {
+    ops_ << "scalars\t" << main_tag << "\t" << step_text(step);
+    for (const auto& [tag, value] : values) ops_ << "\t" << tag << "\t" << float_text(value);
+    ops_ << "\n";
+  }
+  void record_scalar(const std::string& tag, double value, std::optional<int64_t> step) {
+    ops_ << "scalar\t" << tag << "\t" << step_text(step) << "\t" << float_text(value) << "\n";
+  }
+  void histogram(const std::string& tag, const torch::Tensor& values, std::optional<int64_t> step) {
+    writer_.add_histogram(tag, values, step);
+    ops_ << "histogram\t" << tag << "\t" << step_text(step) << "\t" << tensor_text(values) << "\n";
+  }
+  void image(const std::string& tag, const torch::Tensor& image, std::optional<int64_t> step,
+             const std::string& dataformats = "CHW") {
+    writer_.add_image(tag, image, step, dataformats);
+    const std::string text = tensor_text(image);
+    const auto tab = text.find('\t');
+    ops_ << "image\t" << tag << "\t" << step_text(step) << "\t" << text.substr(0, tab) << "\t"
+         << dataformats << text.substr(tab) << "\n";
+  }
+  void text(const std::string& tag, const std::string& text, std::optional<int64_t> step) {
+    writer_.add_text(tag, text, step);
+    std::string hex;
+    for (unsigned char c : text) hex += fmt::format("{:02x}", c);
+    ops_ << "text\t" << tag << "\t" << step_text(step) << "\t" << hex << "\n";
+  }
+  void replay_in_python(const std::string& python, const fs::path& log_dir,
+                        const fs::path& ops_file) const {
+    std::ofstream(ops_file) << ops_.str();
+    run_python(python, "tensorboard_reference.py",
+               {"summary", ops_file.string(), log_dir.string()});
+  }
+
+ private:
+  static std::string step_text(std::optional<int64_t> step) {
+    return step ? std::to_string(*step) : "-";
+  }
+  static std::string tensor_text(const torch::Tensor& t) {
+    const char* dtype = t.scalar_type() == torch::kFloat    ? "float32"
+                        : t.scalar_type() == torch::kDouble ? "float64"
+                        : t.scalar_type() == torch::kUInt8  ? "uint8"
+                                                            : "int64";
+    std::string out = fmt::format("{}\t{}", dtype, fmt::join(t.sizes(), ","));
+    const torch::Tensor flat = t.to(torch::kDouble).contiguous().reshape({-1});
+    for (int64_t i = 0; i < flat.numel(); ++i) out += "\t" + float_text(flat[i].item<double>());
+    return out;
+  }
+  cppfabric::loggers::SummaryWriter& writer_;
+  std::stringstream ops_;
+};
+}  // namespace
+
+TEST(SummaryWriter, EventAccumulatorReadsWhatTorchSummaryWriterWrites) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  TensorBoardLogger logger(tmp.path() / "cpp", "exp", 0);
+  cppfabric::loggers::SummaryWriter& writer = logger.experiment();
+  EXPECT_TRUE(writer.enabled());
+  EXPECT_EQ(fs::path(writer.log_dir()), tmp.path() / "cpp" / "exp" / "version_0");
+  SummaryScript s(writer);
+  torch::manual_seed(0);
+  s.scalar("train/loss", 0.5, 0);
+  s.scalar("train/loss", 0.25, 1);
+  s.scalar("no_step", 1.5, std::nullopt);
+  s.scalars("loss/all", {{"train", 0.3}, {"val", 0.4}}, 2);
+  s.scalars("loss/all", {{"train", 0.2}, {"val", 0.35}}, 3);
+  s.histogram("weights", torch::randn({50}), 0);
+  s.histogram("weights", torch::randn({4, 8}, torch::kDouble) * 1e3, 1);
+  s.histogram("positive", torch::rand({20}) + 2, 0);  // no bucket at zero: a left empty bucket
+  s.histogram("zeros_and_ints", torch::tensor({0, 0, 3, -7, 1}, torch::kLong), 0);
+  s.histogram("single", torch::tensor({0.1f}), 0);
+  // float in [0, 1] (with out-of-range values, which clip), CHW RGB
+  s.image("rgb", torch::rand({3, 4, 5}) * 1.2 - 0.1, 0);
+  s.image("grey_uint8", torch::randint(0, 256, {1, 6, 3}, torch::kUInt8), 1);  // stored as RGB
+  s.image("rgba_hwc", torch::rand({2, 3, 4}), 2, "HWC");
+  s.image("hw", torch::rand({5, 7}, torch::kDouble), 3, "HW");
+  s.text("notes", "hello **world**\nsecond line, \xc3\xbcnicode", 4);
+  s.text("notes", "", 5);
+  logger.finalize("success");
+
+  const std::string dump =
+      run_python(python, "tensorboard_reference.py", {"dump_all", writer.log_dir()});
+  std::cout << "EventAccumulator dump of the C++ event files:\n" << dump;
+  // What TensorBoard shows, spelled out for a few of them.
+  for (const std::string line : {
+           ".\tscalar\ttrain/loss\t1\t0.25",
+           ".\tscalar\tno_step\t0\t1.5",
+           "loss_all_train\tscalar\tloss/all\t2\t" + f32(0.3),
+           "loss_all_val\tscalar\tloss/all\t3\t" + f32(0.35),
+           ".\thistogram\tsingle\t0\tmin=0.10000000149011612 max=0.10000000149011612 num=1.0 "
+           "sum=0.100000001 sum_squares=0.0100000003",
+           ".\thistogram_counts\tzeros_and_ints\t0\t",
+           ".\timage\trgb\t0\t5x4 mode=RGB size=(5, 4) pixels=",
+           ".\timage\tgrey_uint8\t1\t3x6 mode=RGB size=(3, 6) pixels=",
+           ".\timage\trgba_hwc\t2\t3x2 mode=RGBA size=(3, 2) pixels=",
+           ".\ttensor\tnotes/text_summary\t4\tshape=[1] ['hello **world**\\nsecond line, "
+           "\xc3\xbcnicode']",
+           ".\tplugin\ttext\tnotes/text_summary\tb''",
+       }) {
+    EXPECT_NE(dump.find(line), std::string::npos) << line;
+  }
+  // torch.utils.tensorboard.SummaryWriter, same calls: the same dump.
+  const fs::path py_dir = tmp.path() / "py";
+  s.replay_in_python(python, py_dir, tmp.path() / "ops.tsv");
+  EXPECT_EQ(run_python(python, "tensorboard_reference.py", {"dump_all", py_dir.string()}), dump);
+}
+
+TEST(SummaryWriter, LogMetricsWithGroupsIsAddScalarsAsPython) {
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  TensorBoardLogger logger(tmp.path() / "cpp", "exp", 0, true, "train");
+  SummaryScript s(logger.experiment());
+  logger.log_metrics(
+      TensorBoardLogger::NestedMetrics{
+          {"loss", std::map<std::string, double>{{"a", 1.0}, {"b", 2.0}}}, {"lr", 0.5}},
+      7);
+  // What Python's TensorBoardLogger does with {"loss": {"a": 1, "b": 2}, "lr": 0.5}, prefix
+  // "train": add_scalars("train-loss", ...) and add_scalar("train-lr", ...).
+  s.record_scalars("train-loss", {{"a", 1.0}, {"b", 2.0}}, 7);
+  s.record_scalar("train-lr", 0.5, 7);
+  logger.finalize("success");
+  const std::string dump =
+      run_python(python, "tensorboard_reference.py", {"dump_all", logger.log_dir()});
+  EXPECT_NE(dump.find("train-loss_a\tscalar\ttrain-loss\t7\t1.0\n"), std::string::npos) << dump;
+  EXPECT_NE(dump.find(".\tscalar\ttrain-lr\t7\t0.5\n"), std::string::npos) << dump;
+  s.replay_in_python(python, tmp.path() / "py", tmp.path() / "ops.tsv");
+  EXPECT_EQ(
+      run_python(python, "tensorboard_reference.py", {"dump_all", (tmp.path() / "py").string()}),
+      dump);
+}
+
+TEST(SummaryWriter, NestedHyperparametersAreFlattenedAsPython) {
+  cppfabric::Value hp = cppfabric::Value::dict();
+  hp.set("lr", 3e-4);
+  hp.set("optimizer", cppfabric::Value::dict({{"name", "adamw"},
+                                              {"betas", cppfabric::Value::tuple({0.9, 0.999})},
+                                              {"sched", cppfabric::Value::dict({{"T_max", 20}})}}));
+  hp.set("layers", cppfabric::Value::list({64, "a'b"}));
+  hp.set("none", cppfabric::Value());
+  hp.set("amp", true);
+  const HParams flat = TensorBoardLogger::flatten_hparams(hp);
+  const HParams expected = {{"lr", 3e-4},
+                            {"optimizer/name", "adamw"},
+                            {"optimizer/betas", "(0.9, 0.999)"},
+                            {"optimizer/sched/T_max", int64_t{20}},
+                            {"layers", "[64, \"a'b\"]"},
+                            {"none", "None"},
+                            {"amp", true}};
+  EXPECT_EQ(flat, expected);
+  EXPECT_THROW_WITH(TensorBoardLogger::flatten_hparams(cppfabric::Value(3)), std::invalid_argument,
+                    "expects a dict of hyperparameters, got a int");
+
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  TensorBoardLogger logger(tmp.path(), "exp");
+  logger.log_hyperparams(hp);
+  logger.finalize("success");
+  const std::string dump =
+      run_python(python, "tensorboard_reference.py", {"dump", logger.log_dir()});
+  EXPECT_NE(dump.find("hparam\toptimizer/sched/T_max\tnumber\t20.0\n"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("hparam\toptimizer/name\tstring\tadamw\n"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("scalar\thp_metric\t0\t-1.0\n"), std::string::npos) << dump;
+}
+
+TEST(SummaryWriter, ArgumentOrderDisabledWriterAndBadInputs) {
+  TempDir tmp;
+  // Python's order: default_hp_metric fourth.
+  TensorBoardLogger logger(tmp.path(), "exp", 2, false, "pre", "sub");
+  logger.log_hyperparams(HParams{{"lr", 0.1}});  // default_hp_metric=false: nothing written
+  EXPECT_EQ(logger.event_file_path(), "");
+  EXPECT_EQ(fs::path(logger.log_dir()), tmp.path() / "exp" / "version_2" / "sub");
+  static_assert(
+      !std::is_constructible_v<TensorBoardLogger, fs::path, const char*, int, const char*>,
+      "the fourth positional argument is default_hp_metric (a bool), as in Python");
+  auto& writer = logger.experiment();
+  EXPECT_THROW_WITH(writer.add_histogram("h", torch::empty({0})), std::invalid_argument,
+                    "add_histogram('h'): the tensor has no element");
+  EXPECT_THROW_WITH(writer.add_histogram("h", torch::tensor({1.0, NAN})), std::invalid_argument,
+                    "must be finite");
+  EXPECT_THROW_WITH(writer.add_image("i", torch::rand({2, 4, 4})), std::invalid_argument,
+                    "2 channels; images have 1 (grey), 3 (RGB) or 4 (RGBA)");
+  EXPECT_THROW_WITH(writer.add_image("i", torch::rand({4, 4})), std::invalid_argument,
+                    "the tensor has 2 dimensions, dataformats 'CHW' needs 3");
+  EXPECT_THROW_WITH(writer.add_image("i", torch::rand({4, 4}), 0, "NCHW"), std::invalid_argument,
+                    "choose one of 'CHW', 'HWC', 'HW'");
+  EXPECT_THROW_WITH(writer.add_scalar("", 1.0), std::invalid_argument, "tag must not be empty");
+  EXPECT_THROW_WITH(cppfabric::loggers::SummaryWriter(tmp.path(), {.max_queue = 0}),
+                    std::invalid_argument, "max_queue=0");
+  {
+    FakeRank rank(1, 2);
+    TensorBoardLogger other(tmp.path(), "rank1");
+    auto& dummy = other.experiment();
+    EXPECT_FALSE(dummy.enabled());
+    dummy.add_scalar("x", 1.0, 0);
+    dummy.add_image("i", torch::rand({3, 2, 2}), 0);
+    dummy.flush();
+  }
+  EXPECT_FALSE(fs::exists(tmp.path() / "rank1"));
+}
+
+TEST(SummaryWriter, PngIsValidWithOrWithoutZlib) {
+  // 300 x 300 RGB: more than one stored deflate block (65535 bytes) when zlib is absent.
+  std::vector<uint8_t> pixels(300 * 300 * 3);
+  for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 7);
+  const std::string png = cppfabric::loggers::detail::encode_png(pixels.data(), 300, 300, 3);
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  EXPECT_EQ(png.substr(png.size() - 8, 4), "IEND");
+  REQUIRE_VENV_PYTHON(python);
+  TempDir tmp;
+  std::ofstream(tmp.path() / "a.png", std::ios::binary) << png;
+  std::ofstream(tmp.path() / "raw", std::ios::binary)
+      .write(reinterpret_cast<const char*>(pixels.data()),
+             static_cast<std::streamsize>(pixels.size()));
+  int status = 0;
+  const std::string out = cppfabric::testing::run_command(
+      quote(python) +
+          " -c 'import sys; from PIL import Image; i = Image.open(sys.argv[1]); "
+          "print(i.mode, i.size, i.tobytes() == open(sys.argv[2], \"rb\").read())' " +
+          quote((tmp.path() / "a.png").string()) + " " + quote((tmp.path() / "raw").string()),
+      &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_EQ(out, "RGB (300, 300) True\n");
 }
