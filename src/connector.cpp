@@ -336,10 +336,14 @@ void Connector::check_device_config(const FabricOptions& options) {
   if ((n && *n == 0) || (s && *s == "0") || (list && list->empty())) {
     const std::string name =
         accelerator_object_ ? accelerator_object_->class_name() : accelerator_flag_;
+    const bool cpu = name == "cpu" || name == "CPUAccelerator" ||
+                     (name == "auto" && accelerators::CUDAAccelerator::device_count() == 0);
     throw std::invalid_argument(fmt::format(
         "`Fabric(devices={})` value is not a valid input using {} accelerator. Select at least one "
-        "device: a count such as 1, -1 for all GPUs, or indices such as \"0,1\".",
-        devices_flag_.repr(), name));
+        "device: {}",
+        devices_flag_.repr(), name,
+        cpu ? "on the CPU, devices is the number of processes (1, 2, ...) or \"auto\" (1)."
+            : "a count such as 1, -1 for all GPUs, or indices such as \"0,1\"."));
   }
 }
 

@@ -14,6 +14,7 @@
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 #include "cppfabric/utilities/seed.hpp"
+#include "cppfabric/utilities/terminate.hpp"
 
 namespace cppfabric {
 
@@ -31,6 +32,7 @@ struct Fabric::Impl {
 };
 
 Fabric::Fabric(FabricOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  utilities::install_terminate_handler();  // an escaping exception: once per rank, exit 1
   for (const auto& callback : *impl_->callbacks) {
     if (!callback) throw TypeError("FabricOptions::callbacks holds a null callback pointer.");
   }
@@ -164,7 +166,32 @@ void Fabric::validate_setup_optimizers(
   for (const auto& optimizer : optimizers) strategy()->setup_optimizer(*optimizer);
 }
 
+namespace {
+/// "16-true" keeps Adam's state in float16, where the default eps (1e-8) rounds to 0: once a
+/// second moment underflows, the update divides by zero and training stalls or turns NaN.
+template <typename Opt, typename Options>
+void warn_half_eps(const torch::optim::Optimizer& optimizer, const char* name) {
+  if (dynamic_cast<const Opt*>(&optimizer) == nullptr) return;
+  for (const auto& group : optimizer.param_groups()) {
+    const double eps = static_cast<const Options&>(group.options()).eps();
+    if (eps < 6e-8) {  // below float16's smallest positive (subnormal) value, 5.96e-8
+      utilities::rank_zero_warn(fmt::format(
+          "precision='16-true' with {}(eps={}): eps rounds to 0 in float16, so the update divides "
+          "by zero once a second moment underflows and training stalls or turns NaN. Use "
+          "eps=1e-4 or larger (e.g. {}Options(lr).eps(1e-4)), or precision='16-mixed' or "
+          "'bf16-true'.",
+          name, eps, name));
+      return;
+    }
+  }
+}
+}  // namespace
+
 FabricOptimizer Fabric::make_optimizer(const std::shared_ptr<torch::optim::Optimizer>& optimizer) {
+  if (strategy()->precision()->name() == "16-true") {
+    warn_half_eps<torch::optim::AdamW, torch::optim::AdamWOptions>(*optimizer, "AdamW");
+    warn_half_eps<torch::optim::Adam, torch::optim::AdamOptions>(*optimizer, "Adam");
+  }
   return FabricOptimizer(optimizer, strategy(), impl_->callbacks);
 }
 

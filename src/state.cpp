@@ -70,13 +70,22 @@ std::vector<std::string> State::keys() const {
   return out;
 }
 
+namespace {
+/// "an int", "a float": the type name with its English article.
+std::string with_article(std::string_view name) {
+  const bool vowel =
+      !name.empty() && std::string_view("aeiouAEIOU").find(name[0]) != std::string_view::npos;
+  return fmt::format("{} {}", vowel ? "an" : "a", name);
+}
+}  // namespace
+
 const Value& State::plain(const std::string& key, const char* wanted) const {
   const Item& item = at(key);
   if (item.is_stateful()) {
     throw std::invalid_argument(fmt::format(
-        "State key '{}' holds a {} (a stateful object), not a plain {}; read it through the "
+        "State key '{}' holds {} (a stateful object), not a plain {}; read it through the "
         "object itself",
-        key, item.stateful()->kind(), wanted));
+        key, with_article(item.stateful()->kind()), wanted));
   }
   if (item.is_state()) {
     if (std::string_view(wanted) == "dict" || std::string_view(wanted).empty()) {
@@ -85,7 +94,7 @@ const Value& State::plain(const std::string& key, const char* wanted) const {
       return holder;
     }
     throw std::invalid_argument(
-        fmt::format("State key '{}' holds a nested State, not a {}", key, wanted));
+        fmt::format("State key '{}' holds a nested State, not {}", key, with_article(wanted)));
   }
   const Value& value = item.value();
   const std::string_view w(wanted);
@@ -97,8 +106,9 @@ const Value& State::plain(const std::string& key, const char* wanted) const {
                   (w == "Tensor" && k == Value::Kind::Tensor) ||
                   (w == "dict" && k == Value::Kind::Dict);
   if (!ok) {
-    throw std::invalid_argument(fmt::format("State key '{}' holds a {} ({}), not a {}", key,
-                                            value.type_name(), value.repr(), wanted));
+    throw std::invalid_argument(fmt::format("State key '{}' holds {} ({}), not {}", key,
+                                            with_article(value.type_name()), value.repr(),
+                                            with_article(wanted)));
   }
   return value;
 }

@@ -10,6 +10,13 @@
 
 namespace cppfabric {
 
+// Out of line on purpose (see value.hpp).
+Value::Value(const Value& other) = default;
+Value::Value(Value&& other) noexcept = default;
+Value& Value::operator=(const Value& other) = default;
+Value& Value::operator=(Value&& other) noexcept = default;
+Value::~Value() = default;
+
 Value Value::list(List items) {
   Value value;
   value.data_ = Seq{std::move(items), false};

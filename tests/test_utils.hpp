@@ -56,6 +56,7 @@ class CaptureConsole {
   CaptureConsole() : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_)) {
     sink_->set_pattern("[%l] %v");
     utilities::console()->sinks().push_back(sink_);
+    utilities::clear_shown_warnings();  // each capture sees its warnings, as pytest's do
   }
   ~CaptureConsole() {
     auto& sinks = utilities::console()->sinks();

@@ -45,6 +45,13 @@ class Value {
   Value(std::string_view value) : data_(std::string(value)) {}
   Value(const char* value) : data_(std::string(value)) {}
   Value(at::Tensor value) : data_(std::move(value)) {}
+  // Defined out of line (value.cpp) on purpose: inlined, std::variant's move of a temporary
+  // Value raises GCC 12 -Wmaybe-uninitialized false positives in every file that builds one.
+  Value(const Value& other);
+  Value(Value&& other) noexcept;
+  Value& operator=(const Value& other);
+  Value& operator=(Value&& other) noexcept;
+  ~Value();
 
   static Value list(List items = {});
   static Value tuple(List items = {});

@@ -5,15 +5,44 @@
 
 #include <atomic>
 #include <mutex>
+#include <set>
+
+#include "utilities/env.hpp"
 
 namespace cppfabric::utilities {
 namespace {
-std::atomic<int> g_rank{0};
-std::atomic<int> g_world_size{1};
+
+/// Python's rank_zero_only.rank at import (_get_rank): the first of these that is set. A launched
+/// child learns its rank here before its Fabric exists, so rank-zero messages it prints while the
+/// Fabric is being built (the precision lines) stay on rank 0.
+int rank_from_environment() {
+  for (const char* name : {"RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"}) {
+    if (const auto text = detail::env_string(name)) {
+      const auto rank = detail::parse_int(*text);
+      return rank && *rank >= 0 ? static_cast<int>(*rank) : 0;
+    }
+  }
+  return 0;
+}
+
+int world_size_from_environment() {
+  const auto text = detail::env_string("WORLD_SIZE");
+  const auto size = text ? detail::parse_int(*text) : std::nullopt;
+  return size && *size > 1 ? static_cast<int>(*size) : 1;
+}
+
+std::atomic<int>& rank_slot() {
+  static std::atomic<int> rank{rank_from_environment()};
+  return rank;
+}
+std::atomic<int>& world_slot() {
+  static std::atomic<int> world{world_size_from_environment()};
+  return world;
+}
 
 void apply_pattern(spdlog::logger& logger) {
-  const int world = g_world_size.load();
-  logger.set_pattern(world > 1 ? fmt::format("[rank: {}] [%l] %v", g_rank.load()) : "[%l] %v");
+  const int world = world_slot().load();
+  logger.set_pattern(world > 1 ? fmt::format("[rank: {}] [%l] %v", rank_slot().load()) : "[%l] %v");
 }
 }  // namespace
 
@@ -30,12 +59,14 @@ std::shared_ptr<spdlog::logger> console() {
 }
 
 void set_rank(int global_rank, int world_size) {
-  g_rank = global_rank;
-  g_world_size = world_size;
+  rank_slot() = global_rank;
+  world_slot() = world_size;
   apply_pattern(*console());
 }
 
-int current_rank() { return g_rank.load(); }
+int current_rank() { return rank_slot().load(); }
+
+int current_world_size() { return world_slot().load(); }
 
 std::string rank_prefixed_message(const std::string& message, int rank) {
   return fmt::format("[rank: {}] {}", rank, message);
@@ -44,8 +75,26 @@ std::string rank_prefixed_message(const std::string& message, int rank) {
 void rank_zero_info(const std::string& message) {
   if (current_rank() == 0) console()->info(message);
 }
+namespace {
+std::mutex g_shown_mutex;
+std::set<std::string>& shown_warnings() {
+  static std::set<std::string> shown;
+  return shown;
+}
+}  // namespace
+
 void rank_zero_warn(const std::string& message) {
-  if (current_rank() == 0) console()->warn(message);
+  if (current_rank() != 0) return;
+  {
+    std::lock_guard lock(g_shown_mutex);
+    if (!shown_warnings().insert(message).second) return;
+  }
+  console()->warn(message);
+}
+
+void clear_shown_warnings() {
+  std::lock_guard lock(g_shown_mutex);
+  shown_warnings().clear();
 }
 void rank_zero_debug(const std::string& message) {
   if (current_rank() == 0) console()->debug(message);

@@ -37,7 +37,11 @@ uint64_t seed_everything(std::optional<int64_t> seed, bool workers, bool verbose
         *seed, kMaxSeed));
   }
   if (verbose) {
-    console()->info(rank_prefixed_message(fmt::format("Seed set to {}", *seed), current_rank()));
+    // Python's "[rank: N] Seed set to S"; with several processes the console pattern already
+    // starts with "[rank: N]".
+    const std::string message = fmt::format("Seed set to {}", *seed);
+    console()->info(current_world_size() > 1 ? message
+                                             : rank_prefixed_message(message, current_rank()));
   }
   torch::manual_seed(static_cast<uint64_t>(*seed));
   ::setenv("PL_GLOBAL_SEED", std::to_string(*seed).c_str(), 1);
