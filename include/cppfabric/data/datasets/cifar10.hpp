@@ -73,7 +73,9 @@ class CIFAR10 : public Dataset {
 };
 
 /// Random-but-learnable CIFAR-10 look-alike: class k images carry a class-specific colour and
-/// stripe pattern plus noise. Deterministic for a given seed; same shapes and dtypes as CIFAR10.
+/// stripe pattern at a random phase and a random strength, buried in noise (faint images are
+/// hard, so accuracy rises over epochs and stays well below 100%). Deterministic for a given
+/// seed; same shapes and dtypes as CIFAR10.
 class SyntheticCIFAR10 : public Dataset {
  public:
   SyntheticCIFAR10(std::size_t size = 50000, bool train = true,
