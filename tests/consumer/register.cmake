@@ -79,3 +79,40 @@ add_test(NAME consumer_run_build_tree
   COMMAND ${PROJECT_BINARY_DIR}/consumer-build-tree/cppfabric_consumer)
 set_tests_properties(consumer_run_build_tree PROPERTIES
   FIXTURES_REQUIRED cppfabric_consumer_built_tree LABELS consumer)
+
+# ---------------------------------------------------------------- from the CPack packages
+#   consumer_package_tgz   cpack -G TGZ, unpack, find_package(cppfabric) from it, build, run
+#   consumer_package_deb   cpack -G DEB, dpkg-deb -x, build with pkg-config, run
+# Both need the installable targets built (cpack installs them); label `package`.
+find_program(CPPFABRIC_DPKG_DEB dpkg-deb)
+find_program(CPPFABRIC_PKG_CONFIG pkg-config)
+foreach(_kind tgz deb)
+  if(_kind STREQUAL "deb" AND (NOT CPPFABRIC_DPKG_DEB OR NOT CPPFABRIC_PKG_CONFIG))
+    continue()
+  endif()
+  add_test(NAME consumer_package_${_kind}
+    COMMAND ${CMAKE_COMMAND}
+      -DBUILD_DIR=${PROJECT_BINARY_DIR}
+      -DWORK_DIR=${PROJECT_BINARY_DIR}/consumer-package-${_kind}
+      -DSOURCE_DIR=${_cppfabric_consumer_src}
+      -DINIT_CACHE=${PROJECT_BINARY_DIR}/consumer-install.cmake
+      -DTORCH_PREFIX=${_cppfabric_torch_prefix}
+      -DGENERATOR=${CMAKE_GENERATOR}
+      -DCXX=${CMAKE_CXX_COMPILER}
+      -DKIND=${_kind}
+      -P ${_cppfabric_consumer_src}/package.cmake)
+  set_tests_properties(consumer_package_${_kind} PROPERTIES
+    LABELS "consumer;package" TIMEOUT 1800 RESOURCE_LOCK cpack)
+endforeach()
+
+# ---------------------------------------------------------------- the README's snippet
+add_test(NAME readme_cmake_snippet
+  COMMAND ${CMAKE_COMMAND}
+    -DREADME=${PROJECT_SOURCE_DIR}/README.md
+    -DWORK_DIR=${PROJECT_BINARY_DIR}/readme-cmake-snippet
+    -DSOURCE_DIR=${_cppfabric_consumer_src}
+    -DINIT_CACHE=${PROJECT_BINARY_DIR}/consumer-install.cmake
+    -DGENERATOR=${CMAKE_GENERATOR}
+    -P ${_cppfabric_consumer_src}/readme_snippet.cmake)
+set_tests_properties(readme_cmake_snippet PROPERTIES
+  FIXTURES_REQUIRED cppfabric_consumer_installed LABELS consumer TIMEOUT 1200)

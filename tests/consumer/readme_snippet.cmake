@@ -1,0 +1,31 @@
+# Builds the README's "use it from another CMake project" CMakeLists.txt, exactly as written
+# (between the readme-cmake-snippet markers), with tests/consumer/main.cpp as main.cpp, against
+# the install prefix; run by the readme_cmake_snippet test:
+#   cmake -DREADME=... -DWORK_DIR=... -DSOURCE_DIR=... -DINIT_CACHE=... -DGENERATOR=... -P readme_snippet.cmake
+foreach(var README WORK_DIR SOURCE_DIR INIT_CACHE GENERATOR)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "readme_snippet.cmake: pass -D${var}=...")
+  endif()
+endforeach()
+file(READ ${README} readme)
+string(REGEX MATCH "<!-- readme-cmake-snippet: begin -->\n```cmake\n(.*)\n```\n<!-- readme-cmake-snippet: end -->"
+       found "${readme}")
+if(NOT found)
+  message(FATAL_ERROR "${README}: no ```cmake block between the readme-cmake-snippet markers")
+endif()
+file(REMOVE_RECURSE ${WORK_DIR})
+file(WRITE ${WORK_DIR}/src/CMakeLists.txt "${CMAKE_MATCH_1}\n")
+file(COPY_FILE ${SOURCE_DIR}/main.cpp ${WORK_DIR}/src/main.cpp)
+foreach(step configure build run)
+  if(step STREQUAL "configure")
+    set(command ${CMAKE_COMMAND} -S ${WORK_DIR}/src -B ${WORK_DIR}/build -G ${GENERATOR} -C ${INIT_CACHE})
+  elseif(step STREQUAL "build")
+    set(command ${CMAKE_COMMAND} --build ${WORK_DIR}/build)
+  else()
+    set(command ${WORK_DIR}/build/app)
+  endif()
+  execute_process(COMMAND ${command} RESULT_VARIABLE result)
+  if(NOT result EQUAL 0)
+    message(FATAL_ERROR "the README's CMakeLists.txt: ${step} failed (${result})")
+  endif()
+endforeach()
