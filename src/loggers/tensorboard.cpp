@@ -286,7 +286,8 @@ void flatten_into(const cppfabric::Value& dict, const std::string& parent, HPara
 HParams TensorBoardLogger::flatten_hparams(const cppfabric::Value& params) {
   if (!params.is_dict()) {
     throw std::invalid_argument(fmt::format(
-        "TensorBoardLogger.log_hyperparams: expects a dict of hyperparameters, got a {}.",
+        "TensorBoardLogger.log_hyperparams: expects a dict of hyperparameters, got a value of "
+        "type {}.",
         params.type_name()));
   }
   HParams out;
@@ -339,7 +340,7 @@ void TensorBoardLogger::log_hyperparams(const HParams& params, const Metrics& me
   Proto end;
   end.enum_value(kSessionEndStatus, kStatusSuccess);
 
-  SummaryWriter& writer = experiment();
+  SummaryWriter& writer = this->experiment();  // (`experiment` is also the Proto above)
   const std::pair<const char*, Proto> summaries[] = {
       {"_hparams_/experiment", Proto().message(kPluginDataExperiment, experiment)},
       {"_hparams_/session_start_info", Proto().message(kPluginDataSessionStart, start)},

@@ -685,7 +685,7 @@ TEST(SummaryWriter, EventAccumulatorReadsWhatTorchSummaryWriterWrites) {
       run_python(python, "tensorboard_reference.py", {"dump_all", writer.log_dir()});
   std::cout << "EventAccumulator dump of the C++ event files:\n" << dump;
   // What TensorBoard shows, spelled out for a few of them.
-  for (const std::string line : {
+  for (const std::string& line : std::initializer_list<std::string>{
            ".\tscalar\ttrain/loss\t1\t0.25",
            ".\tscalar\tno_step\t0\t1.5",
            "loss_all_train\tscalar\tloss/all\t2\t" + f32(0.3),
@@ -751,7 +751,7 @@ TEST(SummaryWriter, NestedHyperparametersAreFlattenedAsPython) {
                             {"amp", true}};
   EXPECT_EQ(flat, expected);
   EXPECT_THROW_WITH(TensorBoardLogger::flatten_hparams(cppfabric::Value(3)), std::invalid_argument,
-                    "expects a dict of hyperparameters, got a int");
+                    "expects a dict of hyperparameters, got a value of type int");
 
   REQUIRE_VENV_PYTHON(python);
   TempDir tmp;

@@ -164,9 +164,8 @@ TEST(Messages, StateGetTypeErrorsReadAsEnglish) {
 }
 
 TEST(Messages, ZeroDevicesOnTheCpuTalksAboutProcesses) {
-  EXPECT_THROW_WITH(cppfabric::Fabric({.accelerator = "cpu", .devices = 0}),
-                    std::invalid_argument, "`Fabric(devices=0)` value is not a valid input",
-                    "number of processes");
+  EXPECT_THROW_WITH(cppfabric::Fabric({.accelerator = "cpu", .devices = 0}), std::invalid_argument,
+                    "`Fabric(devices=0)` value is not a valid input", "number of processes");
   try {
     cppfabric::Fabric({.accelerator = "cpu", .devices = 0});
   } catch (const std::invalid_argument& e) {
