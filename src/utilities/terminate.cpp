@@ -22,7 +22,13 @@ std::string demangle(const char* name) {
   int status = 0;
   std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(name, nullptr, nullptr, &status),
                                              std::free);
-  return status == 0 && out ? std::string(out.get()) : std::string(name);
+  std::string text = status == 0 && out ? std::string(out.get()) : std::string(name);
+  // std::throw_with_nested(E) throws libstdc++'s std::_Nested_exception<E>: name E.
+  const std::string wrapper = "std::_Nested_exception<";
+  if (text.rfind(wrapper, 0) == 0 && text.back() == '>') {
+    text = text.substr(wrapper.size(), text.size() - wrapper.size() - 1);
+  }
+  return text;
 }
 
 /// "<type>: <what>" for the exception in `error`, then one "caused by" line per nested exception.
