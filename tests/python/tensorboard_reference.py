@@ -176,7 +176,11 @@ def dump_all(log_dir):
                 texts = [v.decode("utf-8") for v in value.reshape(-1)]
                 out.append(f"{run}\ttensor\t{tag}\t{e.step}\tshape={list(value.shape)} {texts!r}")
         for plugin in ("text",):
-            for tag, content in acc.PluginTagToContent(plugin).items():
+            try:
+                contents = acc.PluginTagToContent(plugin)
+            except KeyError:  # no event of that plugin in this run
+                contents = {}
+            for tag, content in contents.items():
                 out.append(f"{run}\tplugin\t{plugin}\t{tag}\t{content!r}")
     for line in sorted(out):
         print(line)

@@ -683,7 +683,6 @@ TEST(SummaryWriter, EventAccumulatorReadsWhatTorchSummaryWriterWrites) {
 
   const std::string dump =
       run_python(python, "tensorboard_reference.py", {"dump_all", writer.log_dir()});
-  std::cout << "EventAccumulator dump of the C++ event files:\n" << dump;
   // What TensorBoard shows, spelled out for a few of them.
   for (const std::string& line : std::initializer_list<std::string>{
            ".\tscalar\ttrain/loss\t1\t0.25",
