@@ -90,7 +90,8 @@ std::string uncaught_exception_message(std::exception_ptr error, int rank, int w
   std::string out;
   std::size_t start = 0;
   while (start < body.size()) {
-    const std::size_t end = body.find('\n', start);
+    std::size_t end = body.find('\n', start);
+    if (end == std::string::npos) end = body.size() - 1;
     out += prefix;
     out.append(body, start, end - start + 1);
     start = end + 1;
