@@ -39,13 +39,14 @@ std::string python_float_repr(double value) {
   const int point = exponent + 1;  // the position of the decimal point after d1...
   if (exponent < -4 || exponent >= 16) {
     std::string mantissa = digits.substr(0, 1);
-    if (digits.size() > 1) mantissa += "." + digits.substr(1);
+    // (append, not `"." + string`: GCC 12 reports a false -Wstringop-overflow for the latter)
+    if (digits.size() > 1) mantissa.append(1, '.').append(digits, 1, std::string::npos);
     return fmt::format("{}{}e{}{:02d}", sign, mantissa, exponent < 0 ? '-' : '+',
                        std::abs(exponent));
   }
   std::string out;
   if (point <= 0) {
-    out = "0." + std::string(static_cast<std::size_t>(-point), '0') + digits;
+    out.assign("0.").append(static_cast<std::size_t>(-point), '0').append(digits);
   } else if (static_cast<std::size_t>(point) >= digits.size()) {
     out = digits + std::string(static_cast<std::size_t>(point) - digits.size(), '0') + ".0";
   } else {

@@ -102,7 +102,9 @@ struct ProgressBar::Impl {
   std::string stats() const {
     const double seconds = elapsed();
     const double r = rate();
-    std::string text = "[" + format_interval(seconds);
+    // (append, not `"[" + string`: GCC 12 reports a false -Wstringop-overflow for the latter)
+    std::string text(1, '[');
+    text += format_interval(seconds);
     if (total) {
       const std::string remaining =
           r > 0 ? format_interval(static_cast<double>(std::max<int64_t>(*total - count, 0)) / r)
@@ -168,7 +170,9 @@ struct ProgressBar::Impl {
   void draw() {
     const int width =
         options.width > 0 ? options.width : std::max(1, stream_width(options.stream) - 1);
-    write("\r" + line(width) + "\x1b[K");
+    std::string text(1, '\r');
+    text.append(line(width)).append("\x1b[K");
+    write(text);
     last_draw = now();
   }
 
