@@ -4,11 +4,14 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <unordered_set>
 
 #include "backward_scope.hpp"
 #include "connector.hpp"
 #include "cppfabric/accelerators/accelerator.hpp"
+#include "cppfabric/checkpoint/torch_pickle.hpp"
+#include "cppfabric/data/collection.hpp"
 #include "cppfabric/launchers/subprocess_script.hpp"
 #include "cppfabric/loggers/logger.hpp"
 #include "cppfabric/precision/precision.hpp"
@@ -29,6 +32,10 @@ struct Fabric::Impl {
   std::vector<std::shared_ptr<loggers::Logger>> loggers;
   bool launched = false;
   int models_setup = 0;
+  /// Raw modules already given to the strategy, and what it returned for them (weak: the user
+  /// owns both). Setting up the same module again reuses the wrapping, on every strategy.
+  std::vector<std::pair<std::weak_ptr<torch::nn::Module>, std::weak_ptr<torch::nn::Module>>>
+      set_up_modules;
 };
 
 Fabric::Fabric(FabricOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
@@ -140,7 +147,17 @@ std::shared_ptr<torch::nn::Module> Fabric::setup_module_impl(
     }
     move_module(*module);
   }
-  auto forward = strat->setup_module(module);
+  // Python accepts the same raw module twice on every strategy; wrapping it a second time would
+  // register a second set of gradient hooks (DDP), so the first wrapping is reused.
+  std::shared_ptr<torch::nn::Module> forward;
+  for (const auto& [original, wrapped] : impl_->set_up_modules) {
+    if (original.lock() == module) forward = wrapped.lock();
+  }
+  if (!forward) {
+    forward = strat->setup_module(module);
+    std::erase_if(impl_->set_up_modules, [](const auto& entry) { return entry.first.expired(); });
+    impl_->set_up_modules.emplace_back(module, forward);
+  }
   for (const auto& optimizer : optimizers) strat->setup_optimizer(*optimizer);
   ++impl_->models_setup;
   return forward;
@@ -256,6 +273,17 @@ at::Tensor Fabric::to_device(const at::Tensor& tensor) const {
   return tensor.to(target, /*non_blocking=*/!target.is_cpu());
 }
 
+Value Fabric::to_device(const Value& tree) const {
+  const auto target = device();
+  return data::move_to_device(tree, target, /*non_blocking=*/!target.is_cpu());
+}
+
+data::Batch Fabric::to_device(const data::Batch& batch) const {
+  data::Batch out(to_device(batch.data), to_device(batch.target));
+  if (!batch.fields.is_none()) out.fields = to_device(batch.fields);
+  return out;
+}
+
 void Fabric::move_module(torch::nn::Module& module) const {
   strategy()->accelerator()->setup_device(device());
   strategy()->module_to_device(module);
@@ -304,13 +332,134 @@ void Fabric::barrier(const std::string& name) {
   strategy()->barrier(name);
 }
 
-at::Tensor Fabric::broadcast(const at::Tensor& tensor, int src) {
-  validate_launched("broadcast");
+void Fabric::validate_src(int src) const {
   if (src < 0 || src >= world_size()) {
     throw std::invalid_argument(fmt::format(
         "broadcast(src={}) is not a rank: valid ranks are 0..{}.", src, world_size() - 1));
   }
+}
+
+at::Tensor Fabric::broadcast(const at::Tensor& tensor, int src) {
+  validate_launched("broadcast");
+  validate_src(src);
   return strategy()->broadcast(tensor, src);
+}
+
+namespace {
+at::Tensor bytes_to_tensor(const std::string& bytes) {
+  auto t = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
+  if (!bytes.empty()) std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+  return t;
+}
+std::string tensor_to_bytes(const at::Tensor& tensor) {
+  const auto cpu = tensor.to(torch::kCPU).contiguous();
+  return std::string(static_cast<const char*>(cpu.data_ptr()),
+                     static_cast<std::size_t>(cpu.numel()));
+}
+}  // namespace
+
+std::string Fabric::broadcast(const std::string& value, int src) {
+  validate_launched("broadcast");
+  validate_src(src);
+  if (world_size() == 1) return value;
+  // Receivers' payload is ignored: the strategy sends src's shape first.
+  const auto payload =
+      global_rank() == src ? bytes_to_tensor(value) : torch::empty({0}, torch::kUInt8);
+  return tensor_to_bytes(strategy()->broadcast(to_device(payload), src));
+}
+
+Value Fabric::broadcast(const Value& value, int src) {
+  validate_launched("broadcast");
+  validate_src(src);
+  if (world_size() == 1) return value;
+  const std::string bytes =
+      global_rank() == src ? checkpoint::to_torch_bytes(value) : std::string();
+  const std::string received = broadcast(bytes, src);
+  if (global_rank() == src) return value;
+  return checkpoint::from_torch_bytes(received, fmt::format("broadcast from rank {}", src));
+}
+
+double Fabric::broadcast_number(double value, int src) {
+  validate_launched("broadcast");
+  validate_src(src);
+  if (world_size() == 1) return value;
+  auto t = torch::tensor(value, torch::TensorOptions().dtype(torch::kFloat64));
+  return strategy()->broadcast(to_device(t), src).item<double>();
+}
+
+int64_t Fabric::broadcast_number(int64_t value, int src) {
+  validate_launched("broadcast");
+  validate_src(src);
+  if (world_size() == 1) return value;
+  auto t = torch::tensor(value, torch::TensorOptions().dtype(torch::kInt64));
+  return strategy()->broadcast(to_device(t), src).item<int64_t>();
+}
+
+namespace {
+/// Applies `fn` to every tensor of a Value tree, in order.
+template <typename F>
+Value map_tensor_leaves(const Value& value, const F& fn) {
+  switch (value.kind()) {
+    case Value::Kind::Tensor:
+      return Value(fn(value.to_tensor()));
+    case Value::Kind::List:
+    case Value::Kind::Tuple: {
+      Value::List items;
+      for (const auto& item : value.elements()) items.push_back(map_tensor_leaves(item, fn));
+      return value.kind() == Value::Kind::List ? Value::list(std::move(items))
+                                               : Value::tuple(std::move(items));
+    }
+    case Value::Kind::Dict: {
+      Value::Items items;
+      for (const auto& [key, item] : value.items())
+        items.emplace_back(key, map_tensor_leaves(item, fn));
+      return Value::dict(std::move(items), value.is_ordered_dict());
+    }
+    default:
+      return value;
+  }
+}
+}  // namespace
+
+std::vector<at::Tensor> Fabric::all_gather(const std::vector<at::Tensor>& tensors,
+                                           bool sync_grads) {
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(all_gather(t, sync_grads));
+  return out;
+}
+
+std::map<std::string, at::Tensor> Fabric::all_gather(
+    const std::map<std::string, at::Tensor>& tensors, bool sync_grads) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& [key, t] : tensors) out.emplace(key, all_gather(t, sync_grads));
+  return out;
+}
+
+Value Fabric::all_gather(const Value& tree, bool sync_grads) {
+  return map_tensor_leaves(tree, [&](const at::Tensor& t) { return all_gather(t, sync_grads); });
+}
+
+std::vector<at::Tensor> Fabric::all_reduce(const std::vector<at::Tensor>& tensors,
+                                           const std::string& reduce_op) {
+  collectives::reduce_kind_from_string(reduce_op);  // a bad op fails before any collective
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(all_reduce(t, reduce_op));
+  return out;
+}
+
+std::map<std::string, at::Tensor> Fabric::all_reduce(
+    const std::map<std::string, at::Tensor>& tensors, const std::string& reduce_op) {
+  collectives::reduce_kind_from_string(reduce_op);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& [key, t] : tensors) out.emplace(key, all_reduce(t, reduce_op));
+  return out;
+}
+
+Value Fabric::all_reduce(const Value& tree, const std::string& reduce_op) {
+  collectives::reduce_kind_from_string(reduce_op);
+  return map_tensor_leaves(tree, [&](const at::Tensor& t) { return all_reduce(t, reduce_op); });
 }
 
 at::Tensor Fabric::all_gather(const at::Tensor& tensor, bool sync_grads) {

@@ -63,6 +63,16 @@ using AsFabricOptimizer = FabricOptimizer;
 template <typename>
 using AsFabricDataLoader = FabricDataLoader;
 template <typename T>
+inline constexpr bool is_setup_options_v = std::is_same_v<T, SetupOptions>;
+template <typename T, typename... Args>
+inline constexpr bool last_is_v = [] {
+  if constexpr (sizeof...(Args) == 0) {
+    return false;
+  } else {
+    return std::is_same_v<T, std::tuple_element_t<sizeof...(Args) - 1, std::tuple<Args...>>>;
+  }
+}();
+template <typename T>
 inline constexpr bool is_fabric_module_v = false;
 template <typename M>
 inline constexpr bool is_fabric_module_v<FabricModule<M>> = true;
@@ -87,54 +97,82 @@ class Fabric {
 
   // ---------------------------------------------------------------- setup
   /// Sets up a model and any number of optimizers: returns the FabricModule alone, or a tuple
-  /// (FabricModule, FabricOptimizer...) for structured bindings.
-  template <typename ModuleT, typename... Opts>
-  auto setup(const ModuleT& model, const Opts&... optimizers) {
-    if constexpr (detail::is_fabric_module_v<ModuleT>) {
-      throw_already_setup("A model", "setup");
-      return model;
-    } else if constexpr ((std::is_same_v<Opts, FabricOptimizer> || ...)) {
-      throw_already_setup("An optimizer", "setup");
-      return model;
+  /// (FabricModule, FabricOptimizer...) for structured bindings. A trailing SetupOptions stands
+  /// for Python's keyword arguments (`move_to_device`). Passing a FabricModule or a
+  /// FabricOptimizer again is a compile-time error, as Python's runtime one. Setting up the same
+  /// raw model again is accepted on every strategy (as Python does): the strategy wraps it once.
+  template <typename ModuleT, typename... Args>
+  auto setup(const ModuleT& model, const Args&... args) {
+    static_assert(!detail::is_fabric_module_v<ModuleT>,
+                  "A model should be passed only once to the `setup` method. Pass the raw module "
+                  "(the one you created), not the FabricModule that setup() returned.");
+    static_assert(!(std::is_same_v<Args, FabricOptimizer> || ...),
+                  "An optimizer should be passed only once to the `setup` method. Pass the raw "
+                  "std::shared_ptr<torch::optim::Optimizer>, not the FabricOptimizer that setup() "
+                  "returned.");
+    constexpr std::size_t count = sizeof...(Args);
+    constexpr bool has_options = detail::last_is_v<SetupOptions, Args...>;
+    constexpr std::size_t n_opts = has_options ? count - 1 : count;
+    static_assert(!(detail::is_setup_options_v<Args> || ...) || has_options,
+                  "fabric.setup: SetupOptions goes last, after the model and the optimizers.");
+    if constexpr (detail::is_fabric_module_v<ModuleT> ||
+                  (std::is_same_v<Args, FabricOptimizer> || ...)) {
+      return;  // the static_asserts above said why
     } else {
+      SetupOptions options{};
+      auto all = std::tie(args...);
+      if constexpr (has_options) options = std::get<count - 1>(all);
       auto module = detail::module_ptr(model);
       using M = typename decltype(module)::element_type;
-      std::vector<std::shared_ptr<torch::optim::Optimizer>> opts{optimizer_ptr(optimizers)...};
-      auto forward = setup_module_impl(module, opts, /*move_to_device=*/true, "setup");
-      FabricModule<M> fabric_module(module, forward, strategy(), module_device(module, true));
-      notify_after_setup(*module);
-      if constexpr (sizeof...(Opts) == 0) {
-        return fabric_module;
-      } else {
-        return [&]<std::size_t... I>(std::index_sequence<I...>) {
-          return std::tuple<FabricModule<M>, detail::AsFabricOptimizer<Opts>...>(
+      return [&]<std::size_t... I>(std::index_sequence<I...>) {
+        std::vector<std::shared_ptr<torch::optim::Optimizer>> opts{
+            optimizer_ptr(std::get<I>(all))...};
+        auto forward = setup_module_impl(module, opts, options.move_to_device, "setup");
+        FabricModule<M> fabric_module(module, forward, strategy(),
+                                      module_device(module, options.move_to_device));
+        notify_after_setup(*module);
+        if constexpr (n_opts == 0) {
+          return fabric_module;
+        } else {
+          return std::tuple<FabricModule<M>,
+                            detail::AsFabricOptimizer<std::integral_constant<std::size_t, I>>...>(
               fabric_module, make_optimizer(opts[I])...);
         }
-        (std::index_sequence_for<Opts...>{});
       }
+      (std::make_index_sequence<n_opts>{});
     }
   }
   /// Sets up a model alone (no on_after_setup callback), as Python's setup_module.
   template <typename ModuleT>
-  auto setup_module(const ModuleT& model, bool move_to_device = true) {
+  auto setup_module(const ModuleT& model, SetupOptions options = {}) {
+    static_assert(!detail::is_fabric_module_v<ModuleT>,
+                  "A model should be passed only once to the `setup_module` method. Pass the raw "
+                  "module, not the FabricModule that setup() returned.");
     if constexpr (detail::is_fabric_module_v<ModuleT>) {
-      throw_already_setup("A model", "setup_module");
-      return model;
+      return;
     } else {
       auto module = detail::module_ptr(model);
       using M = typename decltype(module)::element_type;
-      auto forward = setup_module_impl(module, {}, move_to_device, "setup_module");
-      return FabricModule<M>(module, forward, strategy(), module_device(module, move_to_device));
+      auto forward = setup_module_impl(module, {}, options.move_to_device, "setup_module");
+      return FabricModule<M>(module, forward, strategy(),
+                             module_device(module, options.move_to_device));
     }
+  }
+  /// The same with Python's positional `move_to_device`.
+  template <typename ModuleT>
+  auto setup_module(const ModuleT& model, bool move_to_device) {
+    return setup_module(model, SetupOptions{.move_to_device = move_to_device});
   }
   /// Sets up optimizers alone: one FabricOptimizer, or a tuple of them.
   template <typename... Opts>
   auto setup_optimizers(const Opts&... optimizers) {
     if constexpr (sizeof...(Opts) == 0) {
       throw_no_optimizers();
-    } else if constexpr ((std::is_same_v<Opts, FabricOptimizer> || ...)) {
-      throw_already_setup("An optimizer", "setup_optimizers");
     } else {
+      static_assert(!(std::is_same_v<Opts, FabricOptimizer> || ...),
+                    "An optimizer should be passed only once to the `setup_optimizers` method. "
+                    "Pass the raw std::shared_ptr<torch::optim::Optimizer>, not the "
+                    "FabricOptimizer that setup() returned.");
       std::vector<std::shared_ptr<torch::optim::Optimizer>> opts{optimizer_ptr(optimizers)...};
       validate_setup_optimizers(opts);
       if constexpr (sizeof...(Opts) == 1) {
@@ -234,6 +272,10 @@ class Fabric {
   std::pair<A, B> to_device(const std::pair<A, B>& item) const {
     return {to_device(item.first), to_device(item.second)};
   }
+  /// Every tensor of a Value tree (Python's move_data_to_device on a collection).
+  Value to_device(const Value& tree) const;
+  /// A batch's data, target and fields.
+  data::Batch to_device(const data::Batch& batch) const;
   template <typename T>
   requires std::is_arithmetic_v<T> || std::is_same_v<T, std::string> T to_device(const T& value)
   const { return value; }
@@ -272,6 +314,38 @@ class Fabric {
     return all_gather(scalar_to_tensor(static_cast<double>(value), std::is_same_v<T, bool>,
                                        std::is_integral_v<T>));
   }
+  // Collectives on more than tensors (Python broadcasts any picklable object and applies
+  // all_gather / all_reduce to every tensor of a collection). Every rank must call them with the
+  // same structure (the same number of items, the same keys, in the same order).
+  /// `value` from rank `src` on every rank ("rank 0 picks the run directory").
+  std::string broadcast(const std::string& value, int src = 0);
+  std::string broadcast(const char* value, int src = 0) {
+    return broadcast(std::string(value), src);
+  }
+  /// A Value tree from `src` (serialised in torch.save's format); tensors in it arrive on the CPU
+  /// on the receiving ranks (use broadcast(tensor) to keep them on the device).
+  Value broadcast(const Value& value, int src = 0);
+  /// A number from `src`, exactly (integers as 64-bit integers, floating point as double).
+  template <typename T>
+  requires std::is_arithmetic_v<T> T broadcast(T value, int src = 0) {
+    if constexpr (std::is_floating_point_v<T>) {
+      return static_cast<T>(broadcast_number(static_cast<double>(value), src));
+    } else {
+      return static_cast<T>(broadcast_number(static_cast<int64_t>(value), src));
+    }
+  }
+  /// all_gather / all_reduce of every tensor of a vector, a string-keyed map or a Value tree
+  /// (other leaves of a Value are returned unchanged, as Python's apply_to_collection does).
+  std::vector<at::Tensor> all_gather(const std::vector<at::Tensor>& tensors,
+                                     bool sync_grads = false);
+  std::map<std::string, at::Tensor> all_gather(const std::map<std::string, at::Tensor>& tensors,
+                                               bool sync_grads = false);
+  Value all_gather(const Value& tree, bool sync_grads = false);
+  std::vector<at::Tensor> all_reduce(const std::vector<at::Tensor>& tensors,
+                                     const std::string& reduce_op = "mean");
+  std::map<std::string, at::Tensor> all_reduce(const std::map<std::string, at::Tensor>& tensors,
+                                               const std::string& reduce_op = "mean");
+  Value all_reduce(const Value& tree, const std::string& reduce_op = "mean");
   /// Rank 0 (global, or local per node) runs the guarded block first; the others wait.
   Guard rank_zero_first(bool local = false);
 
@@ -351,6 +425,9 @@ class Fabric {
   void print_line(const std::string& line) const;
   void call_impl(std::string_view hook_name, const HookArgs& args);
   at::Tensor scalar_to_tensor(double value, bool is_bool, bool is_integral) const;
+  double broadcast_number(double value, int src);
+  int64_t broadcast_number(int64_t value, int src);
+  void validate_src(int src) const;
   void validate_launched(const char* what) const;
 
   struct Impl;

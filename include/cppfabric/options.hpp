@@ -115,4 +115,11 @@ struct FabricOptions {
   std::vector<std::shared_ptr<loggers::Logger>> loggers = {};
 };
 
+/// The keyword arguments of `fabric.setup(model, optimizers...)` and `fabric.setup_module`; pass it
+/// last: `fabric.setup(model, optimizer, cppfabric::SetupOptions{.move_to_device = false})`.
+struct SetupOptions {
+  /// false: leave the parameters where they are (e.g. a model you placed yourself).
+  bool move_to_device = true;
+};
+
 }  // namespace cppfabric

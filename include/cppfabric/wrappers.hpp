@@ -8,14 +8,28 @@
 //   fabric.backward(loss);
 //   opt.step();                   // routed through precision and strategy, then callbacks
 //
+//   // A method other than forward (Python's mark_forward_method): the same precision contexts,
+//   // input/output casting and DDP buffer broadcast as net(x).
+//   auto z = net.call(&NetImpl::encode, x);
+//   auto y = net.call([](NetImpl& m, const at::Tensor& x) { return m.decode(m.encode(x)); }, x);
+//
+//   net.device(); net.dtype();    // where the parameters are now (also after net.to(...))
+//   net.load_state_dict(state);   // a Value dict (fabric.load's) or net.state_dict()
+//   auto loss = opt.step([&] { opt.zero_grad(); auto l = loss_fn(net(x)); fabric.backward(l);
+//                              return l; });               // LBFGS and friends
+//   cppfabric::Value s = opt.state_dict();                    // Python's layout
+//
 // Both are cheap handles (shared ownership); copies refer to the same module/optimizer.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -23,10 +37,19 @@
 
 #include "cppfabric/detail/fwd.hpp"
 #include "cppfabric/guard.hpp"
+#include "cppfabric/value.hpp"
 
 namespace cppfabric {
 
 class Callback;
+
+/// What FabricModule::load_state_dict reports (Python's _IncompatibleKeys). With strict, any
+/// missing or unexpected key throws instead.
+struct LoadStateDictResult {
+  std::vector<std::string> missing_keys;
+  std::vector<std::string> unexpected_keys;
+};
+
 namespace strategies {
 class Strategy;
 }
@@ -44,8 +67,35 @@ class FabricModuleBase {
   /// The module the strategy runs (the same object for single-device and DDP).
   const std::shared_ptr<torch::nn::Module>& forward_module() const { return forward_module_; }
   const std::shared_ptr<strategies::Strategy>& strategy() const { return strategy_; }
-  /// Where the module's parameters live after setup.
-  c10::Device device() const { return device_; }
+  /// Where the module's parameters are now: the first parameter's (or buffer's) device, so it
+  /// stays right after to(); the device chosen at setup for a module without any.
+  c10::Device device() const;
+  /// The dtype of the first floating-point parameter (or buffer); the default dtype without any
+  /// (Python's _DeviceDtypeModuleMixin.dtype).
+  c10::ScalarType dtype() const;
+  /// Moves / casts the module (Python's FabricModule.to()).
+  void to(c10::Device device);
+  void to(c10::ScalarType dtype);
+
+  /// Loads a state dict (name -> tensor, no wrapper prefix) into the module: a Value dict as
+  /// fabric.load and checkpoint::load_torch_file return it. With strict, missing or unexpected
+  /// keys throw std::invalid_argument naming them; shapes and dtypes are always checked.
+  LoadStateDictResult load_state_dict(const Value& state, bool strict = true);
+  /// The same from state_dict()'s OrderedDict, a std::map<std::string, at::Tensor> or any
+  /// range of (name, tensor) items.
+  template <typename Dict>
+  requires(!std::is_convertible_v<const Dict&, const Value&>) LoadStateDictResult
+      load_state_dict(const Dict& state, bool strict = true) {
+    Value::Items items;
+    for (const auto& item : state) {
+      if constexpr (requires { item.key(); }) {
+        items.emplace_back(Value(item.key()), Value(item.value()));
+      } else {
+        items.emplace_back(Value(item.first), Value(item.second));
+      }
+    }
+    return load_state_dict(Value::dict(std::move(items), /*ordered=*/true), strict);
+  }
 
   void train(bool on = true);
   void eval() { train(false); }
@@ -100,6 +150,19 @@ class FabricModule : public FabricModuleBase {
       : FabricModuleBase(module, std::move(forward_module), std::move(strategy), device),
         module_(std::move(module)) {}
 
+  /// Runs another method of the module as forward runs (Python's mark_forward_method): `fn` is
+  /// a member function pointer of M (`&NetImpl::encode`) or a callable taking M&; tensor
+  /// arguments are converted for the precision, the precision's and strategy's forward contexts
+  /// are entered (autocast, DDP buffer broadcast), and tensor outputs are cast back.
+  template <typename F, typename... Args>
+  auto call(F&& fn, Args&&... args) const {
+    auto result = [&] {
+      Guard context = begin_forward();
+      return std::invoke(std::forward<F>(fn), *module_, convert_arg(std::forward<Args>(args))...);
+    }();
+    return convert_result(std::move(result));
+  }
+
   /// Runs M::forward with inputs converted for the precision, inside its forward context, and
   /// outputs cast back to the default dtype.
   template <typename... Args>
@@ -139,7 +202,16 @@ class FabricOptimizer {
                   std::shared_ptr<const std::vector<std::shared_ptr<Callback>>> callbacks);
 
   void step();
+  /// Python's step(closure): runs `closure` (with gradients enabled; it usually zeroes the
+  /// gradients, runs forward and calls fabric.backward) and steps; returns the closure's loss.
+  /// LBFGS evaluates the closure as often as it needs. Not with a GradScaler ("16-mixed"), as in
+  /// PyTorch.
+  at::Tensor step(const std::function<at::Tensor()>& closure);
   void zero_grad(bool set_to_none = true);
+  /// The optimizer's state in Python's layout ({"state": ..., "param_groups": ...}); SGD, Adam,
+  /// AdamW, Adagrad and RMSprop (others throw std::invalid_argument).
+  Value state_dict() const;
+  void load_state_dict(const Value& state);
   std::vector<torch::optim::OptimizerParamGroup>& param_groups() const;
 
   torch::optim::Optimizer& optimizer() const { return *optimizer_; }

@@ -14,6 +14,7 @@
 #include "cppfabric/data/transforms.hpp"
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
+#include "data/error_message.hpp"
 
 namespace cppfabric::data {
 
@@ -37,20 +38,52 @@ at::Tensor stack_into(const std::vector<at::Tensor>& parts, bool pin) {
 
 Batch default_collate(std::vector<Example>& examples, bool pin_memory) {
   if (examples.empty()) return {};
-  std::vector<at::Tensor> data, target;
-  data.reserve(examples.size());
-  target.reserve(examples.size());
-  for (auto& example : examples) {
-    data.push_back(std::move(example.data));
-    if (example.target.defined()) target.push_back(std::move(example.target));
-  }
-  if (!target.empty() && target.size() != data.size())
+  // Each part (data, target, fields) must be present in every example or in none.
+  auto check_agree = [&](const char* part, auto has) {
+    const bool first = has(examples.front());
+    for (std::size_t i = 1; i < examples.size(); ++i) {
+      if (has(examples[i]) != first) {
+        throw std::invalid_argument(fmt::format(
+            "default_collate: element {} of the batch {} `{}` but element {} {}; every example "
+            "in a batch must agree",
+            first ? 0 : i, "has", part, first ? i : 0, "does not"));
+      }
+    }
+    return first;
+  };
+  const bool has_data = check_agree("data", [](const Example& e) { return e.data.defined(); });
+  const bool has_target =
+      check_agree("target", [](const Example& e) { return e.target.defined(); });
+  const bool has_fields =
+      check_agree("fields", [](const Example& e) { return !e.fields.is_none(); });
+  if (!has_data && !has_target && !has_fields) {
     throw std::invalid_argument(
-        "default_collate: some examples have a target and others do not; every example in a "
-        "batch must agree");
+        "default_collate: the examples are empty (no data, target or fields)");
+  }
+  auto stack_part = [&](const char* part, at::Tensor Example::*member) {
+    std::vector<at::Tensor> parts;
+    parts.reserve(examples.size());
+    for (std::size_t i = 0; i < examples.size(); ++i) {
+      at::Tensor& t = examples[i].*member;
+      if (i > 0 && t.sizes() != parts.front().sizes()) {
+        throw std::invalid_argument(fmt::format(
+            "default_collate: `{}` has shape {} in element 0 of the batch but {} in element {}; "
+            "stacking needs equal shapes (resize the samples, or pass a collate_fn)",
+            part, parts.front().sizes().vec(), t.sizes().vec(), i));
+      }
+      parts.push_back(std::move(t));
+    }
+    return stack_into(parts, pin_memory);
+  };
   Batch batch;
-  batch.data = stack_into(data, pin_memory);
-  if (!target.empty()) batch.target = stack_into(target, pin_memory);
+  if (has_data) batch.data = stack_part("data", &Example::data);
+  if (has_target) batch.target = stack_part("target", &Example::target);
+  if (has_fields) {
+    std::vector<Value> fields;
+    fields.reserve(examples.size());
+    for (auto& example : examples) fields.push_back(std::move(example.fields));
+    batch.fields = collate_values(fields, pin_memory, "fields");
+  }
   return batch;
 }
 
@@ -90,8 +123,8 @@ struct PassState {
       try {
         examples.push_back(dataset->get(static_cast<std::size_t>(index)));
       } catch (const std::exception& e) {
-        throw std::runtime_error(
-            fmt::format("{}: loading sample {} (batch {}) failed: {}", who, index, b, e.what()));
+        throw std::runtime_error(fmt::format("{}: loading sample {} (batch {}) failed: {}", who,
+                                             index, b, cppfabric::detail::error_message(e)));
       }
     }
     try {
@@ -100,11 +133,12 @@ struct PassState {
         if (batch.data.defined() && !batch.data.is_pinned()) batch.data = batch.data.pin_memory();
         if (batch.target.defined() && !batch.target.is_pinned())
           batch.target = batch.target.pin_memory();
+        if (!batch.fields.is_none()) batch.fields = pin_memory(batch.fields);
       }
       return batch;
     } catch (const std::exception& e) {
-      throw std::runtime_error(
-          fmt::format("{}: collating batch {} (samples {}) failed: {}", who, b, indices, e.what()));
+      throw std::runtime_error(fmt::format("{}: collating batch {} (samples {}) failed: {}", who, b,
+                                           indices, cppfabric::detail::error_message(e)));
     }
   }
   bool collate_is_default = true;

@@ -34,6 +34,8 @@ void FabricDataLoader::Iterator::move_current() {
   };
   move(current_.data);
   move(current_.target);
+  if (!current_.fields.is_none())
+    current_.fields = data::move_to_device(current_.fields, *device_, non_blocking);
 }
 
 FabricDataLoader::Iterator& FabricDataLoader::Iterator::operator++() {

@@ -6,6 +6,8 @@
 //     i)}; }
 //   };
 //   cppfabric::data::TensorDataset ds(images, labels);   // rows of two tensors
+//   // Samples that are tuples / vectors / maps of tensors: Example::of(...) (collection.hpp).
+//   // LibTorch's own torch::data datasets: cppfabric::data::from_torch (torch_adapter.hpp).
 //
 // get() is called concurrently from the loader's worker threads, so it must be safe to call from
 // several threads at once (reading shared tensors is; mutating members is not).
@@ -14,19 +16,58 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstddef>
+#include <string>
+#include <utility>
+
+#include "cppfabric/data/collection.hpp"
+#include "cppfabric/value.hpp"
 
 namespace cppfabric::data {
 
-/// One sample: the input and its target (either may be undefined when a dataset has none).
+/// One sample: the input and its target (either may be undefined when a dataset has none), and
+/// `fields` for samples that are another collection (a tuple, vector or string-keyed map of
+/// tensors, nested as needed; None for a plain (data, target) pair). See collection.hpp.
 struct Example {
+  Example() = default;
+  Example(at::Tensor data, at::Tensor target = {})  // NOLINT(google-explicit-constructor)
+      : data(std::move(data)), target(std::move(target)) {}
+  /// A sample that is a collection: Example::of(std::tuple{x, y, w}),
+  /// Example::of(std::map<std::string, at::Tensor>{...}), Example::of(std::vector{a, b}).
+  template <typename T>
+  static Example of(const T& collection) {
+    Example example;
+    example.fields = Collection<T>::to(collection);
+    return example;
+  }
+
   at::Tensor data;
   at::Tensor target;
+  Value fields;
 };
 
-/// A collated batch: `data` and `target` stacked along a new first dimension.
+/// A collated batch: `data` and `target` stacked along a new first dimension, and `fields`
+/// collated as Python's default_collate does (tensors stacked, numbers made tensors, lists,
+/// tuples and maps collated item by item).
 struct Batch {
+  Batch() = default;
+  Batch(at::Tensor data, at::Tensor target = {})  // NOLINT(google-explicit-constructor)
+      : data(std::move(data)), target(std::move(target)) {}
+
+  /// The tensor under `key` when the samples were string-keyed maps.
+  const at::Tensor& field(const std::string& key) const;
+  /// The tensor at `index` when the samples were tuples or vectors.
+  const at::Tensor& field(std::size_t index) const;
+  /// `fields` as a C++ collection: std::tuple<at::Tensor, ...>, std::vector<at::Tensor>,
+  /// std::map<std::string, at::Tensor>, nested ones, ... (collection.hpp). Throws
+  /// std::invalid_argument naming what was asked and what the batch holds.
+  template <typename T>
+  T as() const {
+    return Collection<T>::from(fields, "Batch::as");
+  }
+
   at::Tensor data;
   at::Tensor target;
+  Value fields;
 };
 
 class Dataset {

@@ -4,6 +4,8 @@
 //   for (int epoch = 0; epoch < epochs; ++epoch)
 //     for (auto& batch : train) { ... }     // batch.data / batch.target already on fabric.device()
 //
+// Batches whose samples were collections (batch.fields: tuples, vectors, maps) are moved whole.
+//
 // Each new pass first calls set_epoch(pass number) on the sampler when it has one (so a
 // DistributedSampler shuffles differently every epoch, as Python's FabricDataLoader does), then
 // moves every batch to the device (non-blocking from pinned memory on CUDA). A cheap handle:
