@@ -777,8 +777,8 @@ TEST(SummaryWriter, ArgumentOrderDisabledWriterAndBadInputs) {
   auto& writer = logger.experiment();
   EXPECT_THROW_WITH(writer.add_histogram("h", torch::empty({0})), std::invalid_argument,
                     "add_histogram('h'): the tensor has no element");
-  EXPECT_THROW_WITH(writer.add_histogram("h", torch::tensor({1.0, NAN})), std::invalid_argument,
-                    "must be finite");
+  EXPECT_THROW_WITH(writer.add_histogram("h", torch::tensor({1.0, std::nan("")})),
+                    std::invalid_argument, "must be finite");
   EXPECT_THROW_WITH(writer.add_image("i", torch::rand({2, 4, 4})), std::invalid_argument,
                     "2 channels; images have 1 (grey), 3 (RGB) or 4 (RGBA)");
   EXPECT_THROW_WITH(writer.add_image("i", torch::rand({4, 4})), std::invalid_argument,
