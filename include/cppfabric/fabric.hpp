@@ -122,8 +122,9 @@ class Fabric {
       SetupOptions options{};
       auto all = std::tie(args...);
       if constexpr (has_options) options = std::get<count - 1>(all);
-      auto module = detail::module_ptr(model);
-      using M = typename decltype(module)::element_type;
+      // (From ModuleT, not decltype(module): GCC 12 misreads a local's decltype in the lambda.)
+      using M = typename decltype(detail::module_ptr(std::declval<const ModuleT&>()))::element_type;
+      std::shared_ptr<M> module = detail::module_ptr(model);
       return [&]<std::size_t... I>(std::index_sequence<I...>) {
         std::vector<std::shared_ptr<torch::optim::Optimizer>> opts{
             optimizer_ptr(std::get<I>(all))...};
@@ -151,8 +152,9 @@ class Fabric {
     if constexpr (detail::is_fabric_module_v<ModuleT>) {
       return;
     } else {
-      auto module = detail::module_ptr(model);
-      using M = typename decltype(module)::element_type;
+      // (From ModuleT, not decltype(module): GCC 12 misreads a local's decltype in the lambda.)
+      using M = typename decltype(detail::module_ptr(std::declval<const ModuleT&>()))::element_type;
+      std::shared_ptr<M> module = detail::module_ptr(model);
       auto forward = setup_module_impl(module, {}, options.move_to_device, "setup_module");
       return FabricModule<M>(module, forward, strategy(),
                              module_device(module, options.move_to_device));

@@ -175,8 +175,9 @@ TEST(Collate, LibTorchErrorsInACollateFnLoseTheirBacktrace) {
 TEST(Collate, AsAndFieldExplainMismatches) {
   DataLoader loader(TupleSamples{}, {.batch_size = 3});
   auto batch = *loader.begin();
-  EXPECT_THROW_WITH(batch.as<std::tuple<at::Tensor, at::Tensor>>(), std::invalid_argument,
-                    "Batch::as", "a tuple of 2 items", "tuple of 3 items");
+  using Pair = std::tuple<at::Tensor, at::Tensor>;
+  EXPECT_THROW_WITH(batch.as<Pair>(), std::invalid_argument, "Batch::as", "a tuple of 2 items",
+                    "tuple of 3 items");
   EXPECT_THROW_WITH(batch.field("ids"), std::invalid_argument, "not a map");
   EXPECT_THROW_WITH(batch.field(3), std::out_of_range, "out of range for 3 fields");
   DataLoader maps(MapSamples{}, {.batch_size = 2});

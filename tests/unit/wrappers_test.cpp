@@ -61,6 +61,8 @@ TEST(FabricTraining, BackwardRequiredWhenThePrecisionOverridesIt) {
 
 // ------------------------------------------------------------------ methods other than forward
 
+using cppfabric::Guard;
+
 namespace {
 
 struct CodecImpl : torch::nn::Module {
@@ -88,8 +90,6 @@ struct CountingDouble : cppfabric::precision::DoublePrecision {
 };
 
 }  // namespace
-
-using cppfabric::Guard;
 
 TEST(FabricModuleCall, AnotherMethodRunsAsForwardDoes) {
   auto precision = std::make_shared<CountingDouble>();
