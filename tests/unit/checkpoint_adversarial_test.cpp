@@ -129,13 +129,13 @@ TEST(CheckpointAdversarial, RepeatedDictKeysReplaceInPlaceAsInPython) {
 std::string laughs(int levels) {
   std::string p = kProto + "](";
   for (int i = 0; i < 10; ++i) p += "K" + byte(i);
-  p += "eq" + byte(0);
+  p += "eq" + byte(0) + "0";  // memoize, pop
   for (int level = 1; level < levels; ++level) {
     p += "](";
     for (int i = 0; i < 10; ++i) p += "h" + byte(level - 1);
-    p += "eq" + byte(level);
+    p += "eq" + byte(level) + "0";
   }
-  return p + ".";
+  return p + "h" + byte(levels - 1) + ".";
 }
 
 TEST(CheckpointAdversarial, SharedReferencesCannotAmplifyASmallFile) {
