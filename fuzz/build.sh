@@ -27,7 +27,7 @@ T=$("${CPPFABRIC_CACHE:-$HOME/.cache/cppfabric}/venv/bin/python" -c 'import torc
 FMTV=$(sed -n "s/^#define FMT_VERSION \([0-9]*\).*/\1/p" "$BUILD/fmt-shim/fmt/core.h" 2>/dev/null || true)
 FLAGS="-std=c++20 -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
   -DCPPFABRIC_FMT_VERSION=${FMTV:-90100} -DFMT_SHARED -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL
-  -DSPDLOG_SHARED_LIB -I$BUILD/fmt-shim -I$ROOT/include -I$ROOT/src -isystem $T/include
+  -DSPDLOG_SHARED_LIB -DCPPFABRIC_HAS_CURL=0 -DCPPFABRIC_HAS_LIBARCHIVE=0 -I$BUILD/fmt-shim -I$ROOT/include -I$ROOT/src -isystem $T/include
   -isystem $T/include/torch/csrc/api/include -Wno-unused-command-line-argument"
 CXX="$CLANG"
 command -v ccache >/dev/null && CXX="env CCACHE_BASEDIR=$ROOT CCACHE_NOHASHDIR=1 ccache $CLANG"

@@ -15,8 +15,9 @@
 namespace {
 // Lightning's SLURMEnvironment.resolve_root_node_address, with std::regex.
 std::string reference(const std::string& nodes) {
-  std::string first = std::regex_replace(nodes, std::regex(R"(\[(.*?)[,-].*\])"), "$1");
-  first = std::regex_replace(first, std::regex(R"(\[(.*?)\])"), "$1");
+  static const std::regex ranges(R"(\[(.*?)[,-].*\])"), single(R"(\[(.*?)\])");
+  std::string first = std::regex_replace(nodes, ranges, "$1");
+  first = std::regex_replace(first, single, "$1");
   first = first.substr(0, first.find(' '));
   return first.substr(0, first.find(','));
 }
