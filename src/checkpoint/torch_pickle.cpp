@@ -170,9 +170,11 @@ Value load_torch_file(const std::string& path, const ReadLimits& limits) {
     ::close(fd);
     throw std::runtime_error(fmt::format("The checkpoint {} is not a regular file", path));
   }
-  return read_archive(
-      std::make_unique<detail::FileSource>(fd, static_cast<uint64_t>(st.st_size), path), path,
-      limits);
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (limits.map_file && size > 0) {
+    return read_archive(std::make_unique<detail::MappedSource>(fd, size, path), path, limits);
+  }
+  return read_archive(std::make_unique<detail::FileSource>(fd, size, path), path, limits);
 }
 
 // ------------------------------------------------------------------------------ CheckpointIO

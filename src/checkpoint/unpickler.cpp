@@ -286,12 +286,22 @@ class Unpickler {
       fail(fmt::format("storage {} claims {} elements but its record holds {} bytes", key, numel,
                        r->size));
     }
-    at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(*dtype));
-    Record part = *r;
-    if (part.size == static_cast<uint64_t>(numel) * itemsize) {
+    const Record& part = *r;
+    const bool exact = part.size == static_cast<uint64_t>(numel) * itemsize;
+    at::Tensor t;
+    if (exact && numel > 0 && zip_.mapped() && part.data_offset % itemsize == 0) {
+      // A mapped file: the record itself becomes the tensor's memory (no copy); the tensor
+      // keeps the mapping alive.
+      std::shared_ptr<const void> keep;
+      const void* p = zip_.map_record(part, "data/" + key, &keep);
+      t = at::from_blob(
+          const_cast<void*>(p), {numel}, [keep](void*) {}, at::TensorOptions().dtype(*dtype));
+    } else if (exact) {
+      t = at::empty({numel}, at::TensorOptions().dtype(*dtype));
       zip_.read_into(part, t.data_ptr(), "data/" + key);
     } else {
       // A record longer than the storage: read (and CRC-check) it all, keep the prefix.
+      t = at::empty({numel}, at::TensorOptions().dtype(*dtype));
       std::string bytes(part.size, '\0');
       zip_.read_into(part, bytes.data(), "data/" + key);
       if (numel > 0) {

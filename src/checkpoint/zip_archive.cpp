@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 #include <caffe2/serialize/inline_container.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #if defined(__x86_64__)
@@ -113,6 +114,22 @@ uint32_t crc32_update(uint32_t crc, const unsigned char* data, std::size_t n) {
 
 FileSource::~FileSource() { ::close(fd_); }
 
+MappedSource::MappedSource(int fd, uint64_t size, const std::string& what) : size_(size) {
+  void* p = size == 0
+                ? nullptr
+                : ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+  const int error = errno;
+  ::close(fd);
+  if (p == MAP_FAILED) {
+    throw std::runtime_error(
+        fmt::format("Cannot map the checkpoint {}: {}", what, std::strerror(error)));
+  }
+  base_ = static_cast<const char*>(p);
+  mapping_ = std::shared_ptr<const void>(p, [size](const void* q) {
+    if (q != nullptr) ::munmap(const_cast<void*>(q), size);
+  });
+}
+
 void FileSource::read(uint64_t offset, void* dst, uint64_t n) const {
   auto* out = static_cast<char*>(dst);
   while (n > 0) {
@@ -156,6 +173,17 @@ void ZipReader::read_into(const Record& r, void* dst, const std::string& name) c
   src_->read(r.data_offset, dst, r.size);
   const uint32_t crc = crc32_update(0, static_cast<const unsigned char*>(dst), r.size);
   if (crc != r.crc) fail(fmt::format("the record '{}' fails its CRC check (corrupt file)", name));
+}
+
+const void* ZipReader::map_record(const Record& r, const std::string& name,
+                                  std::shared_ptr<const void>* keep) const {
+  const char* base = src_->mapped();
+  if (base == nullptr) fail("map_record on a source that is not mapped");
+  const auto* p = reinterpret_cast<const unsigned char*>(base + r.data_offset);
+  if (crc32_update(0, p, r.size) != r.crc)
+    fail(fmt::format("the record '{}' fails its CRC check (corrupt file)", name));
+  *keep = src_->keep_alive();
+  return p;
 }
 
 void ZipReader::fail(const std::string& why) const {

@@ -16,6 +16,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -273,3 +274,52 @@ TEST(CheckpointAdversarial, AFileSizeLimitIsACleanErrorKeepingThePreviousCheckpo
 }
 
 }  // namespace
+
+// ------------------------------------------------------------------ #13: mapped reads
+
+TEST(CheckpointMappedRead, MappedTensorsEqualCopiedOnesAndStayPrivate) {
+  const std::string dir = temp_dir("mapped");
+  const std::string path = dir + "/m.pt";
+  auto base = torch::arange(4096, torch::kFloat).reshape({64, 64});
+  const Value saved = Value::dict({{Value("base"), Value(base)},
+                                   {Value("row"), Value(base[3])},
+                                   {Value("half"), Value(torch::ones({7}, torch::kHalf))},
+                                   {Value("long"), Value(torch::arange(5, torch::kLong))}});
+  ck::save_torch_file(saved, path);
+  ck::ReadLimits mapped;
+  mapped.map_file = true;
+  at::Tensor survivor;
+  {
+    const Value back = ck::load_torch_file(path, mapped);
+    EXPECT_TRUE(back == saved);
+    EXPECT_TRUE(back.at("row").to_tensor().is_alias_of(back.at("base").to_tensor()));
+    survivor = back.at("base").to_tensor();
+    // Writes go to private pages, never to the file.
+    survivor.fill_(-1);
+  }
+  // The mapping outlives the Value while a tensor uses it.
+  EXPECT_EQ(survivor.sum().item<float>(), -4096.0f);
+  EXPECT_TRUE(ck::load_torch_file(path, mapped) == saved);
+  EXPECT_TRUE(ck::load_torch_file(path) == saved);
+}
+
+TEST(CheckpointMappedRead, CorruptRecordsFailTheCrcCheckWhenMapped) {
+  const std::string dir = temp_dir("mapped_crc");
+  const std::string path = dir + "/m.pt";
+  ck::save_torch_file(Value::dict({{Value("t"), Value(torch::ones({64}))}}), path);
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const auto pos = bytes.find(std::string("\x00\x00\x80\x3f", 4));  // a 1.0f in the storage
+  ASSERT_NE(pos, std::string::npos);
+  bytes[pos + 3] = 0x40;
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  ck::ReadLimits mapped;
+  mapped.map_file = true;
+  EXPECT_THROW_WITH(ck::load_torch_file(path, mapped), std::runtime_error, path, "CRC");
+}

@@ -35,6 +35,13 @@ struct ReadLimits {
   /// memoized objects, Values are trees and copy them, so a small file of repeated references
   /// could otherwise build gigabytes.
   int64_t max_expansion = 64;
+  /// load_torch_file only: map the file (mmap, private) and let tensors whose records are
+  /// aligned in it (torch.save aligns them to 64 bytes) use the mapping instead of a copy; the
+  /// mapping lives as long as any such tensor. Records are still CRC-checked. Off by default:
+  /// as with torch.load(mmap=True), truncating the file in place while those tensors live
+  /// (Python's torch.save over the same path does; cppfabric's save replaces the file) raises
+  /// SIGBUS.
+  bool map_file = false;
 };
 
 /// The bytes of a torch.save file holding `value` (archive folder "archive").
