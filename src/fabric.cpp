@@ -491,8 +491,27 @@ Guard Fabric::rank_zero_first(bool local) {
 // end with a barrier.
 
 void Fabric::save(const std::string& path, const State& state, const SaveFilter& filter) {
-  strategy()->save_checkpoint(path, state, filter);
-  barrier();
+  if (world_size() == 1) {
+    strategy()->save_checkpoint(path, state, filter);
+    barrier();
+    return;
+  }
+  // Rank 0 alone writes, so it alone can fail (a full disk): instead of a bare barrier, which the
+  // other ranks would wait at forever, every rank learns whether any rank failed.
+  std::exception_ptr error;
+  try {
+    strategy()->save_checkpoint(path, state, filter);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  const double failed_rank_plus_one =
+      all_reduce(error ? static_cast<double>(global_rank() + 1) : 0.0, "max").item<double>();
+  if (error) std::rethrow_exception(error);
+  if (failed_rank_plus_one > 0) {
+    throw std::runtime_error(
+        fmt::format("Saving the checkpoint {} failed on global rank {} (its error is raised there)",
+                    path, static_cast<int>(failed_rank_plus_one) - 1));
+  }
 }
 
 State Fabric::load(const std::string& path, State& state, bool strict) {

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string_view>
+#include <unordered_map>
 
 #include "cppfabric/detail/fmt.hpp"
 
@@ -121,12 +122,20 @@ Value State::to_value() const {
 
 State State::from_value(const Value& dict) {
   State state;
+  state.entries_.reserve(dict.items().size());
+  // Positions by key: linear in the dict's size (a loaded checkpoint may hold 100k keys).
+  std::unordered_map<std::string, std::size_t> position;
   for (const auto& [key, value] : dict.items()) {
     if (key.kind() != Value::Kind::String) {
       throw std::invalid_argument(fmt::format(
           "A State needs string keys; this dict has the key {} ({})", key.repr(), key.type_name()));
     }
-    state.set(key.to_string(), Item(value));
+    const auto [it, inserted] = position.try_emplace(key.to_string(), state.entries_.size());
+    if (inserted) {
+      state.entries_.emplace_back(key.to_string(), Item(value));
+    } else {
+      state.entries_[it->second].second = Item(value);
+    }
   }
   return state;
 }

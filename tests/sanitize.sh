@@ -13,7 +13,8 @@ case "$suite" in
   checkpoint) sources="src/state.cpp src/checkpoint/torch_pickle.cpp src/checkpoint/zip_archive.cpp
                        src/checkpoint/pickler.cpp src/checkpoint/unpickler.cpp
                        src/utilities/filesystem.cpp src/plugins.cpp
-                       tests/unit/checkpoint_pickle_test.cpp" ;;
+                       tests/unit/checkpoint_pickle_test.cpp
+                       tests/unit/checkpoint_adversarial_test.cpp" ;;
   data) sources="src/data/dataloader.cpp src/data/dataset.cpp src/data/sampler.cpp
                  src/data/transforms.cpp tests/unit/data_loader_test.cpp" ;;
   *) echo "unknown suite '$suite'; valid: checkpoint, data" >&2; exit 2 ;;

@@ -7,7 +7,9 @@
 #include <cmath>
 #include <map>
 #include <stdexcept>
+#include <string_view>
 #include <tuple>
+#include <unordered_set>
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/state.hpp"
@@ -52,9 +54,11 @@ void ModuleStateful::load_state_dict(const Value& state, bool strict) {
   }
   auto own = module_entries(*module_);
   std::vector<std::string> missing, unexpected, problems;
+  std::unordered_set<std::string_view> present;  // linear in the keys, not quadratic
+  for (const auto& [key, value] : state.items())
+    if (key.kind() == Value::Kind::String) present.insert(key.to_string());
   for (const auto& item : own)
-    if (state.find(Value(item.key())) == nullptr)
-      missing.push_back(fmt::format("\"{}\"", item.key()));
+    if (present.count(item.key()) == 0) missing.push_back(fmt::format("\"{}\"", item.key()));
   for (const auto& [key, value] : state.items()) {
     if (key.kind() != Value::Kind::String || own.find(key.to_string()) == nullptr) {
       unexpected.push_back(

@@ -5,6 +5,7 @@
 // writer Python itself uses), unpickler.cpp (pickle -> Value, never executing anything).
 #include "cppfabric/checkpoint/torch_pickle.hpp"
 
+#include <c10/util/Exception.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -29,8 +30,8 @@ void write_archive(const Value& value, const detail::ZipSink& sink) {
   detail::write_zip_archive(pickled.pickle, pickled.storages, sink);
 }
 
-Value read_archive(std::unique_ptr<detail::ByteSource> src, const std::string& what,
-                   const ReadLimits& limits) {
+Value read_archive_unchecked(std::unique_ptr<detail::ByteSource> src, const std::string& what,
+                             const ReadLimits& limits) {
   detail::ZipReader zip(std::move(src), what, limits);
   if (zip.find("byteorder") != nullptr) {
     const std::string order = zip.read_small("byteorder", 16);
@@ -40,6 +41,24 @@ Value read_archive(std::unique_ptr<detail::ByteSource> src, const std::string& w
   if (pkl == nullptr) zip.fail("there is no data.pkl record");
   const std::string pickle = zip.read_small("data.pkl", uint64_t(1) << 32);
   return detail::unpickle(pickle, zip, limits);
+}
+
+// The reader's boundary: whatever LibTorch or the standard library raises on hostile input
+// becomes a std::runtime_error naming the file, with LibTorch's message but not its backtrace.
+Value read_archive(std::unique_ptr<detail::ByteSource> src, const std::string& what,
+                   const ReadLimits& limits) {
+  const auto error = [&](const std::string& why) {
+    return std::runtime_error(fmt::format("Cannot read checkpoint {}: {}", what, why));
+  };
+  try {
+    return read_archive_unchecked(std::move(src), what, limits);
+  } catch (const c10::Error& e) {
+    throw error(e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    throw error("out of memory while building its contents");
+  } catch (const std::logic_error& e) {
+    throw error(e.what());
+  }
 }
 
 std::string errno_text() { return std::strerror(errno); }
@@ -75,6 +94,8 @@ Value from_torch_bytes(std::string_view bytes, const std::string& what, const Re
 }
 
 void save_torch_file(const Value& value, const std::string& path) {
+  // Pickle first: a value that cannot be saved fails before any file is touched.
+  const detail::PickledValue pickled = detail::pickle_value(value);
   const std::string dir = parent_dir(path);
   make_directories(dir);
   const auto slash = path.find_last_of('/');
@@ -86,34 +107,42 @@ void save_torch_file(const Value& value, const std::string& path) {
     throw std::runtime_error(fmt::format("Cannot write the checkpoint {}: creating {} failed: {}",
                                          path, tmp, errno_text()));
   }
-  try {
-    std::string error;
-    write_archive(value, [&](const void* data, size_t n) -> size_t {
-      const char* p = static_cast<const char*>(data);
-      size_t left = n;
-      while (left > 0) {
-        const ssize_t w = ::write(fd, p, left);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-          error = errno_text();
-          return n - left;
-        }
-        p += w;
-        left -= static_cast<size_t>(w);
-      }
-      return n;
-    });
-    if (::fsync(fd) != 0) throw std::runtime_error(fmt::format("fsync failed: {}", errno_text()));
-    if (::close(fd) != 0) {
-      ::unlink(tmp.c_str());
-      throw std::runtime_error(
-          fmt::format("Cannot write the checkpoint {}: {}", path, errno_text()));
-    }
-  } catch (const std::exception& e) {
+  // The first write error. The sink never reports a short write to the zip writer: LibTorch's
+  // writer would raise, then raise again from its destructor while unwinding (std::terminate).
+  // After an error the sink drops the remaining bytes; the error is raised once writing is over.
+  std::string error;
+  const auto fail = [&](const std::string& why) {
     ::close(fd);
     ::unlink(tmp.c_str());
-    throw std::runtime_error(
-        fmt::format("Cannot write the checkpoint {}: {} (is the disk full?)", path, e.what()));
+    throw std::runtime_error(fmt::format("Cannot write the checkpoint {}: {}", path, why));
+  };
+  try {
+    detail::write_zip_archive(pickled.pickle, pickled.storages,
+                              [&](const void* data, size_t n) -> size_t {
+                                if (!error.empty()) return n;
+                                const char* p = static_cast<const char*>(data);
+                                size_t left = n;
+                                while (left > 0) {
+                                  const ssize_t w = ::write(fd, p, left);
+                                  if (w < 0 && errno == EINTR) continue;
+                                  if (w <= 0) {
+                                    error = w < 0 ? errno_text() : "the write made no progress";
+                                    return n;
+                                  }
+                                  p += w;
+                                  left -= static_cast<size_t>(w);
+                                }
+                                return n;
+                              });
+  } catch (const std::exception& e) {
+    fail(error.empty() ? std::string(e.what()) : error);
+  }
+  if (!error.empty()) fail(error);
+  if (::fsync(fd) != 0) fail(fmt::format("fsync failed: {}", errno_text()));
+  if (::close(fd) != 0) {
+    const std::string why = errno_text();
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(fmt::format("Cannot write the checkpoint {}: {}", path, why));
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const std::string why = errno_text();
@@ -141,9 +170,11 @@ Value load_torch_file(const std::string& path, const ReadLimits& limits) {
     ::close(fd);
     throw std::runtime_error(fmt::format("The checkpoint {} is not a regular file", path));
   }
-  return read_archive(
-      std::make_unique<detail::FileSource>(fd, static_cast<uint64_t>(st.st_size), path), path,
-      limits);
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (limits.map_file && size > 0) {
+    return read_archive(std::make_unique<detail::MappedSource>(fd, size, path), path, limits);
+  }
+  return read_archive(std::make_unique<detail::FileSource>(fd, size, path), path, limits);
 }
 
 // ------------------------------------------------------------------------------ CheckpointIO

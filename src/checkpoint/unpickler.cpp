@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "checkpoint/pickler.hpp"
@@ -20,6 +22,18 @@ namespace {
 // The unpickler's own objects: shared and mutable, as Python's are, until converted to Values.
 struct Obj;
 using ObjPtr = std::shared_ptr<Obj>;
+
+// Dict keys (scalars, never mutated once built) hashed and compared by content, with the same
+// type-exact equality as Value::scalar_equals.
+struct KeyHash {
+  std::size_t operator()(const Obj* k) const;
+};
+struct KeyEq {
+  bool operator()(const Obj* a, const Obj* b) const;
+};
+// key -> the position of the key in Obj::items.
+using DictIndex = std::unordered_map<const Obj*, std::size_t, KeyHash, KeyEq>;
+
 struct Obj {
   enum class T {
     None,
@@ -41,6 +55,7 @@ struct Obj {
   at::Tensor tensor;          // Tensor, Storage
   std::vector<ObjPtr> items;  // List, Tuple; Dict: k0, v0, k1, v1 ...
   bool ordered = false;
+  std::unique_ptr<DictIndex> index;  // Dict: the keys in `items`, for O(1) SETITEM(S)
   Obj() = default;
   Obj(const Obj&) = delete;
   // Tears nested containers down iteratively, so a deeply nested (hostile) pickle cannot
@@ -58,18 +73,112 @@ struct Obj {
   }
 };
 
+std::size_t KeyHash::operator()(const Obj* k) const {
+  switch (k->t) {
+    case Obj::T::Str:
+      return std::hash<std::string>()(k->s) ^ 0x9e3779b97f4a7c15ull;
+    case Obj::T::Int:
+      return std::hash<int64_t>()(k->i);
+    case Obj::T::Bool:
+      return k->b ? 0x51 : 0x50;
+    case Obj::T::Float:
+      return std::hash<double>()(k->d == 0.0 ? 0.0 : k->d);  // 0.0 == -0.0
+    default:
+      return 0x4e;  // None
+  }
+}
+bool KeyEq::operator()(const Obj* a, const Obj* b) const {
+  if (a->t != b->t) return false;
+  switch (a->t) {
+    case Obj::T::Str:
+      return a->s == b->s;
+    case Obj::T::Int:
+      return a->i == b->i;
+    case Obj::T::Bool:
+      return a->b == b->b;
+    case Obj::T::Float:
+      return a->d == b->d;
+    default:
+      return true;
+  }
+}
+
 class Unpickler {
  public:
   Unpickler(std::string_view data, const ZipReader& zip, const ReadLimits& limits)
-      : data_(data), zip_(zip), limits_(limits) {}
+      : data_(data), zip_(zip), limits_(limits) {
+    // What the pickle may expand to: Values built plus string bytes copied. Without shared
+    // references that is at most the pickle's size (every value costs an opcode, every string
+    // byte is in the file); memo references (BINGET) are what can multiply it.
+    const uint64_t factor = static_cast<uint64_t>(std::max<int64_t>(limits.max_expansion, 1));
+    expansion_limit_ = data.size() > (uint64_t(1) << 40) / factor
+                           ? uint64_t(1) << 40
+                           : factor * data.size() + kExpansionFloor;
+  }
 
   Value run() {
     ObjPtr result = execute();
+    check_expansion(result);
     int64_t budget = limits_.max_values;
     return convert(result, 0, budget);
   }
 
  private:
+  static constexpr uint64_t kExpansionFloor = 65536;
+
+  [[noreturn]] void expansion_error(const char* what) const {
+    fail(fmt::format(
+        "{} expands to more than {} values and string bytes from a {}-byte pickle: shared "
+        "(memoized) references would be copied that many times. The limit is "
+        "ReadLimits::max_expansion = {} times the pickle size plus {}",
+        what, expansion_limit_, data_.size(), limits_.max_expansion, kExpansionFloor));
+  }
+  // Work done copying while unpickling (OrderedDict(d), torch.Size(t), ...), bounded as the
+  // expansion is.
+  void charge(uint64_t units) {
+    work_ += units;
+    if (work_ > expansion_limit_) expansion_error("copying shared containers");
+  }
+  // The size of the Value tree `root` will become, computed on the object graph (shared nodes
+  // once each) before anything is built; fails past the expansion limit or on a cycle.
+  void check_expansion(const ObjPtr& root) const {
+    const uint64_t cap = expansion_limit_ + 1;
+    auto add = [cap](uint64_t a, uint64_t b) { return std::min(a + b, cap); };  // a, b <= cap
+    auto own = [](const Obj* o) -> uint64_t {
+      return 1 + (o->t == Obj::T::Str ? static_cast<uint64_t>(o->s.size()) : 0);
+    };
+    struct Frame {
+      const Obj* o;
+      std::size_t next;
+      uint64_t sum;
+    };
+    std::unordered_map<const Obj*, uint64_t> done;
+    std::unordered_set<const Obj*> active;
+    std::vector<Frame> stack{{root.get(), 0, own(root.get())}};
+    active.insert(root.get());
+    while (!stack.empty()) {
+      Frame& f = stack.back();
+      if (f.sum > expansion_limit_) expansion_error("the pickle");
+      if (f.next < f.o->items.size()) {
+        const Obj* c = f.o->items[f.next++].get();
+        if (c->items.empty()) {
+          f.sum = add(f.sum, own(c));
+        } else if (auto it = done.find(c); it != done.end()) {
+          f.sum = add(f.sum, it->second);
+        } else {
+          if (!active.insert(c).second) fail("a container contains itself (a reference cycle)");
+          stack.push_back({c, 0, own(c)});  // f is invalid from here on
+        }
+        continue;
+      }
+      const Frame finished = f;
+      stack.pop_back();
+      active.erase(finished.o);
+      done.emplace(finished.o, finished.sum);
+      if (!stack.empty()) stack.back().sum = add(stack.back().sum, finished.sum);
+    }
+  }
+
   [[noreturn]] void fail(const std::string& why) const {
     zip_.fail(fmt::format("data.pkl: {} (at byte {})", why, pos_));
   }
@@ -177,12 +286,22 @@ class Unpickler {
       fail(fmt::format("storage {} claims {} elements but its record holds {} bytes", key, numel,
                        r->size));
     }
-    at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(*dtype));
-    Record part = *r;
-    if (part.size == static_cast<uint64_t>(numel) * itemsize) {
+    const Record& part = *r;
+    const bool exact = part.size == static_cast<uint64_t>(numel) * itemsize;
+    at::Tensor t;
+    if (exact && numel > 0 && zip_.mapped() && part.data_offset % itemsize == 0) {
+      // A mapped file: the record itself becomes the tensor's memory (no copy); the tensor
+      // keeps the mapping alive.
+      std::shared_ptr<const void> keep;
+      const void* p = zip_.map_record(part, "data/" + key, &keep);
+      t = at::from_blob(
+          const_cast<void*>(p), {numel}, [keep](void*) {}, at::TensorOptions().dtype(*dtype));
+    } else if (exact) {
+      t = at::empty({numel}, at::TensorOptions().dtype(*dtype));
       zip_.read_into(part, t.data_ptr(), "data/" + key);
     } else {
       // A record longer than the storage: read (and CRC-check) it all, keep the prefix.
+      t = at::empty({numel}, at::TensorOptions().dtype(*dtype));
       std::string bytes(part.size, '\0');
       zip_.read_into(part, bytes.data(), "data/" + key);
       if (numel > 0) {
@@ -198,6 +317,7 @@ class Unpickler {
   std::vector<int64_t> ints(const ObjPtr& o, const char* what) {
     if (o->t != Obj::T::Tuple && o->t != Obj::T::List)
       fail(fmt::format("{} must be a tuple", what));
+    charge(o->items.size());
     std::vector<int64_t> out;
     for (const auto& e : o->items) {
       if (e->t != Obj::T::Int) fail(fmt::format("{} must hold ints", what));
@@ -216,6 +336,19 @@ class Unpickler {
     const auto strides = ints(args[3], "a tensor stride");
     if (sizes.size() != strides.size() || sizes.size() > 64)
       fail("tensor size and stride disagree");
+    // The element count must fit int64 (LibTorch multiplies every size, zeros included, and
+    // raises its own error otherwise).
+    uint64_t count = 1;
+    bool overflow = false;
+    for (auto s : sizes) {
+      if (s < 0) fail("a negative tensor size");
+      overflow = overflow || __builtin_mul_overflow(count, static_cast<uint64_t>(s), &count);
+    }
+    if (overflow || count > static_cast<uint64_t>(INT64_MAX)) {
+      std::string shown;
+      for (auto s : sizes) shown += (shown.empty() ? "" : ", ") + std::to_string(s);
+      fail(fmt::format("a tensor of size ({}) whose element count overflows 64 bits", shown));
+    }
     const int64_t numel = storage.numel();
     if (offset < 0 || offset > numel) fail("a tensor offset outside its storage");
     bool empty = false;
@@ -250,7 +383,9 @@ class Unpickler {
       o->ordered = name == "collections.OrderedDict";
       if (!a.empty()) {
         if (a.size() != 1 || a[0]->t != Obj::T::Dict) fail(fmt::format("{} takes a dict", name));
+        charge(a[0]->items.size());
         o->items = a[0]->items;
+        if (a[0]->index) o->index = std::make_unique<DictIndex>(*a[0]->index);
       }
       return o;
     }
@@ -268,7 +403,9 @@ class Unpickler {
     }
     if (name == "torch.device") {
       auto o = make(Obj::T::Str);
+      charge(a.size());
       for (const auto& e : a) {
+        if (e->t == Obj::T::Str) charge(e->s.size());
         if (e->t == Obj::T::Str) o->s += e->s;
         if (e->t == Obj::T::Int) o->s += ":" + std::to_string(e->i);
       }
@@ -280,25 +417,21 @@ class Unpickler {
   void setitems(const ObjPtr& dict, std::vector<ObjPtr>& kv) {
     if (dict->t != Obj::T::Dict) fail("SETITEM(S) on something that is not a dict");
     if (kv.size() % 2 != 0) fail("SETITEMS with an odd number of items");
+    if (!dict->index) dict->index = std::make_unique<DictIndex>();
+    DictIndex& index = *dict->index;
     for (std::size_t k = 0; k < kv.size(); k += 2) {
       const auto& key = kv[k];
       if (key->t != Obj::T::Str && key->t != Obj::T::Int && key->t != Obj::T::Bool &&
           key->t != Obj::T::None && key->t != Obj::T::Float) {
         fail("a dict key that is not a str, int, float, bool or None");
       }
-      bool replaced = false;
-      for (std::size_t j = 0; j + 1 < dict->items.size(); j += 2) {
-        const auto& e = dict->items[j];
-        if (e->t == key->t && e->s == key->s && e->i == key->i && e->b == key->b &&
-            e->d == key->d) {
-          dict->items[j + 1] = kv[k + 1];
-          replaced = true;
-          break;
-        }
-      }
-      if (!replaced) {
+      // A repeated key replaces the value and keeps the first position, as Python's dict does.
+      const auto [it, inserted] = index.try_emplace(key.get(), dict->items.size());
+      if (inserted) {
         dict->items.push_back(key);
-        dict->items.push_back(kv[k + 1]);
+        dict->items.push_back(std::move(kv[k + 1]));
+      } else {
+        dict->items[it->second + 1] = std::move(kv[k + 1]);
       }
     }
   }
@@ -548,6 +681,8 @@ class Unpickler {
   std::vector<std::size_t> marks_;
   std::unordered_map<uint64_t, ObjPtr> memo_;
   std::unordered_map<std::string, ObjPtr> storages_;
+  uint64_t expansion_limit_ = 0;
+  uint64_t work_ = 0;
 };
 
 }  // namespace

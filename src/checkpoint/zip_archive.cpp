@@ -2,7 +2,12 @@
 
 #include <c10/util/Exception.h>
 #include <caffe2/serialize/inline_container.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -14,8 +19,10 @@
 namespace cppfabric::checkpoint::detail {
 namespace {
 
-// CRC-32 (zip's polynomial), eight bytes per step ("slicing-by-8").
-uint32_t crc32_update(uint32_t crc, const unsigned char* data, std::size_t n) {
+// CRC-32 (zip's polynomial, reflected 0xEDB88320). Bulk data by carry-less multiplication
+// (PCLMULQDQ folding, 64 bytes per step: memory speed) where the CPU has it, otherwise and for
+// short tails eight bytes per step from tables ("slicing-by-8").
+const std::array<std::array<uint32_t, 256>, 8>& crc_tables() {
   static const auto tables = [] {
     std::array<std::array<uint32_t, 256>, 8> t{};
     for (uint32_t i = 0; i < 256; ++i) {
@@ -27,7 +34,65 @@ uint32_t crc32_update(uint32_t crc, const unsigned char* data, std::size_t n) {
       for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
     return t;
   }();
+  return tables;
+}
+
+#if defined(__x86_64__)
+#define CPPFABRIC_CRC_TARGET __attribute__((target("pclmul,sse4.1")))
+CPPFABRIC_CRC_TARGET inline __m128i load(const unsigned char* q) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+}
+// x * k (both halves, folded 128 bits further) ^ next.
+CPPFABRIC_CRC_TARGET inline __m128i fold(__m128i x, __m128i k, __m128i next) {
+  return _mm_xor_si128(
+      _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x11), _mm_clmulepi64_si128(x, k, 0x00)), next);
+}
+// `state` is the inverted running CRC; processes n bytes (n >= 64, a multiple of 16).
+CPPFABRIC_CRC_TARGET uint32_t crc32_fold(uint32_t state, const unsigned char* p, std::size_t n) {
+  // Folding constants x^k mod P for the reflected polynomial (Intel's "Fast CRC Computation
+  // for Generic Polynomials Using PCLMULQDQ"), and Barrett's mu and P.
+  const __m128i k1k2 = _mm_set_epi64x(0x00000001c6e41596ll, 0x0000000154442bd4ll);
+  const __m128i k3k4 = _mm_set_epi64x(0x00000000ccaa009ell, 0x00000001751997d0ll);
+  const __m128i k5 = _mm_set_epi64x(0, 0x0000000163cd6124ll);
+  const __m128i poly = _mm_set_epi64x(0x00000001f7011641ll, 0x00000001db710641ll);
+  __m128i x1 = _mm_xor_si128(load(p), _mm_cvtsi32_si128(static_cast<int>(state)));
+  __m128i x2 = load(p + 16), x3 = load(p + 32), x4 = load(p + 48);
+  p += 64;
+  n -= 64;
+  for (; n >= 64; p += 64, n -= 64) {
+    x1 = fold(x1, k1k2, load(p));
+    x2 = fold(x2, k1k2, load(p + 16));
+    x3 = fold(x3, k1k2, load(p + 32));
+    x4 = fold(x4, k1k2, load(p + 48));
+  }
+  x1 = fold(fold(fold(x1, k3k4, x2), k3k4, x3), k3k4, x4);
+  for (; n >= 16; p += 16, n -= 16) x1 = fold(x1, k3k4, load(p));
+  // 128 -> 64 -> 32 bits.
+  const __m128i mask32 = _mm_setr_epi32(~0, 0, ~0, 0);
+  x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), _mm_clmulepi64_si128(x1, k3k4, 0x10));
+  __m128i x2b = _mm_srli_si128(x1, 4);
+  x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, mask32), k5, 0x00), x2b);
+  __m128i t = _mm_and_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, mask32), poly, 0x10), mask32);
+  x1 = _mm_xor_si128(x1, _mm_clmulepi64_si128(t, poly, 0x00));
+  return static_cast<uint32_t>(_mm_extract_epi32(x1, 1));
+}
+bool have_pclmul() {
+  static const bool yes = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+  return yes;
+}
+#endif
+
+uint32_t crc32_update(uint32_t crc, const unsigned char* data, std::size_t n) {
+  const auto& tables = crc_tables();
   crc = ~crc;
+#if defined(__x86_64__)
+  if (n >= 64 && have_pclmul()) {
+    const std::size_t bulk = n & ~std::size_t(15);
+    crc = crc32_fold(crc, data, bulk);
+    data += bulk;
+    n -= bulk;
+  }
+#endif
   while (n >= 8) {
     uint32_t lo, hi;
     std::memcpy(&lo, data, 4);
@@ -48,6 +113,22 @@ uint32_t crc32_update(uint32_t crc, const unsigned char* data, std::size_t n) {
 // ------------------------------------------------------------------------------ byte sources
 
 FileSource::~FileSource() { ::close(fd_); }
+
+MappedSource::MappedSource(int fd, uint64_t size, const std::string& what) : size_(size) {
+  void* p = size == 0
+                ? nullptr
+                : ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+  const int error = errno;
+  ::close(fd);
+  if (p == MAP_FAILED) {
+    throw std::runtime_error(
+        fmt::format("Cannot map the checkpoint {}: {}", what, std::strerror(error)));
+  }
+  base_ = static_cast<const char*>(p);
+  mapping_ = std::shared_ptr<const void>(p, [size](const void* q) {
+    if (q != nullptr) ::munmap(const_cast<void*>(q), size);
+  });
+}
 
 void FileSource::read(uint64_t offset, void* dst, uint64_t n) const {
   auto* out = static_cast<char*>(dst);
@@ -92,6 +173,17 @@ void ZipReader::read_into(const Record& r, void* dst, const std::string& name) c
   src_->read(r.data_offset, dst, r.size);
   const uint32_t crc = crc32_update(0, static_cast<const unsigned char*>(dst), r.size);
   if (crc != r.crc) fail(fmt::format("the record '{}' fails its CRC check (corrupt file)", name));
+}
+
+const void* ZipReader::map_record(const Record& r, const std::string& name,
+                                  std::shared_ptr<const void>* keep) const {
+  const char* base = src_->mapped();
+  if (base == nullptr) fail("map_record on a source that is not mapped");
+  const auto* p = reinterpret_cast<const unsigned char*>(base + r.data_offset);
+  if (crc32_update(0, p, r.size) != r.crc)
+    fail(fmt::format("the record '{}' fails its CRC check (corrupt file)", name));
+  *keep = src_->keep_alive();
+  return p;
 }
 
 void ZipReader::fail(const std::string& why) const {

@@ -29,6 +29,10 @@ class ByteSource {
   virtual ~ByteSource() = default;
   virtual uint64_t size() const = 0;
   virtual void read(uint64_t offset, void* dst, uint64_t n) const = 0;
+  /// The whole source in memory that may back tensors directly (a file mapping), and what keeps
+  /// it alive; nullptr where reads must copy.
+  virtual const char* mapped() const { return nullptr; }
+  virtual std::shared_ptr<const void> keep_alive() const { return nullptr; }
 };
 
 class MemorySource final : public ByteSource {
@@ -58,6 +62,25 @@ class FileSource final : public ByteSource {
   std::string what_;
 };
 
+/// A file mapped read-only and private (mmap); storages aligned in the file become tensors over
+/// the mapping without a copy. The mapping lives while any such tensor does.
+class MappedSource final : public ByteSource {
+ public:
+  /// Maps `fd` (closed by the constructor); std::runtime_error naming `what` when mmap fails.
+  MappedSource(int fd, uint64_t size, const std::string& what);
+  uint64_t size() const override { return size_; }
+  void read(uint64_t offset, void* dst, uint64_t n) const override {
+    if (n > 0) std::memcpy(dst, base_ + offset, n);
+  }
+  const char* mapped() const override { return base_; }
+  std::shared_ptr<const void> keep_alive() const override { return mapping_; }
+
+ private:
+  std::shared_ptr<const void> mapping_;
+  const char* base_ = nullptr;
+  uint64_t size_;
+};
+
 /// One stored record of the archive.
 struct Record {
   uint64_t data_offset = 0;
@@ -79,6 +102,11 @@ class ZipReader {
   std::string read_small(const std::string& name, uint64_t max_size) const;
   /// Reads record `r` into `dst` (r.size bytes) and checks its CRC.
   void read_into(const Record& r, void* dst, const std::string& name) const;
+  /// Whether the source is a file mapping (map_record works).
+  bool mapped() const { return src_->mapped() != nullptr; }
+  /// Record `r` in place in the mapped source (CRC checked), and what keeps it alive.
+  const void* map_record(const Record& r, const std::string& name,
+                         std::shared_ptr<const void>* keep) const;
   [[noreturn]] void fail(const std::string& why) const;
 
  private:

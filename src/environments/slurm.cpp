@@ -1,7 +1,7 @@
 #include "cppfabric/environments/slurm.hpp"
 
 #include <cstdlib>
-#include <regex>
+#include <string>
 
 #include "cppfabric/detail/fmt.hpp"
 
@@ -45,10 +45,55 @@ std::optional<long long> SLURMEnvironment::job_id() {
   return std::nullopt;
 }
 
+namespace {
+// Lightning's re.sub(r"\[(.*?)[,-].*\]", r"\1", s) (with_separator) and re.sub(r"\[(.*?)\]",
+// r"\1", s), in one linear pass each; '.' does not match a line break, as in Python. (std::regex
+// recurses per character in libstdc++ and backtracks: fuzz/slurm.cpp found a 10 KB node list
+// with 1600 '[' taking 13 s, and a 100k-character one overflows the stack.)
+std::string strip_brackets(const std::string& s, bool with_separator) {
+  const std::size_t npos = std::string::npos;
+  std::string out;
+  out.reserve(s.size());
+  std::size_t line_end = npos, last_close = npos;  // the current line's end and its last ']'
+  std::size_t next_sep = 0, next_close = 0;  // the next ',' or '-' / ']' at or after a position
+  for (std::size_t p = 0; p < s.size();) {
+    if (s[p] != '[') {
+      out += s[p++];
+      continue;
+    }
+    if (line_end == npos || p > line_end) {
+      line_end = s.find('\n', p);
+      if (line_end == npos) line_end = s.size();
+      last_close = s.rfind(']', line_end - 1);
+      if (last_close != npos && last_close < p) last_close = npos;
+    }
+    std::size_t end = npos;  // the ']' that closes a match starting at p
+    if (with_separator) {
+      if (next_sep != npos && next_sep <= p) next_sep = s.find_first_of(",-", p + 1);
+      if (last_close != npos && next_sep != npos && next_sep < last_close && last_close > p) {
+        out.append(s, p + 1, next_sep - p - 1);
+        end = last_close;
+      }
+    } else {
+      if (next_close != npos && next_close <= p) next_close = s.find(']', p + 1);
+      if (next_close != npos && next_close < line_end) {
+        out.append(s, p + 1, next_close - p - 1);
+        end = next_close;
+      }
+    }
+    if (end == npos) {
+      out += s[p++];
+    } else {
+      p = end + 1;
+    }
+  }
+  return out;
+}
+}  // namespace
+
 std::string SLURMEnvironment::resolve_root_node_address(const std::string& nodes) {
   // The first node of every range ("host[5-9]" -> "host5"), then a single-number range.
-  std::string first = std::regex_replace(nodes, std::regex(R"(\[(.*?)[,-].*\])"), "$1");
-  first = std::regex_replace(first, std::regex(R"(\[(.*?)\])"), "$1");
+  std::string first = strip_brackets(strip_brackets(nodes, true), false);
   first = first.substr(0, first.find(' '));
   return first.substr(0, first.find(','));
 }

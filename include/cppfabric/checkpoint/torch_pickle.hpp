@@ -11,7 +11,8 @@
 // collections.OrderedDict, collections.Counter, torch._utils._rebuild_tensor_v2,
 // torch._utils._rebuild_parameter, torch.Size, torch.device and the typed storage classes
 // (torch.FloatStorage, ...). Every size it reads is checked against the bytes present, and
-// nesting depth and the number of values built are bounded. Anything else is a
+// nesting depth, the number of values built and their size relative to the file (shared
+// references copied) are bounded. Anything else is a
 // std::runtime_error that names the file and what was wrong; nothing aborts.
 // Tensors come back on the CPU; views that shared a storage in the file share it again.
 #pragma once
@@ -29,6 +30,18 @@ struct ReadLimits {
   int max_depth = 512;               // nesting of containers
   int64_t max_values = 50'000'000;   // values built while unpickling
   int64_t max_records = 10'000'000;  // zip entries
+  /// The Values (plus string bytes) a pickle may expand to, as a multiple of its size (plus
+  /// 65536). Without shared references a pickle expands to at most its own size; Python shares
+  /// memoized objects, Values are trees and copy them, so a small file of repeated references
+  /// could otherwise build gigabytes.
+  int64_t max_expansion = 64;
+  /// load_torch_file only: map the file (mmap, private) and let tensors whose records are
+  /// aligned in it (torch.save aligns them to 64 bytes) use the mapping instead of a copy; the
+  /// mapping lives as long as any such tensor. Records are still CRC-checked. Off by default:
+  /// as with torch.load(mmap=True), truncating the file in place while those tensors live
+  /// (Python's torch.save over the same path does; cppfabric's save replaces the file) raises
+  /// SIGBUS.
+  bool map_file = false;
 };
 
 /// The bytes of a torch.save file holding `value` (archive folder "archive").
