@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
+#include <c10/util/strides.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
@@ -284,7 +285,11 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
     bucket.flat = torch::zeros({numel}, first.options().requires_grad(false));
     for (int64_t i : members) {
       s.flat_slices[i] = bucket.flat.narrow(0, s.param_offset[i], s.params[i].numel());
-      s.views[i] = s.flat_slices[i].view(s.params[i].sizes());
+      // Shares the bucket's storage without being an autograd view: LibTorch's
+      // Optimizer::zero_grad calls detach_() on every gradient, which views refuse.
+      s.views[i] = torch::empty({0}, bucket.flat.options())
+                       .set_(bucket.flat.storage(), s.param_offset[i], s.params[i].sizes(),
+                             c10::contiguous_strides(s.params[i].sizes()));
       s.as_view[i] = s.options.gradient_as_bucket_view && s.params[i].is_contiguous() ? 1 : 0;
     }
     bucket.params = std::move(members);

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <limits>
+#include <tuple>
 
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/optim/fused.hpp>
@@ -240,6 +242,43 @@ TEST(FusedOptimizers, UnsupportedParametersAreClearErrors) {
   cppfabric::optim::SGD sgd({ints}, o::SGDOptions(0.1));
   ints.mutable_grad() = torch::zeros({3}, torch::kFloat32);
   EXPECT_THROW(sgd.step(), std::invalid_argument);
+}
+
+}  // namespace
+
+namespace {
+
+// GradScaler hands its scale and inf flag to our optimizers (no unscale pass, no host read on a
+// GPU); the training equals GradScaler + LibTorch's AdamW, overflowing steps included.
+TEST(FusedOptimizers, GradScalerHandsTheScaleToTheKernel) {
+  auto a = make_model(6), b = make_model(6);
+  o::AdamW ref(a->parameters(), o::AdamWOptions(1e-2).weight_decay(0.01));
+  cppfabric::optim::AdamW ours(b->parameters(), o::AdamWOptions(1e-2).weight_decay(0.01));
+  cppfabric::precision::GradScaler scale_a("cpu"), scale_b("cpu");
+  int skipped = 0;
+  for (int step = 0; step < 12; ++step) {
+    torch::manual_seed(step);
+    auto x = torch::randn({8, 6});
+    bool stepped[2];
+    int k = 0;
+    for (auto [model, opt, scaler] :
+         {std::tuple<torch::nn::Sequential*, o::Optimizer*, cppfabric::precision::GradScaler*>{
+              &a, &ref, &scale_a},
+          {&b, &ours, &scale_b}}) {
+      opt->zero_grad();
+      auto loss = (*model)->forward(x).pow(2).mean();
+      if (step == 3 || step == 7) loss = loss * std::numeric_limits<float>::infinity();
+      scaler->scale(loss).backward();
+      stepped[k++] = scaler->step(*opt);
+      scaler->update();
+    }
+    EXPECT_EQ(stepped[0], stepped[1]) << "step " << step;
+    skipped += stepped[1] ? 0 : 1;
+  }
+  EXPECT_EQ(skipped, 2);
+  EXPECT_EQ(scale_a.get_scale(), scale_b.get_scale());
+  EXPECT_LE(max_difference(*a, *b), 1e-6);
+  EXPECT_GT(max_difference(*a, *make_model(6)), 1e-3);
 }
 
 }  // namespace
