@@ -180,10 +180,11 @@ int main(int argc, char** argv) {
     const auto n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
     if (n <= 0) throw std::runtime_error("cannot find this executable (/proc/self/exe)");
     self[n] = '\0';
-    std::printf("DDP on CPU (Gloo, loopback): %d x Linear(%ld, %ld) + head, batch %ld per rank, "
-                "%d thread(s) per rank, %d rounds x %d steps\n",
-                a.layers, static_cast<long>(a.width), static_cast<long>(a.width),
-                static_cast<long>(a.batch), a.threads, a.rounds, a.steps);
+    std::printf(
+        "DDP on CPU (Gloo, loopback): %d x Linear(%ld, %ld) + head, batch %ld per rank, "
+        "%d thread(s) per rank, %d rounds x %d steps\n",
+        a.layers, static_cast<long>(a.width), static_cast<long>(a.width),
+        static_cast<long>(a.batch), a.threads, a.rounds, a.steps);
     std::map<std::string, std::vector<double>> times;
     std::vector<double> vs_single, after_vs_overlap, copy_vs_view;
     for (int r = 0; r < a.rounds; ++r) {
@@ -199,8 +200,8 @@ int main(int argc, char** argv) {
     }
     for (const auto& mode : modes) {
       const auto s = stats(times[mode]);
-      std::printf("%-10s us/step min %9.1f median %9.1f max %9.1f\n", mode.c_str(), s.min,
-                  s.median, s.max);
+      std::printf("%-10s us/step min %9.1f median %9.1f max %9.1f\n", mode.c_str(), s.min, s.median,
+                  s.max);
     }
     auto print = [](const char* what, const std::vector<double>& v) {
       const auto s = stats(v);

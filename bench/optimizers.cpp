@@ -98,14 +98,15 @@ int main(int argc, char** argv) {
                    std::make_unique<co::AdamW>(params(), o::AdamWOptions(1e-3))});
   pairs.push_back({"Adam", std::make_unique<o::Adam>(params(), o::AdamOptions(1e-3)),
                    std::make_unique<co::Adam>(params(), o::AdamOptions(1e-3))});
-  pairs.push_back(
-      {"SGD(momentum)", std::make_unique<o::SGD>(params(), o::SGDOptions(1e-3).momentum(0.9)),
-       std::make_unique<co::SGD>(params(), o::SGDOptions(1e-3).momentum(0.9))});
+  pairs.push_back({"SGD(momentum)",
+                   std::make_unique<o::SGD>(params(), o::SGDOptions(1e-3).momentum(0.9)),
+                   std::make_unique<co::SGD>(params(), o::SGDOptions(1e-3).momentum(0.9))});
 
-  std::printf("optimizer step: %d parameter tensors (%d x Linear(%ld, %ld)), %s, %d thread(s), "
-              "%d rounds x %d steps\n",
-              2 * layers, layers, static_cast<long>(width), static_cast<long>(width),
-              device_name.c_str(), threads, rounds, steps);
+  std::printf(
+      "optimizer step: %d parameter tensors (%d x Linear(%ld, %ld)), %s, %d thread(s), "
+      "%d rounds x %d steps\n",
+      2 * layers, layers, static_cast<long>(width), static_cast<long>(width), device_name.c_str(),
+      threads, rounds, steps);
   auto time_steps = [&](torch::optim::Optimizer& opt) {
     sync(device);
     const auto start = std::chrono::steady_clock::now();
@@ -135,10 +136,11 @@ int main(int argc, char** argv) {
       ratios.push_back(b / a);
     }
     const auto ratio = stats(ratios);
-    std::printf("%-14s torch::optim %9.1f us/step  cppfabric::optim %9.1f us/step  "
-                "ratio ours/torch min %.3f median %.3f max %.3f\n",
-                pair.name.c_str(), stats(ref_us).median, stats(our_us).median, ratio.min,
-                ratio.median, ratio.max);
+    std::printf(
+        "%-14s torch::optim %9.1f us/step  cppfabric::optim %9.1f us/step  "
+        "ratio ours/torch min %.3f median %.3f max %.3f\n",
+        pair.name.c_str(), stats(ref_us).median, stats(our_us).median, ratio.min, ratio.median,
+        ratio.max);
   }
   return 0;
 }

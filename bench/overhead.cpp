@@ -14,9 +14,8 @@
 // world size 1 (the reducer, its hooks and buckets; gradients as bucket views and copied), each
 // with 2 and 2+N steps, and takes the difference over N steps, so set-up is not counted. Prints
 // instructions per step and the ratios DDP / single device (the target: <= 1.02).
-#include <torch/torch.h>
-
 #include <stdio.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -68,20 +67,22 @@ int callgrind_mode(int rounds, int64_t batch, int64_t width, int threads) {
                              std::to_string(width) + " --threads " + std::to_string(threads);
   auto per_step = [&](const std::string& config) {
     const double a = callgrind_instructions(self, common + " --steps 2 " + config);
-    const double b =
-        callgrind_instructions(self, common + " --steps " + std::to_string(2 + extra) + " " + config);
+    const double b = callgrind_instructions(
+        self, common + " --steps " + std::to_string(2 + extra) + " " + config);
     return (b - a) / extra;
   };
-  std::printf("callgrind: instructions per training step (difference of 2 and %d steps), batch "
-              "%lld, width %lld\n",
-              2 + extra, static_cast<long long>(batch), static_cast<long long>(width));
+  std::printf(
+      "callgrind: instructions per training step (difference of 2 and %d steps), batch "
+      "%lld, width %lld\n",
+      2 + extra, static_cast<long long>(batch), static_cast<long long>(width));
   const std::vector<std::pair<std::string, std::string>> configs = {
       {"single device", "--strategy auto"},
       {"ddp, bucket views", "--strategy ddp"},
       {"ddp, gradient copies", "--strategy ddp --bucket-view 0"}};
   std::vector<std::vector<double>> counts(configs.size());
   for (int r = 0; r < rounds; ++r) {
-    for (std::size_t c = 0; c < configs.size(); ++c) counts[c].push_back(per_step(configs[c].second));
+    for (std::size_t c = 0; c < configs.size(); ++c)
+      counts[c].push_back(per_step(configs[c].second));
   }
   for (std::size_t c = 0; c < configs.size(); ++c) {
     std::sort(counts[c].begin(), counts[c].end());

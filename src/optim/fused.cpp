@@ -62,8 +62,8 @@ using ParamStates = ska::flat_hash_map<void*, std::unique_ptr<torch::optim::Opti
 at::Tensor checked_grad(const char* optimizer, std::size_t group, std::size_t index,
                         at::Tensor& param) {
   const auto& grad = param.grad();
-  const auto where = fmt::format("{}(fused=true): parameter {} of param group {}", optimizer,
-                                 index, group);
+  const auto where =
+      fmt::format("{}(fused=true): parameter {} of param group {}", optimizer, index, group);
   if (!param.device().is_cpu() && !param.device().is_cuda()) {
     throw std::invalid_argument(fmt::format(
         "{} is on device '{}'; the fused kernels run on 'cpu' and 'cuda'. Use StepOptions{{.fused "
@@ -77,15 +77,14 @@ at::Tensor checked_grad(const char* optimizer, std::size_t group, std::size_t in
         c10::toString(dtype)));
   }
   if (grad.is_sparse()) {
-    throw std::invalid_argument(
-        fmt::format("{} has a sparse gradient; the fused kernels take dense gradients only.",
-                    where));
+    throw std::invalid_argument(fmt::format(
+        "{} has a sparse gradient; the fused kernels take dense gradients only.", where));
   }
   if (grad.scalar_type() != dtype || grad.device() != param.device()) {
-    throw std::invalid_argument(fmt::format(
-        "{}: its gradient is {} on {}, the parameter {} on {}; they must match.", where,
-        c10::toString(grad.scalar_type()), grad.device().str(), c10::toString(dtype),
-        param.device().str()));
+    throw std::invalid_argument(
+        fmt::format("{}: its gradient is {} on {}, the parameter {} on {}; they must match.", where,
+                    c10::toString(grad.scalar_type()), grad.device().str(), c10::toString(dtype),
+                    param.device().str()));
   }
   if (!param.is_contiguous()) {
     throw std::invalid_argument(fmt::format(
@@ -185,8 +184,8 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
       const auto device = lists.params.front().device();
       const auto scale = on_device(grad_scale, device);
       // 0 or 1 (the kernels test for 1; a GradScaler sums the flags of several devices).
-      const auto inf = device_inf.defined() ? on_device(device_inf, device).ne(0).to(at::kFloat)
-                                            : at::Tensor();
+      const auto inf =
+          device_inf.defined() ? on_device(device_inf, device).ne(0).to(at::kFloat) : at::Tensor();
       at::_foreach_add_(lists.steps, 1);
       kernel(lists.params, lists.grads, lists.exp_avgs, lists.exp_avg_sqs, lists.max_exp_avg_sqs,
              lists.steps, o.lr(), beta1, beta2, o.weight_decay(), o.eps(), o.amsgrad(),
@@ -355,8 +354,8 @@ void sgd_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
     for (auto& [key, lists] : by_device) {
       const auto device = lists.params.front().device();
       const auto scale = on_device(grad_scale, device);
-      const auto inf = device_inf.defined() ? on_device(device_inf, device).ne(0).to(at::kFloat)
-                                            : at::Tensor();
+      const auto inf =
+          device_inf.defined() ? on_device(device_inf, device).ne(0).to(at::kFloat) : at::Tensor();
       at::_fused_sgd_(lists.params, lists.grads, lists.buffers, o.weight_decay(), o.momentum(),
                       o.lr(), o.dampening(), o.nesterov(), /*maximize=*/false,
                       /*is_first_step=*/key.second,

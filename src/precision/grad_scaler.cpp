@@ -103,7 +103,8 @@ void GradScaler::check_inf_(torch::optim::Optimizer& optimizer) {
   record_inf_checks(optimizer, torch::ones({}, scale_.options().dtype(torch::kFloat32)));
 }
 
-void GradScaler::record_inf_checks(torch::optim::Optimizer& optimizer, const at::Tensor& inv_scale) {
+void GradScaler::record_inf_checks(torch::optim::Optimizer& optimizer,
+                                   const at::Tensor& inv_scale) {
   auto& state = states_->by_optimizer[&optimizer];
   const auto found_inf = torch::zeros({}, scale_.options().dtype(torch::kFloat32));
 

@@ -1,11 +1,11 @@
 #include "strategies/ddp_reducer.hpp"
 
+#include <c10/util/strides.h>
+#include <spdlog/spdlog.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
-#include <c10/util/strides.h>
-#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include <map>
@@ -207,8 +207,7 @@ struct Reducer::State {
       const auto& averaged = views[i];
       if (param.grad().defined()) {
         if (!(as_view[i] && grad_is_view(index))) param.mutable_grad().copy_(averaged);
-      } else if (!options.find_unused_parameters ||
-                 globally_used[index].item<int32_t>() > 0) {
+      } else if (!options.find_unused_parameters || globally_used[index].item<int32_t>() > 0) {
         param.mutable_grad() = as_view[i] ? averaged : averaged.clone();
       }
     }

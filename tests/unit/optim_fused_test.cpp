@@ -5,12 +5,11 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cppfabric/cppfabric.hpp>
+#include <cppfabric/optim/fused.hpp>
 #include <cstdio>
 #include <limits>
 #include <tuple>
-
-#include <cppfabric/cppfabric.hpp>
-#include <cppfabric/optim/fused.hpp>
 
 namespace {
 
@@ -73,8 +72,8 @@ void expect_same_training(Options options, int steps, const char* what) {
 }
 
 TEST(FusedOptimizers, AdamWEqualsLibTorchOverManySteps) {
-  expect_same_training<o::AdamW, cppfabric::optim::AdamW>(
-      o::AdamWOptions(1e-2).weight_decay(0.05), 300, "adamw");
+  expect_same_training<o::AdamW, cppfabric::optim::AdamW>(o::AdamWOptions(1e-2).weight_decay(0.05),
+                                                          300, "adamw");
   expect_same_training<o::AdamW, cppfabric::optim::AdamW>(
       o::AdamWOptions(3e-3).betas({0.8, 0.99}).eps(1e-6).amsgrad(true), 300, "adamw amsgrad");
 }
