@@ -1,10 +1,12 @@
 // DDP on CPU over Gloo: what the reducer costs and what overlapping it with backward buys.
 //
 //   bench_ddp [--rounds 7] [--steps 20] [--batch 64] [--width 1024] [--layers 4] [--threads 1]
+//             [--single-threads N]
 //
 // Runs, round by round in alternating order, separate invocations of itself (--mode M), each
 // timing `steps` training steps (forward, backward, optimizer) after a warm-up:
-//   single     one process, batch 2*B, 2*threads intra-op threads (the same cores as two ranks)
+//   single     one process, batch 2*B, --single-threads intra-op threads (default 2*threads: the
+//              same cores as two ranks; on a loaded machine 1 can be faster)
 //   ddp        2 processes (fabric.launch, Gloo on loopback), batch B each, reducer overlapped
 //              with backward, gradients as bucket views (the defaults)
 //   ddp-copy   the same with gradient_as_bucket_view = false
@@ -28,7 +30,7 @@
 namespace {
 
 struct Args {
-  int rounds = 7, steps = 20, threads = 1, layers = 4;
+  int rounds = 7, steps = 20, threads = 1, layers = 4, single_threads = 0;
   int64_t batch = 64, width = 1024;
   std::string mode;  // empty: the driver
 };
@@ -63,7 +65,8 @@ int child(const Args& a) {
     options.strategy = "single_device";
     options.devices = 1;
   }
-  torch::set_num_threads(ddp ? a.threads : 2 * a.threads);
+  torch::set_num_threads(ddp ? a.threads
+                             : (a.single_threads > 0 ? a.single_threads : 2 * a.threads));
   cppfabric::Fabric fabric(options);
   fabric.launch();
   torch::manual_seed(0);
@@ -117,7 +120,8 @@ double run_mode(const std::string& self, const Args& a, const std::string& mode)
   const std::string command = self + " --mode " + mode + " --steps " + std::to_string(a.steps) +
                               " --batch " + std::to_string(a.batch) + " --width " +
                               std::to_string(a.width) + " --layers " + std::to_string(a.layers) +
-                              " --threads " + std::to_string(a.threads) + " 2>&1";
+                              " --threads " + std::to_string(a.threads) + " --single-threads " +
+                              std::to_string(a.single_threads) + " 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
   std::string output;
@@ -157,11 +161,14 @@ int main(int argc, char** argv) {
       a.layers = std::stoi(value);
     else if (flag == "--threads")
       a.threads = std::stoi(value);
+    else if (flag == "--single-threads")
+      a.single_threads = std::stoi(value);
     else if (flag == "--mode")
       a.mode = value;
     else {
       std::fprintf(stderr,
-                   "unknown flag %s (valid: --rounds --steps --batch --width --layers --threads)\n",
+                   "unknown flag %s (valid: --rounds --steps --batch --width --layers --threads "
+                   "--single-threads)\n",
                    flag.c_str());
       return 2;
     }
