@@ -2,12 +2,21 @@
 //
 //   bench_overhead [--rounds 30] [--steps 20] [--batch 128] [--width 512] [--threads 1]
 //                  [--device cpu|cuda] [--strategy auto|ddp]
+//   bench_overhead --callgrind [--rounds 3] [--batch 128] [--width 512]
 //
 // The same model/optimizer/data train side by side in one process: every round times `steps`
 // raw steps, then `steps` Fabric steps (the order alternates each round), so drift in the
 // machine affects both. Prints both medians and bests (microseconds per step) and the ratios
 // Fabric/raw; on a shared machine the ratio of bests is the least noisy.
+//
+// --callgrind: instructions per step, which the machine's noise does not touch. Runs itself under
+// `valgrind --tool=callgrind` with `--only fabric` for the single-device strategy and for DDP at
+// world size 1 (the reducer, its hooks and buckets; gradients as bucket views and copied), each
+// with 2 and 2+N steps, and takes the difference over N steps, so set-up is not counted. Prints
+// instructions per step and the ratios DDP / single device (the target: <= 1.02).
+#include <stdio.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,6 +38,66 @@ struct MLPImpl : torch::nn::Module {
 };
 TORCH_MODULE(MLP);
 
+double median(std::vector<double> v);
+
+// Instructions callgrind counted for `self args` (its "Collected : N" line).
+double callgrind_instructions(const std::string& self, const std::string& args) {
+  const std::string command =
+      "valgrind --tool=callgrind --callgrind-out-file=/dev/null " + self + " " + args + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
+  std::string output;
+  char buffer[512];
+  while (std::fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
+  const int status = ::pclose(pipe);
+  const auto at = output.find("Collected : ");
+  if (status != 0 || at == std::string::npos) {
+    throw std::runtime_error("`" + command + "` failed (is valgrind installed?):\n" + output);
+  }
+  return std::stod(output.substr(at + 12));
+}
+
+int callgrind_mode(int rounds, int64_t batch, int64_t width, int threads) {
+  char self[4096];
+  const auto n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) throw std::runtime_error("cannot find this executable (/proc/self/exe)");
+  self[n] = '\0';
+  const int extra = 4;
+  const std::string common = "--only fabric --batch " + std::to_string(batch) + " --width " +
+                             std::to_string(width) + " --threads " + std::to_string(threads);
+  auto per_step = [&](const std::string& config) {
+    const double a = callgrind_instructions(self, common + " --steps 2 " + config);
+    const double b = callgrind_instructions(
+        self, common + " --steps " + std::to_string(2 + extra) + " " + config);
+    return (b - a) / extra;
+  };
+  std::printf(
+      "callgrind: instructions per training step (difference of 2 and %d steps), batch "
+      "%lld, width %lld\n",
+      2 + extra, static_cast<long long>(batch), static_cast<long long>(width));
+  const std::vector<std::pair<std::string, std::string>> configs = {
+      {"single device", "--strategy auto"},
+      {"ddp, bucket views", "--strategy ddp"},
+      {"ddp, gradient copies", "--strategy ddp --bucket-view 0"}};
+  std::vector<std::vector<double>> counts(configs.size());
+  for (int r = 0; r < rounds; ++r) {
+    for (std::size_t c = 0; c < configs.size(); ++c)
+      counts[c].push_back(per_step(configs[c].second));
+  }
+  for (std::size_t c = 0; c < configs.size(); ++c) {
+    std::sort(counts[c].begin(), counts[c].end());
+    std::printf("%-22s %14.0f instructions/step (min %.0f, max %.0f over %d runs)\n",
+                configs[c].first.c_str(), median(counts[c]), counts[c].front(), counts[c].back(),
+                rounds);
+  }
+  for (std::size_t c = 1; c < configs.size(); ++c) {
+    std::printf("ratio %s / single device: %.4f (min %.4f, max %.4f)\n", configs[c].first.c_str(),
+                median(counts[c]) / median(counts[0]), counts[c].front() / counts[0].back(),
+                counts[c].back() / counts[0].front());
+  }
+  return 0;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -48,8 +117,18 @@ int main(int argc, char** argv) {
   std::string
       only;  // "raw" or "fabric": time one loop alone (for instruction counts under callgrind)
   int threads = 1;  // one intra-op thread: on a small shared machine more threads mostly add noise
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
+  bool callgrind = false;
+  int bucket_view = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--callgrind") {
+      callgrind = true;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "missing value for %s\n", argv[i]);
+      return 2;
+    }
+    const std::string flag = argv[i], value = argv[++i];
     if (flag == "--rounds")
       rounds = std::stoi(value);
     else if (flag == "--steps")
@@ -66,18 +145,27 @@ int main(int argc, char** argv) {
       device_name = value;
     else if (flag == "--strategy")
       strategy = value;
+    else if (flag == "--bucket-view")
+      bucket_view = std::stoi(value);
     else {
       std::fprintf(
           stderr,
           "unknown flag %s (valid: --rounds --steps --batch --width --threads --only --device "
-          "--strategy)\n",
+          "--strategy --bucket-view 0|1 --callgrind)\n",
           flag.c_str());
       return 2;
     }
   }
 
+  if (callgrind) return callgrind_mode(rounds == 30 ? 3 : rounds, batch, width, threads);
   torch::set_num_threads(threads);
-  cppfabric::Fabric fabric({.accelerator = device_name, .strategy = strategy, .devices = 1});
+  cppfabric::FabricOptions options{.accelerator = device_name, .strategy = strategy, .devices = 1};
+  if (strategy == "ddp") {
+    cppfabric::strategies::DDPOptions ddp;
+    ddp.gradient_as_bucket_view = bucket_view != 0;
+    options.strategy = std::make_shared<cppfabric::strategies::DDPStrategy>(ddp);
+  }
+  cppfabric::Fabric fabric(options);
   fabric.launch();
   const torch::Device device = fabric.device();
   torch::manual_seed(0);

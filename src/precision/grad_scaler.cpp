@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "cppfabric/detail/fmt.hpp"
+#include "cppfabric/optim/fused.hpp"
 #include "cppfabric/precision/autocast.hpp"
 #include "cppfabric/utilities/rank_zero.hpp"
 
@@ -94,7 +95,17 @@ void GradScaler::unscale_(torch::optim::Optimizer& optimizer) {
     throw std::runtime_error("unscale_() is being called after step().");
   }
   // The reciprocal in float64, as torch does, so large scales stay exact.
-  const auto inv_scale = scale_.to(torch::kFloat64).reciprocal().to(torch::kFloat32);
+  record_inf_checks(optimizer, scale_.to(torch::kFloat64).reciprocal().to(torch::kFloat32));
+  state.stage = Stage::Unscaled;
+}
+
+void GradScaler::check_inf_(torch::optim::Optimizer& optimizer) {
+  record_inf_checks(optimizer, torch::ones({}, scale_.options().dtype(torch::kFloat32)));
+}
+
+void GradScaler::record_inf_checks(torch::optim::Optimizer& optimizer,
+                                   const at::Tensor& inv_scale) {
+  auto& state = states_->by_optimizer[&optimizer];
   const auto found_inf = torch::zeros({}, scale_.options().dtype(torch::kFloat32));
 
   // Group gradients by device, then dtype: the foreach kernel needs one of each per call.
@@ -125,7 +136,6 @@ void GradScaler::unscale_(torch::optim::Optimizer& optimizer) {
     }
   }
   state.found_inf_per_device = std::move(found);
-  state.stage = Stage::Unscaled;
 }
 
 bool GradScaler::step(torch::optim::Optimizer& optimizer) {
@@ -139,6 +149,30 @@ bool GradScaler::step(torch::optim::Optimizer& optimizer) {
   auto& state = states_->by_optimizer[&optimizer];
   if (state.stage == Stage::Stepped) {
     throw std::runtime_error("step() has already been called since the last update().");
+  }
+  if (auto* fused = dynamic_cast<optim::AmpScalingStep*>(&optimizer)) {
+    // Python's `_step_supports_amp_scaling`: the optimizer unscales inside its kernel and skips
+    // the update on inf/NaN, on the device; the host never reads the flag.
+    at::Tensor grad_scale;
+    if (state.stage == Stage::Ready) {
+      check_inf_(optimizer);  // found_inf only, gradients left scaled
+      grad_scale = scale_;
+    }
+    auto& checked = states_->by_optimizer[&optimizer];
+    if (checked.found_inf_per_device.empty()) {
+      throw std::runtime_error(
+          "No inf checks were recorded for this optimizer: none of its parameters has a "
+          "gradient. Run backward before step().");
+    }
+    at::Tensor found_inf;
+    for (const auto& [device, flag] : checked.found_inf_per_device) {
+      const auto here = flag.to(scale_.device(), /*non_blocking=*/true);
+      found_inf = found_inf.defined() ? found_inf + here : here;
+    }
+    fused->step_scaled(grad_scale, found_inf);
+    checked.stage = Stage::Stepped;
+    // Exact where the flag lives on the CPU; on a GPU reading it would be the sync we avoid.
+    return found_inf.device().is_cpu() ? found_inf.item<double>() == 0.0 : true;
   }
   if (state.stage == Stage::Ready) unscale_(optimizer);
   auto& checked = states_->by_optimizer[&optimizer];

@@ -207,6 +207,7 @@ std::shared_ptr<torch::nn::Module> DDPStrategy::setup_module(
     reducer_options.first_bucket_cap_bytes =
         static_cast<int64_t>(options_.first_bucket_cap_mb * 1024 * 1024);
     reducer_options.find_unused_parameters = options_.find_unused_parameters;
+    reducer_options.gradient_as_bucket_view = options_.gradient_as_bucket_view;
     wrapped->reducer = std::make_unique<detail::Reducer>(std::move(params), std::move(names),
                                                          group_, reducer_options);
   }
@@ -222,7 +223,9 @@ DDPStrategy::Wrapped* DDPStrategy::find(const torch::nn::Module& module) const {
 }
 
 Guard DDPStrategy::forward_context(torch::nn::Module& module) {
-  if (options_.broadcast_buffers && distributed() && find(module)) {
+  Wrapped* wrapped = find(module);
+  if (wrapped && wrapped->reducer) wrapped->reducer->prepare_for_forward();
+  if (options_.broadcast_buffers && distributed() && wrapped) {
     const auto buffers = module.buffers();
     if (!buffers.empty()) broadcast_coalesced(*group_, buffers, 0);
   }

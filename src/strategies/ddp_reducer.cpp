@@ -1,5 +1,7 @@
 #include "strategies/ddp_reducer.hpp"
 
+#include <c10/util/strides.h>
+#include <spdlog/spdlog.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -13,6 +15,7 @@
 #include <tuple>
 
 #include "cppfabric/detail/fmt.hpp"
+#include "cppfabric/utilities/rank_zero.hpp"
 
 namespace cppfabric::detail {
 
@@ -38,31 +41,52 @@ struct Reducer::State {
   std::vector<char> used;
   std::size_t next_launch = 0;
   bool callback_queued = false;
+  // Lives as long as the backward pass that queued the finalize callback: the autograd engine
+  // drops its queued callbacks (and this token with them) when a pass ends, whether it finished or
+  // threw. Expired while `callback_queued` is still set means the pass was interrupted.
+  std::weak_ptr<void> pass_token;
   bool require_sync = true;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
   std::vector<uintptr_t> hook_keys;
 
-  at::Tensor slice(int64_t i) {
-    const auto& bucket = buckets[param_bucket[i]];
-    return bucket.flat.narrow(0, param_offset[i], params[i].numel());
+  // Per parameter: its stretch of the bucket, flat and in the parameter's shape, and whether
+  // `.grad` is that view (gradient_as_bucket_view, for contiguous parameters).
+  std::vector<at::Tensor> flat_slices;
+  std::vector<at::Tensor> views;
+  std::vector<char> as_view;
+
+  const at::Tensor& slice(int64_t i) const { return flat_slices[i]; }
+
+  bool grad_is_view(int64_t i) const {
+    const auto& grad = params[i].grad();
+    return grad.defined() && grad.data_ptr() == views[i].data_ptr() &&
+           grad.sizes() == views[i].sizes() && grad.strides() == views[i].strides();
   }
 
   void fill(int64_t i) {
-    auto target = slice(i);
     const auto& grad = params[i].grad();
-    if (grad.defined()) {
-      target.copy_(grad.reshape({-1}));
+    if (as_view[i] && grad_is_view(i)) {
+      // Accumulated straight into the bucket: nothing to copy.
+    } else if (grad.defined()) {
+      if (as_view[i]) {
+        views[i].copy_(grad);
+        params[i].mutable_grad() = views[i];  // from now on autograd accumulates in the bucket
+      } else {
+        flat_slices[i].copy_(grad.reshape({-1}));
+      }
     } else {
-      target.zero_();
+      flat_slices[i].zero_();
     }
     ready[i] = 1;
     --buckets[param_bucket[i]].pending;
   }
 
   void launch_ready_buckets() {
+    const int world = group->world_size();
     while (next_launch < buckets.size() && buckets[next_launch].pending == 0) {
       auto& bucket = buckets[next_launch++];
-      bucket.flat.div_(group->world_size());
+      if (world == 1) continue;  // the average over one rank is the gradient itself
+      bucket.flat.div_(world);
       bucket.work.emplace(group->all_reduce_async(bucket.flat, collectives::ReduceKind::Sum));
     }
   }
@@ -76,16 +100,57 @@ struct Reducer::State {
     std::fill(used.begin(), used.end(), 0);
     next_launch = 0;
     callback_queued = false;
+    pass_token.reset();
+  }
+
+  // A backward pass that threw midway (an exception in a backward function, a hook, a failed
+  // collective) never runs the finalize callback: its marks, counts and launched all-reduces
+  // remain. Python's DDP raises "Expected to have finished reduction in the prior iteration" on
+  // the next step; we recover instead: wait for the all-reduces already launched (they write into
+  // the buckets, and every rank that threw at the same point launched the same ones), then forget
+  // the pass, so the next backward reduces from scratch. Gradients the interrupted pass had
+  // accumulated into `.grad` stay there, as in plain LibTorch: zero them before the next step.
+  bool interrupted() const { return callback_queued && pass_token.expired(); }
+
+  void recover_if_interrupted() {
+    if (!interrupted()) return;
+    std::size_t launched = next_launch;
+    for (std::size_t b = 0; b < launched; ++b) {
+      if (!buckets[b].work) continue;
+      try {
+        buckets[b].work->wait();
+      } catch (const std::exception& e) {
+        reset();
+        throw std::runtime_error(fmt::format(
+            "DDP on rank {}: the previous backward pass was interrupted, and waiting for the "
+            "gradient all-reduce it had already started (bucket {} of {}) failed: {}",
+            group->rank(), b, buckets.size(), e.what()));
+      }
+    }
+    reset();
+    utilities::console()->warn(
+        "DDP on rank {}: the previous backward pass did not finish (it threw after {} of {} "
+        "gradient buckets were sent); its partial gradient reduction was discarded. Zero the "
+        "gradients before the next backward.",
+        group->rank(), launched, buckets.size());
+  }
+
+  void prepare_for_forward() {
+    std::lock_guard<std::mutex> lock(mutex);
+    recover_if_interrupted();
   }
 
   void on_grad_ready(int64_t i, const std::weak_ptr<State>& self) {
     std::lock_guard<std::mutex> lock(mutex);
+    recover_if_interrupted();
     if (!require_sync || ready[i]) return;
     used[i] = 1;
     fill(i);
     if (!callback_queued) {
       callback_queued = true;
-      torch::autograd::Engine::get_default_engine().queue_callback([self] {
+      auto token = std::make_shared<char>(0);
+      pass_token = token;
+      torch::autograd::Engine::get_default_engine().queue_callback([self, token] {
         if (auto state = self.lock()) state->finalize();
       });
     }
@@ -132,16 +197,18 @@ struct Reducer::State {
       group->all_reduce(globally_used, collectives::ReduceKind::Sum);
       globally_used = globally_used.cpu();
     }
-    for (auto& bucket : buckets) bucket.work->wait();
+    for (auto& bucket : buckets) {
+      if (bucket.work) bucket.work->wait();
+    }
     torch::NoGradGuard no_grad;
     for (std::size_t i = 0; i < params.size(); ++i) {
+      const auto index = static_cast<int64_t>(i);
       auto& param = params[i];
-      auto averaged = slice(static_cast<int64_t>(i)).view(param.sizes());
+      const auto& averaged = views[i];
       if (param.grad().defined()) {
-        param.mutable_grad().copy_(averaged);
-      } else if (!options.find_unused_parameters ||
-                 globally_used[static_cast<int64_t>(i)].item<int32_t>() > 0) {
-        param.mutable_grad() = averaged.clone();
+        if (!(as_view[i] && grad_is_view(index))) param.mutable_grad().copy_(averaged);
+      } else if (!options.find_unused_parameters || globally_used[index].item<int32_t>() > 0) {
+        param.mutable_grad() = as_view[i] ? averaged : averaged.clone();
       }
     }
   }
@@ -177,6 +244,9 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
   s.param_offset.assign(n, 0);
   s.ready.assign(n, 0);
   s.used.assign(n, 0);
+  s.flat_slices.resize(n);
+  s.views.resize(n);
+  s.as_view.assign(n, 0);
 
   // Reverse order; one open bucket per (dtype, device); the first bucket closed gets the small cap.
   std::map<std::tuple<int, int, int>, std::pair<std::vector<int64_t>, int64_t>> open;
@@ -212,6 +282,15 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
     }
     const auto& first = s.params[members.front()];
     bucket.flat = torch::zeros({numel}, first.options().requires_grad(false));
+    for (int64_t i : members) {
+      s.flat_slices[i] = bucket.flat.narrow(0, s.param_offset[i], s.params[i].numel());
+      // Shares the bucket's storage without being an autograd view: LibTorch's
+      // Optimizer::zero_grad calls detach_() on every gradient, which views refuse.
+      s.views[i] = torch::empty({0}, bucket.flat.options())
+                       .set_(bucket.flat.storage(), s.param_offset[i], s.params[i].sizes(),
+                             c10::contiguous_strides(s.params[i].sizes()));
+      s.as_view[i] = s.options.gradient_as_bucket_view && s.params[i].is_contiguous() ? 1 : 0;
+    }
     bucket.params = std::move(members);
     bucket.pending = static_cast<int64_t>(bucket.params.size());
     s.buckets.push_back(std::move(bucket));
@@ -245,6 +324,8 @@ bool Reducer::require_sync() const {
   std::lock_guard<std::mutex> lock(state_->mutex);
   return state_->require_sync;
 }
+
+void Reducer::prepare_for_forward() { state_->prepare_for_forward(); }
 
 std::vector<std::vector<int64_t>> Reducer::bucket_indices() const {
   std::vector<std::vector<int64_t>> out;

@@ -6,7 +6,13 @@
 // gradient accumulator copies the accumulated gradient into its bucket; once a bucket is full it
 // is divided by the world size and all-reduced asynchronously, in bucket order on every rank, while
 // backward goes on. A callback queued on the autograd engine waits for every bucket at the end of
-// backward and copies the averages back into `.grad`. Private to the library.
+// backward and copies the averages back into `.grad`. With gradient_as_bucket_view, `.grad` of
+// each contiguous parameter becomes a view of its stretch of the bucket the first time it is
+// reduced: autograd then accumulates into the bucket (no copy in while `.grad` is kept, e.g.
+// zero_grad(set_to_none=false) or accumulation) and the average lands in `.grad` (no copy out).
+// At world size 1 the buckets are filled but no collective runs. A backward that throws midway leaves its
+// state behind; the next forward or backward discards it (see State::recover_if_interrupted).
+// Private to the library.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,6 +30,7 @@ struct ReducerOptions {
   int64_t bucket_cap_bytes = 25 * 1024 * 1024;
   int64_t first_bucket_cap_bytes = 1024 * 1024;
   bool find_unused_parameters = false;
+  bool gradient_as_bucket_view = true;
 };
 
 class Reducer {
@@ -39,6 +46,11 @@ class Reducer {
   /// reduces the accumulated gradients.
   void set_require_sync(bool require);
   bool require_sync() const;
+  /// Called before each forward of the wrapped module: if the previous backward pass threw midway,
+  /// waits for the all-reduces it had started and discards its partial state (with a warning).
+  /// The first gradient hook of the next backward does the same, for backward passes that follow
+  /// no forward through Fabric.
+  void prepare_for_forward();
   /// The parameter indices of each bucket, in launch order (for tests and diagnostics).
   std::vector<std::vector<int64_t>> bucket_indices() const;
 

@@ -97,6 +97,16 @@ void expect_ddp_matches_reference(int world, const std::string& extra = "") {
 
 TEST(DdpLaunch, TwoProcessesMatchOneProcessOnAllRows) { expect_ddp_matches_reference(2); }
 
+// gradient_as_bucket_view (on by default) and off: both equal single-process training, with and
+// without accumulation; the program checks whether the gradients really share the bucket.
+TEST(DdpLaunch, GradientsAsBucketViewsOnAndOff) {
+  expect_ddp_matches_reference(2, "--expect-bucket-view 1");
+  expect_ddp_matches_reference(2, "--no-bucket-view --expect-bucket-view 0");
+  expect_ddp_matches_reference(2, "--accumulate 3 --expect-bucket-view 1");
+  expect_ddp_matches_reference(2, "--accumulate 3 --no-bucket-view --expect-bucket-view 0");
+  expect_ddp_matches_reference(1, "--accumulate 2 --expect-bucket-view 1");
+}
+
 TEST(DdpLaunch, ThreeProcessesMatchOneProcessOnAllRows) { expect_ddp_matches_reference(3); }
 
 TEST(DdpLaunch, NoBackwardSyncAccumulatesLocallyThenSyncs) {
@@ -106,6 +116,20 @@ TEST(DdpLaunch, NoBackwardSyncAccumulatesLocallyThenSyncs) {
 
 TEST(DdpLaunch, FindUnusedParametersReducesTheUsedOnes) {
   expect_ddp_matches_reference(2, "--unused --strategy ddp_find_unused_parameters_true");
+}
+
+// #15 item 7: a backward that throws midway (after some buckets were all-reduced) must not leave
+// its marks behind; the next steps equal training without the interruption.
+TEST(DdpLaunch, ABackwardThatThrowsMidwayIsDiscarded) {
+  // Tiny buckets: one per parameter, so fc2's all-reduces are in flight when backward throws.
+  expect_ddp_matches_reference(2, "--throw-step 1 --bucket-cap-mb 0.000001");
+  expect_ddp_matches_reference(2, "--throw-step 2");
+}
+
+TEST(DdpLaunch, ABackwardThatThrowsMidwayIsDiscardedWithoutFabricsForward) {
+  // Only the gradient hooks of the next backward can notice the interrupted pass.
+  expect_ddp_matches_reference(2, "--throw-step 1 --throw-bypass --bucket-cap-mb 0.000001");
+  expect_ddp_matches_reference(1, "--throw-step 0 --throw-bypass --accumulate 2");
 }
 
 TEST(DdpLaunch, UnusedParametersWithoutFindUnusedFailClearly) {

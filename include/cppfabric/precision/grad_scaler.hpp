@@ -53,7 +53,9 @@ class GradScaler : public Stateful {
   /// optimizer between update() calls.
   void unscale_(torch::optim::Optimizer& optimizer);
   /// Unscales if needed, then runs optimizer.step() unless a gradient was inf/NaN. Returns
-  /// whether the optimizer stepped.
+  /// whether the optimizer stepped. Optimizers that take the scale themselves
+  /// (cppfabric::optim::AdamW, Adam, SGD: optim::AmpScalingStep) get the scale and the inf flag
+  /// as tensors and skip on the device, without a host sync; on a GPU this then returns true.
   bool step(torch::optim::Optimizer& optimizer);
   /// Updates the scale from this iteration's inf/NaN checks (or sets `new_scale`).
   void update(std::optional<double> new_scale = std::nullopt);
@@ -78,6 +80,10 @@ class GradScaler : public Stateful {
 
  private:
   void lazy_init(const at::Tensor& like);
+  /// Records inf/NaN per device, dividing the gradients by `inv_scale` on the way.
+  void record_inf_checks(torch::optim::Optimizer& optimizer, const at::Tensor& inv_scale);
+  /// Records inf/NaN without changing the gradients (for AmpScalingStep optimizers).
+  void check_inf_(torch::optim::Optimizer& optimizer);
   int64_t growth_tracker_value() const;
 
   std::string device_;

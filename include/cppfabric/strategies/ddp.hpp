@@ -30,6 +30,14 @@ struct DDPOptions {
   /// Bucket sizes of the gradient all-reduce, in MiB (Python's defaults).
   double bucket_cap_mb = 25.0;
   double first_bucket_cap_mb = 1.0;
+  /// Make each parameter's `.grad` a view into the all-reduce bucket (Python's
+  /// gradient_as_bucket_view): the averaged gradient is not copied back after the all-reduce, and
+  /// gradients that stay allocated between steps (zero_grad(/*set_to_none=*/false), gradient
+  /// accumulation) are not copied in either; gradients use no memory beyond the buckets. On by
+  /// default (Python: off): `.grad` keeps its values, shape and dtype; only its storage is shared
+  /// with the bucket, so don't replace it with `set_`/`detach_()` while training. Non-contiguous
+  /// parameters (e.g. channels-last) keep their own gradients and are copied.
+  bool gradient_as_bucket_view = true;
   /// How long any collective may wait for the other ranks (Fabric's default, 30 minutes).
   std::chrono::milliseconds timeout = std::chrono::minutes(30);
   /// "" picks "nccl" for CUDA devices and "gloo" for CPUs.

@@ -5,6 +5,14 @@
 //
 //   ddp_program --devices 2 --steps 4 --out DIR [--strategy ddp] [--accumulate 2] [--unused]
 //               [--reference] [--kill-rank R --kill-step S] [--timeout-s T] [--launch-fn]
+//               [--throw-step S [--throw-bypass]] [--bucket-cap-mb MB] [--no-bucket-view]
+//               [--expect-bucket-view 0|1]
+// --throw-step S: before step S, one extra forward/backward whose backward throws midway (after
+// fc2's gradients are ready); the program catches it, zeroes the gradients and trains on, so the
+// result must equal a run without it. --throw-bypass: the step after the throw calls the module
+// directly, not through Fabric, so only the reducer's gradient hooks can notice the interruption.
+// --no-bucket-view: DDPOptions::gradient_as_bucket_view = false. --expect-bucket-view 1: checks
+// that after each synchronised backward the gradients share the bucket's storage (0: they don't).
 #include <signal.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -37,6 +45,11 @@ struct Args {
   bool launch_fn = false;
   std::string out = ".";
   std::string save_dir;  // set: rank 0 saves model + optimizer, every rank loads and compares
+  int throw_step = -1;
+  bool throw_bypass = false;
+  double bucket_cap_mb = 0;  // > 0: DDPOptions with both bucket caps set to this
+  bool no_bucket_view = false;
+  int expect_bucket_view = -1;
 };
 
 Args parse(int argc, char** argv) {
@@ -52,6 +65,10 @@ Args parse(int argc, char** argv) {
       a.launch = false;
     } else if (key == "--launch-fn") {
       a.launch_fn = true;
+    } else if (key == "--no-bucket-view") {
+      a.no_bucket_view = true;
+    } else if (key == "--throw-bypass") {
+      a.throw_bypass = true;
     } else if (i + 1 < argc) {
       kv[key] = argv[++i];
     } else {
@@ -81,6 +98,12 @@ Args parse(int argc, char** argv) {
       a.kill_step = std::stoi(v);
     else if (k == "--timeout-s")
       a.timeout_s = std::stoi(v);
+    else if (k == "--throw-step")
+      a.throw_step = std::stoi(v);
+    else if (k == "--expect-bucket-view")
+      a.expect_bucket_view = std::stoi(v);
+    else if (k == "--bucket-cap-mb")
+      a.bucket_cap_mb = std::stod(v);
     else if (k == "--save-dir")
       a.save_dir = v;
     else if (k == "--out")
@@ -91,14 +114,30 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
+// Identity forward; its backward throws (an exception in the middle of a backward pass).
+struct ThrowInBackward : torch::autograd::Function<ThrowInBackward> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
+    return x.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list) {
+    throw std::runtime_error("injected failure in backward");
+  }
+};
+
 struct NetImpl : torch::nn::Module {
   explicit NetImpl(bool with_unused) {
     fc1 = register_module("fc1", torch::nn::Linear(8, 16));
     fc2 = register_module("fc2", torch::nn::Linear(16, 4));
     if (with_unused) extra = register_module("extra", torch::nn::Linear(4, 4));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return fc2(torch::relu(fc1(x))); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto h = torch::relu(fc1(x));
+    if (throw_in_backward) h = ThrowInBackward::apply(h);
+    return fc2(h);
+  }
   torch::nn::Linear fc1{nullptr}, fc2{nullptr}, extra{nullptr};
+  bool throw_in_backward = false;
 };
 TORCH_MODULE(Net);
 
@@ -135,6 +174,25 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
       std::fflush(stderr);
       ::raise(SIGKILL);
     }
+    if (step == args.throw_step) {
+      opt.zero_grad();
+      torch::manual_seed(500 + step);
+      auto x = fabric.to_device(torch::randn({rows, 8}));
+      model->throw_in_backward = true;
+      auto loss = net(x).pow(2).mean();
+      model->throw_in_backward = false;
+      bool thrown = false;
+      try {
+        fabric.backward(loss);
+      } catch (const std::exception& e) {
+        thrown = std::string(e.what()).find("injected failure") != std::string::npos;
+        if (!thrown) throw;
+      }
+      if (!thrown) return fail(fabric, "the injected backward failure did not propagate");
+      if (!model->fc2->weight.grad().defined() || model->fc1->weight.grad().defined()) {
+        return fail(fabric, "the backward was not interrupted between fc2 and fc1");
+      }
+    }
     opt.zero_grad();
     for (int micro = 0; micro < args.accumulate; ++micro) {
       // The same global data on every rank; each takes its own rows.
@@ -145,8 +203,18 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
       y = fabric.to_device(y.narrow(0, first, rows));
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
-      auto loss = torch::mse_loss(net(x), y);
+      // --throw-bypass: the step after the interrupted backward skips Fabric's forward.
+      auto out = step == args.throw_step && args.throw_bypass ? model->forward(x) : net(x);
+      auto loss = torch::mse_loss(out, y);
       fabric.backward(loss);
+      if (!args.reference && last && args.expect_bucket_view >= 0) {
+        // One bucket holds every gradient (default caps): views share its storage.
+        const bool shared = model->fc1->weight.grad().is_alias_of(model->fc2->weight.grad());
+        if (shared != (args.expect_bucket_view == 1)) {
+          return fail(fabric, shared ? "gradients are bucket views with gradient_as_bucket_view off"
+                                     : "gradients are not bucket views");
+        }
+      }
       if (!args.reference && world > 1) {
         auto gathered = fabric.all_gather(flat_grads(*net.module()));
         const double spread = (gathered - gathered[0]).abs().max().item<double>();
@@ -204,11 +272,15 @@ int main(int argc, char** argv) {
     } else {
       options.devices = cppfabric::DevicesArg(args.devices);
       options.num_nodes = args.num_nodes;
-      if (args.timeout_s > 0) {
-        options.strategy =
-            std::make_shared<cppfabric::strategies::DDPStrategy>(cppfabric::strategies::DDPOptions{
-                .find_unused_parameters = args.strategy == "ddp_find_unused_parameters_true",
-                .timeout = std::chrono::seconds(args.timeout_s)});
+      if (args.timeout_s > 0 || args.bucket_cap_mb > 0 || args.no_bucket_view) {
+        cppfabric::strategies::DDPOptions ddp{
+            .find_unused_parameters = args.strategy == "ddp_find_unused_parameters_true"};
+        if (args.timeout_s > 0) ddp.timeout = std::chrono::seconds(args.timeout_s);
+        ddp.gradient_as_bucket_view = !args.no_bucket_view;
+        if (args.bucket_cap_mb > 0) {
+          ddp.bucket_cap_mb = ddp.first_bucket_cap_mb = args.bucket_cap_mb;
+        }
+        options.strategy = std::make_shared<cppfabric::strategies::DDPStrategy>(ddp);
       } else {
         options.strategy = args.strategy;
       }

@@ -1,0 +1,117 @@
+// AdamW, Adam and SGD (with momentum) whose step runs ATen's fused kernels (`_fused_adamw_`,
+// `_fused_adam_`, `_fused_sgd_`, on CPU and CUDA): one pass over each parameter instead of
+// LibTorch's ~10 tensor operations per parameter. Python's `torch.optim.AdamW(..., fused=True)`.
+//
+//   #include <cppfabric/optim/fused.hpp>
+//   auto optimizer = std::make_shared<cppfabric::optim::AdamW>(
+//       model->parameters(), torch::optim::AdamWOptions(3e-4).weight_decay(1e-2));
+//   auto [net, opt] = fabric.setup(model, optimizer);   // as any LibTorch optimizer
+//
+//   // Python's fused=False: LibTorch's own per-parameter step (the base class's).
+//   cppfabric::optim::SGD sgd(params, torch::optim::SGDOptions(0.1).momentum(0.9), {.fused = false});
+//
+// Each class derives from its LibTorch counterpart and keeps its options (AdamWOptions, ...), its
+// param groups and its per-parameter state (AdamWParamState: step, exp_avg, exp_avg_sq,
+// max_exp_avg_sq; SGDParamState: momentum_buffer). So everything that takes a LibTorch optimizer
+// takes these: fabric.setup, the learning-rate schedulers, checkpoints (saved in Python's
+// optimizer layout, loadable by torch.optim.AdamW and back), GradScaler.
+//
+// The step's result equals LibTorch's within float rounding (tests: 1e-6 over hundreds of steps).
+// Supported: dense floating-point parameters and gradients (float, double, half, bfloat16) on CPU
+// or CUDA; anything else throws std::invalid_argument naming the parameter.
+//
+// With a GradScaler (precision "16-mixed"), GradScaler::step hands the scale and the inf flag to
+// step_scaled(): the kernel unscales the gradients and skips the update when a gradient was
+// inf/NaN, on the device, without the host reading the flag (Python's `_step_supports_amp_scaling`).
+// The per-parameter step count then lives in a device tensor; `state().step()` (what checkpoints
+// save) is brought up to date on the host at the next step, or by sync_steps() (CPU: at once).
+//
+// This header includes LibTorch's optimizer headers (<torch/optim/adamw.h>, ...; not the umbrella
+// <torch/torch.h>), because the classes derive from LibTorch's; cppfabric.hpp does not include it.
+#pragma once
+
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+namespace cppfabric::optim {
+
+/// How the optimizer steps. `fused = true`: ATen's fused kernel; false: LibTorch's per-parameter
+/// loop (the base class's step()).
+struct StepOptions {
+  bool fused = true;
+};
+
+/// Optimizers that take a GradScaler's scale and inf flag on the device (no host sync).
+class AmpScalingStep {
+ public:
+  virtual ~AmpScalingStep() = default;
+  /// One step on the gradients divided by `grad_scale` (undefined: already unscaled), skipped
+  /// where `found_inf` (a float32 scalar tensor on the parameters' device; undefined: none) is
+  /// non-zero. The step count of a skipped step is not advanced.
+  virtual void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) = 0;
+};
+
+namespace detail {
+struct FusedStepState;
+}
+
+class AdamW : public torch::optim::AdamW, public AmpScalingStep {
+ public:
+  explicit AdamW(std::vector<at::Tensor> params, torch::optim::AdamWOptions defaults = {},
+                 StepOptions step_options = {});
+  explicit AdamW(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                 torch::optim::AdamWOptions defaults = {}, StepOptions step_options = {});
+  ~AdamW() override;
+
+  at::Tensor step(LossClosure closure = nullptr) override;
+  void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) override;
+  /// Writes the device-side step counts into `state()` (reads them on the host).
+  void sync_steps();
+  const StepOptions& step_options() const { return step_options_; }
+
+ private:
+  StepOptions step_options_;
+  std::unique_ptr<detail::FusedStepState> fused_;
+};
+
+class Adam : public torch::optim::Adam, public AmpScalingStep {
+ public:
+  explicit Adam(std::vector<at::Tensor> params, torch::optim::AdamOptions defaults = {},
+                StepOptions step_options = {});
+  explicit Adam(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                torch::optim::AdamOptions defaults = {}, StepOptions step_options = {});
+  ~Adam() override;
+
+  at::Tensor step(LossClosure closure = nullptr) override;
+  void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) override;
+  void sync_steps();
+  const StepOptions& step_options() const { return step_options_; }
+
+ private:
+  StepOptions step_options_;
+  std::unique_ptr<detail::FusedStepState> fused_;
+};
+
+/// SGD with optional momentum, dampening, Nesterov and weight decay (LibTorch's SGDOptions).
+class SGD : public torch::optim::SGD, public AmpScalingStep {
+ public:
+  explicit SGD(std::vector<at::Tensor> params, torch::optim::SGDOptions defaults,
+               StepOptions step_options = {});
+  explicit SGD(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+               torch::optim::SGDOptions defaults, StepOptions step_options = {});
+  ~SGD() override;
+
+  at::Tensor step(LossClosure closure = nullptr) override;
+  void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) override;
+  const StepOptions& step_options() const { return step_options_; }
+
+ private:
+  StepOptions step_options_;
+};
+
+}  // namespace cppfabric::optim

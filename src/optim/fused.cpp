@@ -1,0 +1,397 @@
+#include "cppfabric/optim/fused.hpp"
+
+#include <ATen/ops/_foreach_add.h>
+#include <ATen/ops/_foreach_div.h>
+#include <ATen/ops/_foreach_sub.h>
+#include <ATen/ops/_fused_adam.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <ATen/ops/_fused_sgd.h>
+#include <torch/torch.h>
+
+#include <map>
+#include <stdexcept>
+#include <tuple>
+#include <unordered_map>
+
+#include "cppfabric/detail/fmt.hpp"
+
+namespace cppfabric::optim {
+
+namespace detail {
+
+// The per-parameter step counts of the Adam family as float32 scalar tensors on the parameter's
+// device (what the fused kernels read), mirrored by `host` (what was last written into them).
+// LibTorch's ParamState keeps the count as an int64 on the host; when it differs from `host`
+// (a checkpoint was loaded, or the state was replaced) the tensor is refilled from it.
+struct FusedStepState {
+  struct Entry {
+    at::Tensor step;
+    int64_t host = 0;
+  };
+  std::unordered_map<const void*, Entry> entries;
+
+  // Steps whose found_inf was left on a CUDA device: reconciled at the next step or sync.
+  struct Pending {
+    at::Tensor found_inf;
+    std::vector<std::pair<const void*, torch::optim::OptimizerParamState*>> members;
+  };
+  std::vector<Pending> pending;
+
+  at::Tensor& step_tensor(const at::Tensor& param, int64_t state_step) {
+    auto& e = entries[param.unsafeGetTensorImpl()];
+    if (!e.step.defined() || e.step.device() != param.device()) {
+      e.step = torch::full({}, static_cast<double>(state_step),
+                           torch::TensorOptions().dtype(torch::kFloat32).device(param.device()));
+      e.host = state_step;
+    } else if (e.host != state_step) {
+      e.step.fill_(static_cast<double>(state_step));
+      e.host = state_step;
+    }
+    return e.step;
+  }
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::FusedStepState;
+using ParamStates = ska::flat_hash_map<void*, std::unique_ptr<torch::optim::OptimizerParamState>>;
+
+// Checks one parameter for the fused kernels; returns its gradient (made contiguous if needed).
+at::Tensor checked_grad(const char* optimizer, std::size_t group, std::size_t index,
+                        at::Tensor& param) {
+  const auto& grad = param.grad();
+  const auto where =
+      fmt::format("{}(fused=true): parameter {} of param group {}", optimizer, index, group);
+  if (!param.device().is_cpu() && !param.device().is_cuda()) {
+    throw std::invalid_argument(fmt::format(
+        "{} is on device '{}'; the fused kernels run on 'cpu' and 'cuda'. Use StepOptions{{.fused "
+        "= false}} for other devices.",
+        where, param.device().str()));
+  }
+  const auto dtype = param.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kHalf && dtype != at::kBFloat16) {
+    throw std::invalid_argument(fmt::format(
+        "{} has dtype {}; the fused kernels take float32, float64, float16 and bfloat16.", where,
+        c10::toString(dtype)));
+  }
+  if (grad.is_sparse()) {
+    throw std::invalid_argument(fmt::format(
+        "{} has a sparse gradient; the fused kernels take dense gradients only.", where));
+  }
+  if (grad.scalar_type() != dtype || grad.device() != param.device()) {
+    throw std::invalid_argument(
+        fmt::format("{}: its gradient is {} on {}, the parameter {} on {}; they must match.", where,
+                    c10::toString(grad.scalar_type()), grad.device().str(), c10::toString(dtype),
+                    param.device().str()));
+  }
+  if (!param.is_contiguous()) {
+    throw std::invalid_argument(fmt::format(
+        "{} is not contiguous (sizes {}, strides {}); the fused kernels need contiguous "
+        "parameters.",
+        where, fmt::join(param.sizes(), "x"), fmt::join(param.strides(), ",")));
+  }
+  if (!grad.is_contiguous()) param.mutable_grad() = grad.contiguous();
+  return param.grad();
+}
+
+using DeviceKey = std::tuple<int, int, int>;  // device type, index, dtype
+DeviceKey key_of(const at::Tensor& t) {
+  return {static_cast<int>(t.device().type()), static_cast<int>(t.device().index()),
+          static_cast<int>(t.scalar_type())};
+}
+
+at::Tensor on_device(const at::Tensor& t, const c10::Device& device) {
+  if (!t.defined() || t.device() == device) return t;
+  return t.to(device, /*non_blocking=*/true);
+}
+
+// Whether the inf flag is set, when it can be read without waiting for a device (CPU tensors).
+std::optional<bool> flag_on_host(const at::Tensor& found_inf) {
+  if (!found_inf.defined()) return false;
+  if (found_inf.device().is_cpu()) return found_inf.item<double>() != 0.0;
+  return std::nullopt;
+}
+
+void reconcile(FusedStepState& fs, ParamStates& states) {
+  for (auto& pending : fs.pending) {
+    if (pending.found_inf.item<double>() == 0.0) continue;
+    for (auto& [key, state] : pending.members) {
+      auto it = states.find(const_cast<void*>(key));
+      auto entry = fs.entries.find(key);
+      if (it == states.end() || it->second.get() != state || entry == fs.entries.end()) continue;
+      // The kernel skipped the step and the device count was put back: follow on the host.
+      --entry->second.host;
+      if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(state)) {
+        adamw->step(entry->second.host);
+      } else if (auto* adam = dynamic_cast<torch::optim::AdamParamState*>(state)) {
+        adam->step(entry->second.host);
+      }
+    }
+  }
+  fs.pending.clear();
+}
+
+template <typename Options, typename ParamState, typename Kernel>
+void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, FusedStepState& fs,
+                      const at::Tensor& grad_scale, const at::Tensor& found_inf, Kernel kernel) {
+  torch::NoGradGuard no_grad;
+  auto& states = optimizer.state();
+  reconcile(fs, states);
+  // A flag readable on the host (CPU) is acted on here: a set flag skips the step as the kernel
+  // would (gradients untouched), a clear one is not passed on.
+  const auto skipped_on_host = flag_on_host(found_inf);
+  if (skipped_on_host == true) return;
+  const at::Tensor device_inf = skipped_on_host.has_value() ? at::Tensor() : found_inf;
+  std::size_t group_index = 0;
+  for (auto& group : optimizer.param_groups()) {
+    auto& o = static_cast<Options&>(group.options());
+    struct Lists {
+      std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+      std::vector<std::pair<const void*, torch::optim::OptimizerParamState*>> members;
+    };
+    std::map<DeviceKey, Lists> by_device;
+    std::size_t index = 0;
+    for (auto& p : group.params()) {
+      const std::size_t i = index++;
+      if (!p.grad().defined()) continue;
+      auto grad = checked_grad(name, group_index, i, p);
+      auto& slot = states[p.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto s = std::make_unique<ParamState>();
+        s->step(0);
+        s->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
+        s->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+        if (o.amsgrad()) s->max_exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+        slot = std::move(s);
+      }
+      auto& s = static_cast<ParamState&>(*slot);
+      if (o.amsgrad() && !s.max_exp_avg_sq().defined()) {
+        s.max_exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+      }
+      auto& lists = by_device[key_of(p)];
+      lists.params.push_back(p);
+      lists.grads.push_back(grad);
+      lists.exp_avgs.push_back(s.exp_avg());
+      lists.exp_avg_sqs.push_back(s.exp_avg_sq());
+      if (o.amsgrad()) lists.max_exp_avg_sqs.push_back(s.max_exp_avg_sq());
+      lists.steps.push_back(fs.step_tensor(p, s.step()));
+      lists.members.emplace_back(p.unsafeGetTensorImpl(), slot.get());
+    }
+    const auto [beta1, beta2] = o.betas();
+    for (auto& [key, lists] : by_device) {
+      const auto device = lists.params.front().device();
+      const auto scale = on_device(grad_scale, device);
+      // 0 or 1 (the kernels test for 1; a GradScaler sums the flags of several devices).
+      const auto inf =
+          device_inf.defined() ? on_device(device_inf, device).ne(0).to(at::kFloat) : at::Tensor();
+      at::_foreach_add_(lists.steps, 1);
+      kernel(lists.params, lists.grads, lists.exp_avgs, lists.exp_avg_sqs, lists.max_exp_avg_sqs,
+             lists.steps, o.lr(), beta1, beta2, o.weight_decay(), o.eps(), o.amsgrad(),
+             /*maximize=*/false, scale.defined() ? std::optional<at::Tensor>(scale) : std::nullopt,
+             inf.defined() ? std::optional<at::Tensor>(inf) : std::nullopt);
+      if (inf.defined()) {
+        at::_foreach_sub_(lists.steps, std::vector<at::Tensor>(lists.steps.size(), inf));
+      }
+      for (auto& [impl, state] : lists.members) {
+        auto& entry = fs.entries[impl];
+        static_cast<ParamState*>(state)->step(++entry.host);
+      }
+      if (inf.defined()) fs.pending.push_back({inf, std::move(lists.members)});
+    }
+    ++group_index;
+  }
+}
+
+at::Tensor run_closure(const torch::optim::Optimizer::LossClosure& closure) {
+  if (!closure) return {};
+  at::AutoGradMode enable_grad(true);
+  return closure();
+}
+
+// Divides the gradients by `grad_scale` and reports whether `found_inf` is set (the host-side
+// fallback of step_scaled when the fused kernels are off).
+bool unscale_on_host(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
+                     const at::Tensor& found_inf) {
+  torch::NoGradGuard no_grad;
+  if (found_inf.defined() && found_inf.item<double>() != 0.0) return true;
+  if (grad_scale.defined()) {
+    for (auto& group : optimizer.param_groups()) {
+      for (auto& p : group.params()) {
+        if (p.grad().defined()) p.mutable_grad().div_(on_device(grad_scale, p.device()));
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------ AdamW
+
+AdamW::AdamW(std::vector<at::Tensor> params, torch::optim::AdamWOptions defaults,
+             StepOptions step_options)
+    : torch::optim::AdamW(std::move(params), std::move(defaults)),
+      step_options_(step_options),
+      fused_(std::make_unique<detail::FusedStepState>()) {}
+
+AdamW::AdamW(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+             torch::optim::AdamWOptions defaults, StepOptions step_options)
+    : torch::optim::AdamW(std::move(param_groups), std::move(defaults)),
+      step_options_(step_options),
+      fused_(std::make_unique<detail::FusedStepState>()) {}
+
+AdamW::~AdamW() = default;
+
+at::Tensor AdamW::step(LossClosure closure) {
+  if (!step_options_.fused) return torch::optim::AdamW::step(std::move(closure));
+  auto loss = run_closure(closure);
+  adam_family_step<torch::optim::AdamWOptions, torch::optim::AdamWParamState>(
+      "AdamW", *this, *fused_, {}, {}, [](auto&&... args) { at::_fused_adamw_(args...); });
+  return loss;
+}
+
+void AdamW::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+  if (!step_options_.fused) {
+    if (!unscale_on_host(*this, grad_scale, found_inf)) torch::optim::AdamW::step();
+    return;
+  }
+  adam_family_step<torch::optim::AdamWOptions, torch::optim::AdamWParamState>(
+      "AdamW", *this, *fused_, grad_scale, found_inf,
+      [](auto&&... args) { at::_fused_adamw_(args...); });
+}
+
+void AdamW::sync_steps() { reconcile(*fused_, state()); }
+
+// ------------------------------------------------------------------------------------- Adam
+
+Adam::Adam(std::vector<at::Tensor> params, torch::optim::AdamOptions defaults,
+           StepOptions step_options)
+    : torch::optim::Adam(std::move(params), std::move(defaults)),
+      step_options_(step_options),
+      fused_(std::make_unique<detail::FusedStepState>()) {}
+
+Adam::Adam(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+           torch::optim::AdamOptions defaults, StepOptions step_options)
+    : torch::optim::Adam(std::move(param_groups), std::move(defaults)),
+      step_options_(step_options),
+      fused_(std::make_unique<detail::FusedStepState>()) {}
+
+Adam::~Adam() = default;
+
+at::Tensor Adam::step(LossClosure closure) {
+  if (!step_options_.fused) return torch::optim::Adam::step(std::move(closure));
+  auto loss = run_closure(closure);
+  adam_family_step<torch::optim::AdamOptions, torch::optim::AdamParamState>(
+      "Adam", *this, *fused_, {}, {}, [](auto&&... args) { at::_fused_adam_(args...); });
+  return loss;
+}
+
+void Adam::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+  if (!step_options_.fused) {
+    if (!unscale_on_host(*this, grad_scale, found_inf)) torch::optim::Adam::step();
+    return;
+  }
+  adam_family_step<torch::optim::AdamOptions, torch::optim::AdamParamState>(
+      "Adam", *this, *fused_, grad_scale, found_inf,
+      [](auto&&... args) { at::_fused_adam_(args...); });
+}
+
+void Adam::sync_steps() { reconcile(*fused_, state()); }
+
+// -------------------------------------------------------------------------------------- SGD
+
+namespace {
+
+void sgd_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
+              const at::Tensor& found_inf) {
+  torch::NoGradGuard no_grad;
+  auto& states = optimizer.state();
+  const auto skipped_on_host = flag_on_host(found_inf);
+  if (skipped_on_host == true) return;  // as the kernel: no update, gradients untouched
+  const at::Tensor device_inf = skipped_on_host.has_value() ? at::Tensor() : found_inf;
+  std::size_t group_index = 0;
+  for (auto& group : optimizer.param_groups()) {
+    auto& o = static_cast<torch::optim::SGDOptions&>(group.options());
+    const bool momentum = o.momentum() != 0;
+    // Parameters whose momentum buffer exists, and those on their first step (the kernel then
+    // sets the buffer to the gradient, as LibTorch's clone does): separate kernel calls.
+    struct Lists {
+      std::vector<at::Tensor> params, grads, buffers;
+    };
+    std::map<std::pair<DeviceKey, bool>, Lists> by_device;
+    std::size_t index = 0;
+    for (auto& p : group.params()) {
+      const std::size_t i = index++;
+      if (!p.grad().defined()) continue;
+      auto grad = checked_grad("SGD", group_index, i, p);
+      bool first = false;
+      at::Tensor buffer;
+      if (momentum) {
+        auto& slot = states[p.unsafeGetTensorImpl()];
+        auto* s = static_cast<torch::optim::SGDParamState*>(slot.get());
+        if (s == nullptr || !s->momentum_buffer().defined()) {
+          first = !device_inf.defined();
+          // With an inf flag left on the device the first step cannot be told apart: start from
+          // a zero buffer (equal to the first step's buffer = gradient when dampening is 0).
+          auto fresh = first ? torch::empty_like(p, at::MemoryFormat::Preserve)
+                             : torch::zeros_like(p, at::MemoryFormat::Preserve);
+          if (s == nullptr) {
+            auto made = std::make_unique<torch::optim::SGDParamState>();
+            s = made.get();
+            slot = std::move(made);
+          }
+          s->momentum_buffer(fresh);
+        }
+        buffer = s->momentum_buffer();
+      }
+      auto& lists = by_device[{key_of(p), first}];
+      lists.params.push_back(p);
+      lists.grads.push_back(grad);
+      if (momentum) lists.buffers.push_back(buffer);
+    }
+    for (auto& [key, lists] : by_device) {
+      const auto device = lists.params.front().device();
+      const auto scale = on_device(grad_scale, device);
+      const auto inf =
+          device_inf.defined() ? on_device(device_inf, device).ne(0).to(at::kFloat) : at::Tensor();
+      at::_fused_sgd_(lists.params, lists.grads, lists.buffers, o.weight_decay(), o.momentum(),
+                      o.lr(), o.dampening(), o.nesterov(), /*maximize=*/false,
+                      /*is_first_step=*/key.second,
+                      scale.defined() ? std::optional<at::Tensor>(scale) : std::nullopt,
+                      inf.defined() ? std::optional<at::Tensor>(inf) : std::nullopt);
+    }
+    ++group_index;
+  }
+}
+
+}  // namespace
+
+SGD::SGD(std::vector<at::Tensor> params, torch::optim::SGDOptions defaults,
+         StepOptions step_options)
+    : torch::optim::SGD(std::move(params), std::move(defaults)), step_options_(step_options) {}
+
+SGD::SGD(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+         torch::optim::SGDOptions defaults, StepOptions step_options)
+    : torch::optim::SGD(std::move(param_groups), std::move(defaults)),
+      step_options_(step_options) {}
+
+SGD::~SGD() = default;
+
+at::Tensor SGD::step(LossClosure closure) {
+  if (!step_options_.fused) return torch::optim::SGD::step(std::move(closure));
+  auto loss = run_closure(closure);
+  sgd_step(*this, {}, {});
+  return loss;
+}
+
+void SGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+  if (!step_options_.fused) {
+    if (!unscale_on_host(*this, grad_scale, found_inf)) torch::optim::SGD::step();
+    return;
+  }
+  sgd_step(*this, grad_scale, found_inf);
+}
+
+}  // namespace cppfabric::optim
