@@ -565,7 +565,7 @@ TEST(ElasticRestart, GivesUpAfterMaxRestarts) {
 }
 
 TEST(ElasticRestart, RejectsANegativeCount) {
-  const auto r = run_one(cli_run({"--max-restarts", "-1"}, {"--steps", "1"}), 30s);
+  const auto r = run_one(cli_run({"--max-restarts=-1"}, {"--steps", "1"}), 30s);
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_TRUE(Contains(r.output, "Invalid value for '--max-restarts': -1"));
 }
