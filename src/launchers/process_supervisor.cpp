@@ -34,7 +34,12 @@ namespace {
 class SpawnerThread {
  public:
   static SpawnerThread& instance() {
-    static auto* spawner = new SpawnerThread();
+    static std::mutex guard;
+    static SpawnerThread* spawner = nullptr;
+    std::lock_guard<std::mutex> lock(guard);
+    // A child made by fork() (without exec) inherits the pointer but not the thread: it gets its
+    // own (the old object is left alone; its thread does not exist in this process).
+    if (!spawner || spawner->owner_ != ::getpid()) spawner = new SpawnerThread();
     return *spawner;
   }
 
@@ -77,6 +82,7 @@ class SpawnerThread {
     }
   }
 
+  const pid_t owner_ = ::getpid();
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::packaged_task<void()>> jobs_;
