@@ -35,14 +35,18 @@
 #include <cctype>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <limits>
+#include <mutex>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
 
 #include "collectives/nccl_backend.hpp"
 #include "cppfabric/utilities/errors.hpp"
+#include "utilities/env.hpp"
 
 namespace cppfabric::collectives {
 
@@ -112,6 +116,15 @@ void finish_average(at::Tensor& buffer, int64_t world_size) {
   }
 }
 
+// "Float[4, 2]": what the debug sequence check compares between ranks.
+std::string tensor_signature(const at::Tensor& t) {
+  std::string text = std::string(c10::toString(t.scalar_type())) + "[";
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    text += (d ? ", " : "") + std::to_string(t.size(d));
+  }
+  return text + "]";
+}
+
 void check_defined(const at::Tensor& t, const char* op) {
   if (!t.defined()) {
     throw std::invalid_argument(std::string("cppfabric: ") + op +
@@ -154,23 +167,60 @@ std::string group_text(const ProcessGroupOptions& o) {
          describe_duration(o.timeout) + ")";
 }
 
-bool is_loopback(const std::string& address) {
-  return address == "localhost" || address.rfind("127.", 0) == 0;
+// The loopback address `address` names, numerically: "localhost" is 127.0.0.1; any 127.x.y.z,
+// ::1 and ::ffff:127.x.y.z stand for themselves. nullopt for every other address (those keep
+// TCPStore's own socket, which listens on every interface, as in Python).
+struct LoopbackAddress {
+  sockaddr_storage address{};
+  socklen_t length = 0;
+  int family = AF_UNSPEC;
+};
+
+std::optional<LoopbackAddress> loopback_address(const std::string& address) {
+  const std::string numeric = address == "localhost" ? "127.0.0.1" : address;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(numeric.c_str(), nullptr, &hints, &found) != 0 || !found) return std::nullopt;
+  std::optional<LoopbackAddress> result;
+  if (found->ai_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(found->ai_addr);
+    if ((ntohl(v4->sin_addr.s_addr) >> 24) == 127) result.emplace();
+  } else if (found->ai_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(found->ai_addr);
+    if (IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr) ||
+        (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr) && v6->sin6_addr.s6_addr[12] == 127)) {
+      result.emplace();
+    }
+  }
+  if (result) {
+    std::memcpy(&result->address, found->ai_addr, found->ai_addrlen);
+    result->length = found->ai_addrlen;
+    result->family = found->ai_family;
+  }
+  ::freeaddrinfo(found);
+  return result;
 }
 
-// A listening socket on 127.0.0.1:port for rank 0 of a single-host job, so that the store is not
-// reachable from other machines (TCPStore alone listens on every interface). -1 when it cannot be
-// made; the store then binds as usual and reports its own error.
-int loopback_listen_socket(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+// A listening socket on exactly the loopback address rank 0 was asked for (127.0.0.2, ::1, ...),
+// so that the store is reachable at that address and from no other machine (TCPStore alone
+// listens on every interface). -1 when it cannot be made; the store then binds as usual and
+// reports its own error.
+int loopback_listen_socket(const LoopbackAddress& loopback, int port) {
+  const int fd = ::socket(loopback.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   const int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<std::uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+  sockaddr_storage address = loopback.address;
+  if (loopback.family == AF_INET6) {
+    ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    reinterpret_cast<sockaddr_in6*>(&address)->sin6_port = htons(static_cast<std::uint16_t>(port));
+  } else {
+    reinterpret_cast<sockaddr_in*>(&address)->sin_port = htons(static_cast<std::uint16_t>(port));
+  }
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), loopback.length) != 0 ||
       ::listen(fd, 2048) != 0) {
     ::close(fd);
     return -1;
@@ -180,9 +230,11 @@ int loopback_listen_socket(int port) {
 
 c10::intrusive_ptr<c10d::Store> make_store(const ProcessGroupOptions& o) {
   c10d::TCPStoreOptions store_options;
-  if (o.rank == 0 && is_loopback(o.main_address)) {
-    if (const int fd = loopback_listen_socket(o.main_port); fd >= 0) {
-      store_options.masterListenFd = fd;
+  if (o.rank == 0) {
+    if (const auto loopback = loopback_address(o.main_address)) {
+      if (const int fd = loopback_listen_socket(*loopback, o.main_port); fd >= 0) {
+        store_options.masterListenFd = fd;
+      }
     }
   }
   store_options.port = static_cast<std::uint16_t>(o.main_port);
@@ -392,6 +444,58 @@ struct ProcessGroup::Impl {
 
   std::string what(const char* op) const { return std::string(op) + " on " + group_text(options); }
 
+  // CPPFABRIC_DEBUG_COLLECTIVES=1: before each collective every rank publishes (sequence number,
+  // operation, dtypes and shapes) in the store and reads everyone else's, so that ranks issuing
+  // different collectives fail at once with both sides named instead of hanging or mixing data.
+  bool debug_collectives = false;
+  std::mutex debug_mutex;
+  std::uint64_t sequence = 0;
+
+  static std::string debug_key(std::uint64_t n, int rank) {
+    return "debug_collectives/" + std::to_string(n) + "/" + std::to_string(rank);
+  }
+
+  void check_sequence(const char* op, const std::string& signature) {
+    if (!debug_collectives || options.world_size == 1) return;
+    std::lock_guard<std::mutex> lock(debug_mutex);
+    const std::uint64_t n = ++sequence;
+    const std::string mine = std::string(op) + "(" + signature + ")";
+    std::vector<std::string> all(static_cast<std::size_t>(options.world_size));
+    all[static_cast<std::size_t>(options.rank)] = mine;
+    int waiting_for = -1;
+    try {
+      store->set(debug_key(n, options.rank), std::vector<std::uint8_t>(mine.begin(), mine.end()));
+      for (int r = 0; r < options.world_size; ++r) {
+        if (r == options.rank) continue;
+        waiting_for = r;
+        const auto bytes = store->get(debug_key(n, r));
+        all[static_cast<std::size_t>(r)].assign(bytes.begin(), bytes.end());
+      }
+      waiting_for = -1;
+      // Everyone has published n, so everyone has read what this rank published for n - 1.
+      if (n > 1) store->deleteKey(debug_key(n - 1, options.rank));
+    } catch (const std::exception& e) {
+      throw std::runtime_error(
+          "cppfabric: " + what(op) + " failed the collective sequence check " +
+          "(CPPFABRIC_DEBUG_COLLECTIVES=1) at collective #" + std::to_string(n) + ", " + mine +
+          (waiting_for >= 0 ? ": rank " + std::to_string(waiting_for) + " did not reach it"
+                            : std::string()) +
+          ": " + error_text(e) + ". That rank may have exited, crashed or stalled.");
+    }
+    bool same = true;
+    for (const auto& other : all) same = same && other == mine;
+    if (same) return;
+    std::string ranks;
+    for (int r = 0; r < options.world_size; ++r) {
+      ranks += (r ? ", rank " : "rank ") + std::to_string(r) + " runs " +
+               all[static_cast<std::size_t>(r)];
+    }
+    throw std::runtime_error("cppfabric: collective mismatch at collective #" + std::to_string(n) +
+                             " of " + group_text(options) + ": " + ranks +
+                             ". Every rank must run the same collectives, with the same shapes, "
+                             "in the same order (found by CPPFABRIC_DEBUG_COLLECTIVES=1).");
+  }
+
   // Runs a blocking collective: waits at most the group timeout, names `op` on failure.
   void run(const char* op, const c10::intrusive_ptr<c10d::Work>& work) const {
     CollectiveWork::Impl pending;
@@ -447,8 +551,16 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& op
 #ifndef CPPFABRIC_GLOO_ENABLED
   if (!nccl) make_gloo(options, {});  // throws the "built without gloo headers" error
 #endif
+  const auto debug = cppfabric::detail::env_int("CPPFABRIC_DEBUG_COLLECTIVES", "0 or 1");
+  if (debug && *debug != 0 && *debug != 1) {
+    throw std::invalid_argument("cppfabric: CPPFABRIC_DEBUG_COLLECTIVES='" +
+                                std::to_string(*debug) +
+                                "' is not a valid value. Valid choices: 0 (off), 1 (check that "
+                                "every rank runs the same collectives in the same order).");
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  impl->debug_collectives = debug.value_or(0) == 1;
   impl->store = make_store(options);
   if (nccl) {
     try {
@@ -480,6 +592,7 @@ std::chrono::milliseconds ProcessGroup::timeout() const { return impl_->options.
 
 CollectiveWork ProcessGroup::all_reduce_async(at::Tensor& t, ReduceKind op) {
   check_defined(t, "all_reduce");
+  impl_->check_sequence("all_reduce", std::string(to_string(op)) + ", " + tensor_signature(t));
   auto pending = std::make_unique<CollectiveWork::Impl>();
   pending->target = t;
   pending->buffer = t.is_contiguous() ? t : t.contiguous();
@@ -505,6 +618,7 @@ void ProcessGroup::broadcast(at::Tensor& t, int src) {
                                 std::to_string(impl_->options.world_size) + "), got " +
                                 std::to_string(src));
   }
+  impl_->check_sequence("broadcast", "src " + std::to_string(src) + ", " + tensor_signature(t));
   at::Tensor buffer = t.is_contiguous() ? t : t.contiguous();
   c10d::BroadcastOptions opts;
   opts.rootRank = src;
@@ -518,6 +632,7 @@ void ProcessGroup::broadcast(at::Tensor& t, int src) {
 
 std::vector<at::Tensor> ProcessGroup::all_gather(const at::Tensor& t) {
   check_defined(t, "all_gather");
+  impl_->check_sequence("all_gather", tensor_signature(t));
   std::vector<at::Tensor> inputs{t.contiguous()};
   std::vector<std::vector<at::Tensor>> outputs(1);
   outputs[0].reserve(impl_->options.world_size);
@@ -533,6 +648,7 @@ std::vector<at::Tensor> ProcessGroup::all_gather(const at::Tensor& t) {
 }
 
 void ProcessGroup::barrier() {
+  impl_->check_sequence("barrier", "");
   c10d::BarrierOptions opts;
   opts.timeout = impl_->options.timeout;
   impl_->run("barrier", impl_->launch("barrier", [&] { return impl_->backend->barrier(opts); }));

@@ -22,8 +22,9 @@ std::vector<std::string> current_command_line();
 /// "exit code 3", "signal 9 (Killed)".
 std::string describe_wait_status(int status);
 
-/// Children started with `spawn` die with the thread that started them (PR_SET_PDEATHSIG), so an
-/// exiting or crashing parent never leaves orphans behind.
+/// Children started with `spawn` die with this process (PR_SET_PDEATHSIG), so an exiting or
+/// crashing parent never leaves orphans behind. They are forked from one process-lifetime thread,
+/// whichever thread calls `spawn`: a child does not die when the thread that asked for it exits.
 class ProcessSupervisor {
  public:
   struct Child {
@@ -52,11 +53,13 @@ class ProcessSupervisor {
               std::string label);
 
   /// Reaps children that have exited, without blocking; returns the first failure seen (a non-zero
-  /// exit or a signal), once.
-  std::optional<Failure> poll();
+  /// exit or a signal), once. With `stopped_is_failure`, a child stopped by a signal (SIGSTOP,
+  /// SIGTSTP: it will not finish on its own) counts as failed too, though it is still alive.
+  std::optional<Failure> poll(bool stopped_is_failure = false);
   /// Blocks until every child has exited or one has failed (then returns that failure at once,
   /// leaving the others running: call stop_all). `timeout` unset waits without limit.
-  std::optional<Failure> wait(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  std::optional<Failure> wait(std::optional<std::chrono::milliseconds> timeout = std::nullopt,
+                              bool stopped_is_failure = false);
   /// Stops every child still running: SIGTERM, up to `grace` for them to exit, then SIGKILL for the
   /// rest, and reaps them (giving up after kKillTimeout, so it never hangs). A zero `grace` skips
   /// SIGTERM. Exits seen here are not reported by poll() or wait() afterwards.

@@ -51,9 +51,12 @@ void observe_children() {
 }
 
 // Rank 0 returns from main before its children: wait for them so that a child failing at the
-// very end still turns into a non-zero exit, and none is killed mid-way by our exit.
+// very end still turns into a non-zero exit, and none is killed mid-way by our exit. A child
+// stopped by a signal (SIGSTOP) would keep this wait going forever: it counts as failed here.
 void wait_for_children_at_exit() {
-  if (auto failure = children().wait()) stop_everything(*failure);
+  if (auto failure = children().wait(std::nullopt, /*stopped_is_failure=*/true)) {
+    stop_everything(*failure);
+  }
 }
 
 }  // namespace

@@ -77,6 +77,21 @@ TEST(Cli, BadInputNamesTheValueAndTheChoices) {
   EXPECT_THROW_WITH(parse({"walk", "./t"}), std::invalid_argument, "'walk'", "'run'");
 }
 
+TEST(Cli, MaxRestarts) {
+  EXPECT_EQ(parse({"run", "./t"})->max_restarts, 0);
+  EXPECT_EQ(parse({"run", "--max-restarts", "3", "./t"})->max_restarts, 3);
+  EXPECT_EQ(parse({"run", "--max_restarts=2", "./t"})->max_restarts, 2);
+  EXPECT_THROW_WITH(parse({"run", "--max-restarts=-1", "./t"}), std::invalid_argument,
+                    "'--max-restarts': -1", ">= 0");
+  EXPECT_THROW_WITH(parse({"run", "--max-restarts", "many", "./t"}), std::invalid_argument,
+                    "'many' is not a valid integer");
+  auto config = *parse({"run", "--devices", "2", "--max-restarts", "3", "./t"});
+  EXPECT_EQ(process_environment(config, 2, 0)["TORCHELASTIC_RESTART_COUNT"], "0");
+  auto env = process_environment(config, 2, 1, /*restart_count=*/2);
+  EXPECT_EQ(env["TORCHELASTIC_RESTART_COUNT"], "2");
+  EXPECT_EQ(env["TORCHELASTIC_MAX_RESTARTS"], "3");
+}
+
 TEST(Cli, ProcessCount) {
   auto config = *parse({"run", "--accelerator", "cpu", "--devices", "3", "./t"});
   EXPECT_EQ(num_processes(config), 3);

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -148,6 +149,61 @@ TEST(ProcessSupervisor, StopAllWithoutGraceKillsAtOnce) {
   children.stop_all(std::chrono::milliseconds(0));
   EXPECT_TRUE(children.all_exited());
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 2.0);
+}
+
+// PR_SET_PDEATHSIG follows the thread that forked: children asked for by a thread that then ends
+// must live on (fabric.launch() from a std::thread, #15).
+TEST(ProcessSupervisor, ChildrenOutliveTheThreadThatSpawnedThem) {
+  cppfabric::detail::ProcessSupervisor children;
+  pid_t pid = -1;
+  std::thread([&] { pid = children.spawn({"sleep", "30"}, {}, "sleeper"); }).join();
+  ASSERT_GT(pid, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(children.poll(), std::nullopt) << "the child died with the spawning thread";
+  EXPECT_FALSE(children.all_exited());
+  children.stop_all(std::chrono::milliseconds(0));
+  EXPECT_TRUE(children.all_exited());
+}
+
+// A process forked (without exec) after this one has spawned children has no spawner thread of its
+// own yet: spawning there must still work, not wait forever.
+TEST(ProcessSupervisor, SpawnsInAForkedChildToo) {
+  cppfabric::detail::ProcessSupervisor parent_children;
+  parent_children.spawn({"true"}, {}, "first");
+  EXPECT_EQ(parent_children.wait(std::chrono::milliseconds(5000)), std::nullopt);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::alarm(20);  // a hang ends this child with SIGALRM
+    cppfabric::detail::ProcessSupervisor children;
+    children.spawn({"true"}, {}, "grandchild");
+    const bool ok = !children.wait(std::chrono::milliseconds(5000)) && children.all_exited();
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << cppfabric::detail::describe_wait_status(status);
+}
+
+// A stopped child is a failure only when asked (rank 0's wait at exit), and it stays stoppable.
+TEST(ProcessSupervisor, StoppedChildIsAFailureOnlyWhenAsked) {
+  cppfabric::detail::ProcessSupervisor children;
+  const pid_t pid = children.spawn({"sleep", "30"}, {}, "rank 1");
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(children.poll(), std::nullopt);
+  const auto failure = children.wait(std::chrono::milliseconds(2000), /*stopped_is_failure=*/true);
+  ASSERT_TRUE(failure.has_value());
+  EXPECT_EQ(failure->pid, pid);
+  EXPECT_NE(failure->describe().find("rank 1 (PID " + std::to_string(pid) +
+                                     ") failed with a stop by signal 19"),
+            std::string::npos)
+      << failure->describe();
+  EXPECT_EQ(failure->exit_code(), 128 + SIGSTOP);
+  EXPECT_FALSE(children.all_exited());
+  children.stop_all(std::chrono::milliseconds(0));  // SIGKILL ends a stopped process too
+  EXPECT_TRUE(children.all_exited());
 }
 
 }  // namespace

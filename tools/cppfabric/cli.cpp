@@ -110,6 +110,9 @@ std::optional<RunConfig> parse_args(int argc, const char* const* argv) {
   add_int(*run, "--main-port,--main_port", config.main_port, "Port on node 0 for the rendezvous.");
   add_choice(*run, "--precision", config.precision, detail::precision_choices(),
              "Precision, as Fabric's `precision=`.");
+  add_int(*run, "--max-restarts,--max_restarts", config.max_restarts,
+          "When a process fails, stop all and start them all again, at most this many times "
+          "(torchrun's --max-restarts; the processes see TORCHELASTIC_RESTART_COUNT).");
 
   try {
     app.parse(argc, argv);
@@ -155,6 +158,10 @@ std::optional<RunConfig> parse_args(int argc, const char* const* argv) {
         fmt::format("Invalid value for '--node-rank': {} (it must be in 0 .. num_nodes - 1 = {}).",
                     config.node_rank, config.num_nodes - 1));
   }
+  if (config.max_restarts < 0) {
+    throw std::invalid_argument(fmt::format(
+        "Invalid value for '--max-restarts': {} (it must be >= 0).", config.max_restarts));
+  }
   if (config.main_port < 1 || config.main_port > 65535) {
     throw std::invalid_argument(fmt::format(
         "Invalid value for '--main-port': {} (it must be in 1 .. 65535).", config.main_port));
@@ -192,7 +199,7 @@ int num_processes(const RunConfig& config) {
 }
 
 std::map<std::string, std::string> process_environment(const RunConfig& config, int num_processes,
-                                                       int local_rank) {
+                                                       int local_rank, int restart_count) {
   std::map<std::string, std::string> env;
   env["LT_CLI_USED"] = "1";
   if (config.accelerator) env["LT_ACCELERATOR"] = *config.accelerator;
@@ -215,8 +222,8 @@ std::map<std::string, std::string> process_environment(const RunConfig& config, 
   env["MASTER_ADDR"] = config.main_address;
   env["MASTER_PORT"] = std::to_string(config.main_port);
   env["TORCHELASTIC_RUN_ID"] = "cppfabric";
-  env["TORCHELASTIC_RESTART_COUNT"] = "0";
-  env["TORCHELASTIC_MAX_RESTARTS"] = "0";
+  env["TORCHELASTIC_RESTART_COUNT"] = std::to_string(restart_count);
+  env["TORCHELASTIC_MAX_RESTARTS"] = std::to_string(config.max_restarts);
   return env;
 }
 
@@ -248,33 +255,45 @@ int tool_main(int argc, const char* const* argv) {
   }
   ::signal(SIGINT, on_stop_signal);
   ::signal(SIGTERM, on_stop_signal);
-  detail::ProcessSupervisor children;
-  try {
-    for (int local_rank = 0; local_rank < processes; ++local_rank) {
-      auto env = process_environment(*config, processes, local_rank);
-      env.insert(common.begin(), common.end());
-      children.spawn(config->command, env,
-                     fmt::format("rank {} (local rank {})", env.at("RANK"), local_rank));
+  for (int restart = 0;; ++restart) {
+    detail::ProcessSupervisor children;
+    try {
+      for (int local_rank = 0; local_rank < processes; ++local_rank) {
+        auto env = process_environment(*config, processes, local_rank, restart);
+        env.insert(common.begin(), common.end());
+        children.spawn(config->command, env,
+                       fmt::format("rank {} (local rank {})", env.at("RANK"), local_rank));
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "Error: %s\n", e.what());
+      children.stop_all(std::chrono::milliseconds(0));
+      return 1;
     }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "Error: %s\n", e.what());
-    children.stop_all(std::chrono::milliseconds(0));
-    return 1;
-  }
-  while (true) {
-    if (const int sig = g_stop_signal.load()) {
-      std::fprintf(stderr, "cppfabric run: got signal %d, stopping all processes.\n", sig);
-      children.stop_all(kStopGrace);
-      return 128 + sig;
+    std::optional<detail::ProcessSupervisor::Failure> failure;
+    while (true) {
+      if (const int sig = g_stop_signal.load()) {
+        std::fprintf(stderr, "cppfabric run: got signal %d, stopping all processes.\n", sig);
+        children.stop_all(kStopGrace);
+        return 128 + sig;
+      }
+      if ((failure = children.poll())) break;
+      if (children.all_exited()) return 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    if (auto failure = children.poll()) {
-      std::fprintf(stderr, "cppfabric run: %s. Stopping the other processes.\n",
-                   failure->describe().c_str());
-      children.stop_all(kFailureGrace);
+    std::fprintf(stderr, "cppfabric run: %s. Stopping the other processes.\n",
+                 failure->describe().c_str());
+    children.stop_all(kFailureGrace);
+    if (restart >= config->max_restarts) {
+      if (config->max_restarts > 0) {
+        std::fprintf(stderr, "cppfabric run: giving up after %d restart%s (--max-restarts %d).\n",
+                     restart, restart == 1 ? "" : "s", config->max_restarts);
+      }
       return failure->exit_code();
     }
-    if (children.all_exited()) return 0;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::fprintf(stderr,
+                 "cppfabric run: restarting all %d processes (restart %d of %d, "
+                 "TORCHELASTIC_RESTART_COUNT=%d).\n",
+                 processes, restart + 1, config->max_restarts, restart + 1);
   }
 }
 

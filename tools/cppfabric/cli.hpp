@@ -23,6 +23,7 @@ struct RunConfig {
   std::string main_address = "127.0.0.1";
   int main_port = 29400;
   std::optional<std::string> precision;
+  int max_restarts = 0;              // torchrun's --max-restarts: restart every process this often
   std::vector<std::string> command;  // PROGRAM ARGS...
 };
 
@@ -35,12 +36,15 @@ std::optional<RunConfig> parse_args(int argc, const char* const* argv);
 /// number of GPU indices selected; auto: cuda when a GPU is visible, else cpu).
 int num_processes(const RunConfig& config);
 
-/// The variables `fabric run` sets for its processes (LT_*), and those torchrun gives each worker.
+/// The variables `fabric run` sets for its processes (LT_*), and those torchrun gives each worker
+/// (`restart_count`: TORCHELASTIC_RESTART_COUNT, how often the processes have been restarted).
 std::map<std::string, std::string> process_environment(const RunConfig& config, int num_processes,
-                                                       int local_rank);
+                                                       int local_rank, int restart_count = 0);
 
 /// Runs the tool: starts and supervises the processes; returns its exit code (0; 2 for bad
 /// arguments; the first failure's code after stopping the others; 128 + signal when stopped).
+/// With `--max-restarts N`, a failure stops every process and starts them all again, up to N
+/// times (torchrun's semantics); the last failure's code is returned once restarts run out.
 int tool_main(int argc, const char* const* argv);
 
 }  // namespace cppfabric::cli

@@ -86,7 +86,9 @@ class ProcessGroup {
   /// timeout passes). Throws std::invalid_argument for bad options (cppfabric::
   /// NotYetAvailableError for "nccl" in a build without CUDA), std::runtime_error when the group
   /// cannot be formed. For "nccl", bind this rank's CUDA device first (the strategy does).
-  /// Rank 0 of a job whose main_address is a loopback address listens on 127.0.0.1 only.
+  /// Rank 0 of a job whose main_address is a loopback address (any 127.x.y.z, ::1; localhost is
+  /// 127.0.0.1) listens on exactly that address. CPPFABRIC_DEBUG_COLLECTIVES=1 makes every
+  /// collective first check, through the store, that all ranks run the same one (docs/failures.md).
   static std::shared_ptr<ProcessGroup> create(const ProcessGroupOptions& options);
   /// Whether this build of cppfabric can create groups of `backend` ("gloo", "nccl"), like
   /// torch.distributed.is_gloo_available() / is_nccl_available().

@@ -6,14 +6,28 @@
 //   ddp_program --devices 2 --steps 4 --out DIR [--strategy ddp] [--accumulate 2] [--unused]
 //               [--reference] [--kill-rank R --kill-step S] [--timeout-s T] [--launch-fn]
 //               [--throw-step S [--throw-bypass]] [--bucket-cap-mb MB] [--no-bucket-view]
-//               [--expect-bucket-view 0|1]
+//               [--expect-bucket-view 0|1] [--launch-thread] [--ckpt-dir DIR]
 // --throw-step S: before step S, one extra forward/backward whose backward throws midway (after
 // fc2's gradients are ready); the program catches it, zeroes the gradients and trains on, so the
 // result must equal a run without it. --throw-bypass: the step after the throw calls the module
 // directly, not through Fabric, so only the reducer's gradient hooks can notice the interruption.
 // --no-bucket-view: DDPOptions::gradient_as_bucket_view = false. --expect-bucket-view 1: checks
 // that after each synchronised backward the gradients share the bucket's storage (0: they don't).
+//
+// --launch-thread calls fabric.launch() from a std::thread that ends before training starts.
+// --ckpt-dir DIR resumes from DIR/last.ckpt when it exists and saves it after every step (model,
+// optimizer, step), so a restarted run continues from its last complete checkpoint.
+//
+// Faults for the fault-matrix tests come from the environment:
+//   CPPFABRIC_TEST_FAULT=ACTION@WHERE   ACTION: kill (SIGKILL), stop (SIGSTOP), throw;
+//                                        WHERE: forward, backward (inside autograd, between the
+//                                        gradient hooks), step (before optimizer.step()), save
+//                                        (inside fabric.save, while the state is collected),
+//                                        order (an extra collective: ACTION must be 'barrier')
+//   CPPFABRIC_TEST_FAULT_RANK=R (default 1), CPPFABRIC_TEST_FAULT_STEP=S (default 1)
+//   CPPFABRIC_TEST_FAULT_RESTART=K      only fault when TORCHELASTIC_RESTART_COUNT is K (unset: any)
 #include <signal.h>
+#include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -21,9 +35,12 @@
 #include <cppfabric/cppfabric.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <map>
+#include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -43,6 +60,8 @@ struct Args {
   int timeout_s = 0;
   bool launch = true;
   bool launch_fn = false;
+  bool launch_thread = false;
+  std::string ckpt_dir;  // set: resume from / save to ckpt_dir/last.ckpt
   std::string out = ".";
   std::string save_dir;  // set: rank 0 saves model + optimizer, every rank loads and compares
   int throw_step = -1;
@@ -69,6 +88,8 @@ Args parse(int argc, char** argv) {
       a.no_bucket_view = true;
     } else if (key == "--throw-bypass") {
       a.throw_bypass = true;
+    } else if (key == "--launch-thread") {
+      a.launch_thread = true;
     } else if (i + 1 < argc) {
       kv[key] = argv[++i];
     } else {
@@ -106,6 +127,8 @@ Args parse(int argc, char** argv) {
       a.bucket_cap_mb = std::stod(v);
     else if (k == "--save-dir")
       a.save_dir = v;
+    else if (k == "--ckpt-dir")
+      a.ckpt_dir = v;
     else if (k == "--out")
       a.out = v;
     else
@@ -124,6 +147,83 @@ struct ThrowInBackward : torch::autograd::Function<ThrowInBackward> {
     throw std::runtime_error("injected failure in backward");
   }
 };
+
+int env_int_or(const char* name, int fallback) {
+  const char* value = std::getenv(name);
+  return value && *value ? std::stoi(value) : fallback;
+}
+
+// The fault CPPFABRIC_TEST_FAULT* asks for (see the top of this file).
+struct Fault {
+  std::string action;  // "" when none
+  std::string where;
+  int rank = 1;
+  int step = 1;
+
+  static Fault from_env() {
+    Fault f;
+    const char* spec = std::getenv("CPPFABRIC_TEST_FAULT");
+    if (!spec || !*spec) return f;
+    const std::string text = spec;
+    const auto at = text.find('@');
+    if (at == std::string::npos) {
+      throw std::invalid_argument("CPPFABRIC_TEST_FAULT='" + text + "' must be ACTION@WHERE");
+    }
+    f.action = text.substr(0, at);
+    f.where = text.substr(at + 1);
+    if (f.action != "kill" && f.action != "stop" && f.action != "throw" && f.action != "barrier") {
+      throw std::invalid_argument("CPPFABRIC_TEST_FAULT action '" + f.action +
+                                  "' is not one of 'kill', 'stop', 'throw', 'barrier'");
+    }
+    if (f.where != "forward" && f.where != "backward" && f.where != "step" && f.where != "save" &&
+        f.where != "order") {
+      throw std::invalid_argument("CPPFABRIC_TEST_FAULT place '" + f.where +
+                                  "' is not one of 'forward', 'backward', 'step', 'save', 'order'");
+    }
+    if ((f.where == "order") != (f.action == "barrier")) {
+      throw std::invalid_argument("CPPFABRIC_TEST_FAULT: 'barrier' goes with 'order' only");
+    }
+    f.rank = env_int_or("CPPFABRIC_TEST_FAULT_RANK", 1);
+    f.step = env_int_or("CPPFABRIC_TEST_FAULT_STEP", 1);
+    const int restart = env_int_or("CPPFABRIC_TEST_FAULT_RESTART", -1);
+    if (restart >= 0 && env_int_or("TORCHELASTIC_RESTART_COUNT", 0) != restart) f.action.clear();
+    return f;
+  }
+
+  bool armed(const char* place, int current_rank, int current_step) const {
+    return !action.empty() && where == place && rank == current_rank && step == current_step;
+  }
+
+  // Runs the fault (kill and stop do not return while the process is stopped or dead).
+  void fire(int current_rank, int current_step) const {
+    std::fprintf(stderr, "[rank %d] fault: %s at %s, step %d\n", current_rank, action.c_str(),
+                 where.c_str(), current_step);
+    std::fflush(stderr);
+    if (action == "kill") ::raise(SIGKILL);
+    if (action == "stop") ::raise(SIGSTOP);
+    if (action == "throw") {
+      throw std::runtime_error("injected fault at " + where + ", step " +
+                               std::to_string(current_step));
+    }
+  }
+};
+
+// Part of the saved state: collecting it runs the 'save' fault on its rank and step.
+struct SaveFaultPoint : cppfabric::Stateful {
+  const Fault* fault = nullptr;
+  int rank = 0;
+  int step = 0;
+  cppfabric::Value state_dict() const override {
+    if (fault->armed("save", rank, step)) fault->fire(rank, step);
+    return cppfabric::Value::dict({{"step", static_cast<int64_t>(step)}});
+  }
+  void load_state_dict(const cppfabric::Value&) override {}
+};
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
 
 struct NetImpl : torch::nn::Module {
   explicit NetImpl(bool with_unused) {
@@ -166,9 +266,18 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
                                                        torch::optim::SGDOptions(0.1).momentum(0.9));
   auto [net, opt] = fabric.setup(model, optimizer);
 
+  const Fault fault = Fault::from_env();
+  int start_step = 0;
+  const std::string ckpt = args.ckpt_dir.empty() ? "" : args.ckpt_dir + "/last.ckpt";
+  if (!ckpt.empty() && file_exists(ckpt)) {
+    auto remainder = fabric.load(ckpt, {{"model", net}, {"optimizer", opt}});
+    start_step = static_cast<int>(remainder.get<int64_t>("step"));
+    std::fprintf(stderr, "[rank %d] resumed from %s at step %d\n", rank, ckpt.c_str(), start_step);
+  }
+
   const int rows = args.reference ? world * args.batch : args.batch;
   const int first = args.reference ? 0 : rank * args.batch;
-  for (int step = 0; step < args.steps; ++step) {
+  for (int step = start_step; step < args.steps; ++step) {
     if (step == args.kill_step && rank == args.kill_rank) {
       std::fprintf(stderr, "[rank %d] killing myself at step %d\n", rank, step);
       std::fflush(stderr);
@@ -193,6 +302,10 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
         return fail(fabric, "the backward was not interrupted between fc2 and fc1");
       }
     }
+    if (fault.armed("order", rank, step)) {
+      fault.fire(rank, step);
+      fabric.barrier();  // a collective the other ranks do not run
+    }
     opt.zero_grad();
     for (int micro = 0; micro < args.accumulate; ++micro) {
       // The same global data on every rank; each takes its own rows.
@@ -203,9 +316,18 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
       y = fabric.to_device(y.narrow(0, first, rows));
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
+      if (fault.armed("forward", rank, step)) fault.fire(rank, step);
       // --throw-bypass: the step after the interrupted backward skips Fabric's forward.
-      auto out = step == args.throw_step && args.throw_bypass ? model->forward(x) : net(x);
-      auto loss = torch::mse_loss(out, y);
+      auto output = step == args.throw_step && args.throw_bypass ? model->forward(x) : net(x);
+      if (fault.armed("backward", rank, step)) {
+        // fc1's gradient is computed after fc2's (whose hooks have already run): the fault lands
+        // in the middle of the backward pass.
+        model->fc1->weight.register_hook([&fault, rank, step](torch::Tensor grad) {
+          fault.fire(rank, step);
+          return grad;
+        });
+      }
+      auto loss = torch::mse_loss(output, y);
       fabric.backward(loss);
       if (!args.reference && last && args.expect_bucket_view >= 0) {
         // One bucket holds every gradient (default caps): views share its storage.
@@ -226,7 +348,19 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
         }
       }
     }
+    if (fault.armed("step", rank, step)) fault.fire(rank, step);
     opt.step();
+    if (!ckpt.empty() || fault.where == "save") {
+      SaveFaultPoint point;
+      point.fault = &fault;
+      point.rank = rank;
+      point.step = step;
+      const std::string path = ckpt.empty() ? args.out + "/fault.ckpt" : ckpt;
+      fabric.save(path, {{"model", net},
+                         {"optimizer", opt},
+                         {"step", static_cast<int64_t>(step + 1)},
+                         {"fault_point", point}});
+    }
   }
   if (args.unused && !args.reference) {
     if (model->extra->weight.grad().defined()) {
@@ -289,6 +423,17 @@ int main(int argc, char** argv) {
     if (args.launch_fn) {
       const int result = fabric.launch([&](cppfabric::Fabric& f) { return 40 + f.world_size(); });
       if (fabric.global_rank() == 0) std::printf("launch_fn returned %d\n", result);
+    } else if (args.launch_thread) {
+      // The launching thread ends here; the other ranks must live on.
+      std::exception_ptr error;
+      std::thread([&] {
+        try {
+          fabric.launch();
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }).join();
+      if (error) std::rethrow_exception(error);
     } else if (args.launch && !std::getenv("LT_CLI_USED")) {
       fabric.launch();
     }
