@@ -8,11 +8,13 @@
 //           [--precision 16-mixed] [--accelerator auto] [--devices auto] [--workers 4]
 //           [--synthetic] [--synthetic-size 50000] [--max-steps N] [--seed 42] [--log-dir logs]
 //           [--checkpoint-dir checkpoints] [--resume checkpoints/epoch_3.ckpt]
-//           [--require-accuracy A]
+//           [--require-accuracy A] [--profile]
 //
 // Without the CIFAR-10 files and without network it says so in one line and trains on
 // SyntheticCIFAR10. Exits non-zero when --require-accuracy is given and the last validation
 // accuracy is below it. On CPU, "16-mixed" becomes "bf16-mixed" (as in Python, with a warning).
+// --profile prints, per epoch, where the time went: waiting for data, forward+backward, optimizer,
+// validation, checkpoint, the rest (on a GPU every mark synchronises the device).
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
@@ -20,8 +22,41 @@
 #include <cppfabric/cppfabric.hpp>
 #include <cstdlib>
 #include <string>
+#include <utility>
+#include <vector>
 
 using cppfabric::Fabric;
+
+// --profile: seconds per phase of an epoch, measured between marks.
+struct EpochProfile {
+  bool enabled = false, cuda = false;
+  std::chrono::steady_clock::time_point last;
+  std::vector<std::pair<std::string, double>> seconds{{"data wait", 0},  {"forward+backward", 0},
+                                                      {"optimizer", 0},  {"validation", 0},
+                                                      {"checkpoint", 0}, {"other", 0}};
+  void begin() {
+    for (auto& entry : seconds) entry.second = 0;
+    last = std::chrono::steady_clock::now();
+  }
+  void mark(const std::string& phase) {  // the time since the last mark goes to `phase`
+    if (!enabled) return;
+    if (cuda) torch::cuda::synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& entry : seconds) {
+      if (entry.first == phase) entry.second += std::chrono::duration<double>(now - last).count();
+    }
+    last = now;
+  }
+  std::string summary() const {
+    double total = 0;
+    for (const auto& entry : seconds) total += entry.second;
+    std::string out = fmt::format("{:.2f} s:", total);
+    for (const auto& [phase, t] : seconds) {
+      out += fmt::format(" {} {:.2f} s ({:.0f}%)", phase, t, 100 * t / std::max(total, 1e-9));
+    }
+    return out;
+  }
+};
 namespace data = cppfabric::data;
 namespace T = cppfabric::data::transforms;
 
@@ -60,6 +95,7 @@ int main(int argc, char** argv) {
   std::size_t batch_size = 128, synthetic_size = 50000;
   int64_t max_steps = -1, seed = 42;
   double require_accuracy = -1.0;
+  EpochProfile profile;
   CLI::App app{"CIFAR-10 with cppfabric (Lightning Fabric's example, ported)"};
   app.add_option("--data-dir", data_dir, "Folder holding (or receiving) cifar-10-batches-bin");
   app.add_flag("--download,!--no-download", download, "Download CIFAR-10 when it is missing");
@@ -81,6 +117,7 @@ int main(int argc, char** argv) {
   app.add_option("--resume", resume, "Continue from this checkpoint (one of --checkpoint-dir's)");
   app.add_option("--require-accuracy", require_accuracy,
                  "Exit non-zero if the last validation accuracy is below this");
+  app.add_flag("--profile", profile.enabled, "Print where each epoch's time goes");
   CLI11_PARSE(app, argc, argv);
 
   cppfabric::DevicesArg devices_arg = devices;
@@ -151,6 +188,8 @@ int main(int argc, char** argv) {
   double accuracy = 0.0;
   for (int epoch = start_epoch; epoch < epochs; ++epoch) {
     const auto start = std::chrono::steady_clock::now();
+    profile.cuda = fabric.device().is_cuda();
+    profile.begin();
     net.train();
     const auto on_device = torch::TensorOptions().device(fabric.device());
     auto loss_sum = torch::zeros({}, on_device);
@@ -159,11 +198,14 @@ int main(int argc, char** argv) {
     int64_t running_total = 0;
     int64_t batch_idx = 0;
     for (auto& batch : train) {
+      profile.mark("data wait");
       opt.zero_grad();
       auto outputs = net(batch.data);
       auto loss = torch::nn::functional::cross_entropy(outputs, batch.target);
       fabric.backward(loss);
+      profile.mark("forward+backward");
       opt.step();
+      profile.mark("optimizer");
       loss_sum += loss.detach().to(torch::kFloat32);  // stays on the device: no sync per batch
       running_correct += outputs.detach().argmax(1).eq(batch.target).sum();
       running_total += batch.target.size(0);
@@ -172,6 +214,7 @@ int main(int argc, char** argv) {
                      train.size(), loss.item<double>(),
                      100.0 * running_correct.item<double>() / static_cast<double>(running_total));
       }
+      profile.mark("other");
       if (++batch_idx == max_steps) break;
     }
     scheduler.step();
@@ -179,6 +222,7 @@ int main(int argc, char** argv) {
     const double train_loss =
         fabric.all_reduce(loss_sum / std::max<int64_t>(batch_idx, 1)).item<double>();
 
+    profile.mark("other");
     net.eval();
     auto correct = torch::zeros({}, torch::kLong).to(fabric.device());
     auto total = torch::zeros({}, torch::kLong).to(fabric.device());
@@ -193,6 +237,7 @@ int main(int argc, char** argv) {
     total = fabric.all_reduce(total, "sum");
     accuracy = correct.item<double>() / std::max<double>(1.0, total.item<double>());
     best_val_acc = std::max(best_val_acc, accuracy);
+    profile.mark("validation");
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     fabric.print("Epoch {} | Val acc: {:.4f} | Best: {:.4f} | lr {:.2e} | {:.1f} s", epoch,
@@ -203,6 +248,7 @@ int main(int argc, char** argv) {
                      {"epoch_time_s", seconds}},
                     epoch);
 
+    profile.mark("other");
     // One checkpoint per epoch; Python opens it with torch.load(..., weights_only=True).
     // `--resume` reads it back; "epoch" and "best_val_acc" come back as the remainder.
     fabric.save(fmt::format("{}/epoch_{}.ckpt", checkpoint_dir, epoch),
@@ -211,6 +257,8 @@ int main(int argc, char** argv) {
                  {"scheduler", scheduler},
                  {"epoch", epoch},
                  {"best_val_acc", best_val_acc}});
+    profile.mark("checkpoint");
+    if (profile.enabled) fabric.print("Profile epoch {}: {}", epoch, profile.summary());
   }
 
   if (require_accuracy >= 0 && accuracy < require_accuracy) {
