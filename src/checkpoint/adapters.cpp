@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <unordered_set>
 
 #include "cppfabric/detail/fmt.hpp"
@@ -412,8 +413,11 @@ Value OptimizerStateful::state_dict() const {
     Value ids = Value::list();
     for (const auto& p : group.params()) {
       auto it = optimizer_->state().find(p.unsafeGetTensorImpl());
-      if (it != optimizer_->state().end())
-        state.items().emplace_back(Value(index), param_state(type_, *it->second, group));
+      if (it != optimizer_->state().end()) {
+        Value entry = param_state(type_, *it->second, group);
+        state.items().emplace_back(std::piecewise_construct, std::forward_as_tuple(index),
+                                   std::forward_as_tuple(std::move(entry)));
+      }
       ids.elements().emplace_back(index++);
     }
     Value g = group_dict(type_, group);

@@ -115,9 +115,14 @@ uint32_t crc32_update(uint32_t crc, const unsigned char* data, std::size_t n) {
 FileSource::~FileSource() { ::close(fd_); }
 
 MappedSource::MappedSource(int fd, uint64_t size, const std::string& what) : size_(size) {
-  void* p = size == 0
-                ? nullptr
-                : ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+  // Populated read-only (the page cache's pages, no copy), then made writable: a write to a
+  // tensor copies just that page (private), never touching the file. Populating a writable
+  // private mapping would copy every page up front.
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+  if (p != MAP_FAILED && ::mprotect(p, size, PROT_READ | PROT_WRITE) != 0) {
+    ::munmap(p, size);
+    p = MAP_FAILED;
+  }
   const int error = errno;
   ::close(fd);
   if (p == MAP_FAILED) {
