@@ -18,6 +18,7 @@
 #include "cppfabric/utilities/rank_zero.hpp"
 #include "cppfabric/utilities/seed.hpp"
 #include "cppfabric/utilities/terminate.hpp"
+#include "data/map_tensors.hpp"
 
 namespace cppfabric {
 
@@ -395,32 +396,6 @@ int64_t Fabric::broadcast_number(int64_t value, int src) {
   return strategy()->broadcast(to_device(t), src).item<int64_t>();
 }
 
-namespace {
-/// Applies `fn` to every tensor of a Value tree, in order.
-template <typename F>
-Value map_tensor_leaves(const Value& value, const F& fn) {
-  switch (value.kind()) {
-    case Value::Kind::Tensor:
-      return Value(fn(value.to_tensor()));
-    case Value::Kind::List:
-    case Value::Kind::Tuple: {
-      Value::List items;
-      for (const auto& item : value.elements()) items.push_back(map_tensor_leaves(item, fn));
-      return value.kind() == Value::Kind::List ? Value::list(std::move(items))
-                                               : Value::tuple(std::move(items));
-    }
-    case Value::Kind::Dict: {
-      Value::Items items;
-      for (const auto& [key, item] : value.items())
-        items.emplace_back(key, map_tensor_leaves(item, fn));
-      return Value::dict(std::move(items), value.is_ordered_dict());
-    }
-    default:
-      return value;
-  }
-}
-}  // namespace
-
 std::vector<at::Tensor> Fabric::all_gather(const std::vector<at::Tensor>& tensors,
                                            bool sync_grads) {
   std::vector<at::Tensor> out;
@@ -437,7 +412,7 @@ std::map<std::string, at::Tensor> Fabric::all_gather(
 }
 
 Value Fabric::all_gather(const Value& tree, bool sync_grads) {
-  return map_tensor_leaves(tree, [&](const at::Tensor& t) { return all_gather(t, sync_grads); });
+  return detail::map_tensors(tree, [&](const at::Tensor& t) { return all_gather(t, sync_grads); });
 }
 
 std::vector<at::Tensor> Fabric::all_reduce(const std::vector<at::Tensor>& tensors,
@@ -459,7 +434,7 @@ std::map<std::string, at::Tensor> Fabric::all_reduce(
 
 Value Fabric::all_reduce(const Value& tree, const std::string& reduce_op) {
   collectives::reduce_kind_from_string(reduce_op);
-  return map_tensor_leaves(tree, [&](const at::Tensor& t) { return all_reduce(t, reduce_op); });
+  return detail::map_tensors(tree, [&](const at::Tensor& t) { return all_reduce(t, reduce_op); });
 }
 
 at::Tensor Fabric::all_gather(const at::Tensor& tensor, bool sync_grads) {

@@ -7,6 +7,7 @@
 #include "cppfabric/data/dataset.hpp"
 #include "cppfabric/detail/fmt.hpp"
 #include "data/error_message.hpp"
+#include "data/map_tensors.hpp"
 
 namespace cppfabric::detail {
 
@@ -31,31 +32,6 @@ std::string error_message(const std::exception& error) {
 namespace cppfabric::data {
 
 namespace {
-
-/// Applies `fn` to every tensor of `value`, keeping the structure.
-template <typename F>
-Value map_tensors(const Value& value, const F& fn) {
-  switch (value.kind()) {
-    case Value::Kind::Tensor:
-      return Value(fn(value.to_tensor()));
-    case Value::Kind::List:
-    case Value::Kind::Tuple: {
-      Value::List items;
-      items.reserve(value.elements().size());
-      for (const auto& item : value.elements()) items.push_back(map_tensors(item, fn));
-      return value.kind() == Value::Kind::List ? Value::list(std::move(items))
-                                               : Value::tuple(std::move(items));
-    }
-    case Value::Kind::Dict: {
-      Value::Items items;
-      items.reserve(value.items().size());
-      for (const auto& [key, item] : value.items()) items.emplace_back(key, map_tensors(item, fn));
-      return Value::dict(std::move(items), value.is_ordered_dict());
-    }
-    default:
-      return value;
-  }
-}
 
 std::string shape_of(const at::Tensor& t) { return fmt::format("{}", t.sizes().vec()); }
 
@@ -184,13 +160,13 @@ Value collate_at(const std::vector<const Value*>& samples, bool pin, const std::
 }  // namespace
 
 Value move_to_device(const Value& value, c10::Device device, bool non_blocking) {
-  return map_tensors(value, [&](const at::Tensor& t) {
+  return detail::map_tensors(value, [&](const at::Tensor& t) {
     return t.defined() && t.device() != device ? t.to(device, non_blocking) : t;
   });
 }
 
 Value pin_memory(const Value& value) {
-  return map_tensors(value, [](const at::Tensor& t) {
+  return detail::map_tensors(value, [](const at::Tensor& t) {
     return t.defined() && t.device().is_cpu() && !t.is_pinned() ? t.pin_memory() : t;
   });
 }

@@ -166,9 +166,12 @@ TEST(CheckpointAdversarial, SharedReferencesCannotAmplifyASmallFile) {
 TEST(CheckpointAdversarial, RepeatedCopiesOfASharedDictAreBounded) {
   // d = {0: 0, ..., 999: 999}; then OrderedDict(d) 20000 times (each copy popped again).
   std::string p = kProto + global("collections", "OrderedDict") + "q" + byte(1) + "}(";
-  for (int i = 0; i < 1000; ++i) p += "M" + byte(i & 0xff) + byte(i >> 8) + "K" + byte(0);
-  p += "uq" + byte(0);
-  for (int i = 0; i < 20000; ++i) p += "h" + byte(1) + "h" + byte(0) + byte(0x85) + "R0";
+  // Appends piece by piece: GCC 12 warns (-Wstringop-overflow) on "literal" + std::string&&.
+  for (int i = 0; i < 1000; ++i)
+    p.append("M").append(byte(i & 0xff)).append(byte(i >> 8)).append("K").append(byte(0));
+  p.append("uq").append(byte(0));
+  for (int i = 0; i < 20000; ++i)
+    p.append("h").append(byte(1)).append("h").append(byte(0)).append(byte(0x85)).append("R0");
   p += ".";
   EXPECT_THROW_WITH(ck::from_torch_bytes(wrap_pickle(p)), std::runtime_error,
                     "copying shared containers");
