@@ -59,7 +59,7 @@ int train_from_torch_body(int rank, int port) {
     std::vector<at::Tensor> xs, ys;
     for (std::size_t i = 0; i < 24; ++i) {
       auto example = dataset->get(i);
-      xs.push_back(example.data);
+      xs.push_back(example.data.flatten());  // Normalize makes [1, 1, 4]
       ys.push_back(example.target.to(torch::kFloat) / 24.0f);
     }
     return torch::mse_loss(net(torch::stack(xs)), torch::stack(ys).unsqueeze(1)).item<double>();
@@ -76,7 +76,7 @@ int train_from_torch_body(int rank, int port) {
       }
       opt.zero_grad();
       auto target = batch.target.to(torch::kFloat).unsqueeze(1) / 24.0f;
-      fabric.backward(torch::mse_loss(net(batch.data), target));
+      fabric.backward(torch::mse_loss(net(batch.data.flatten(1)), target));
       opt.step();
     }
   }
