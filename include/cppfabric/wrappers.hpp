@@ -79,7 +79,8 @@ class FabricModuleBase {
 
   /// Loads a state dict (name -> tensor, no wrapper prefix) into the module: a Value dict as
   /// fabric.load and checkpoint::load_torch_file return it. With strict, missing or unexpected
-  /// keys throw std::invalid_argument naming them; shapes and dtypes are always checked.
+  /// keys throw std::runtime_error naming them (as Python's RuntimeError); shapes and dtypes are
+  /// always checked.
   LoadStateDictResult load_state_dict(const Value& state, bool strict = true);
   /// The same from state_dict()'s OrderedDict, a std::map<std::string, at::Tensor> or any
   /// range of (name, tensor) items.

@@ -59,7 +59,7 @@ int train_from_torch_body(int rank, int port) {
     std::vector<at::Tensor> xs, ys;
     for (std::size_t i = 0; i < 24; ++i) {
       auto example = dataset->get(i);
-      xs.push_back(example.data);
+      xs.push_back(example.data.flatten());  // Normalize makes [1, 1, 4]
       ys.push_back(example.target.to(torch::kFloat) / 24.0f);
     }
     return torch::mse_loss(net(torch::stack(xs)), torch::stack(ys).unsqueeze(1)).item<double>();
@@ -76,7 +76,7 @@ int train_from_torch_body(int rank, int port) {
       }
       opt.zero_grad();
       auto target = batch.target.to(torch::kFloat).unsqueeze(1) / 24.0f;
-      fabric.backward(torch::mse_loss(net(batch.data), target));
+      fabric.backward(torch::mse_loss(net(batch.data.flatten(1)), target));
       opt.step();
     }
   }
@@ -84,7 +84,8 @@ int train_from_torch_body(int rank, int port) {
   EXPECT_NE(seen[0], seen[1]) << "set_epoch reshuffles every epoch";
 
   for (int epoch = 0; epoch < 2; ++epoch) {
-    ASSERT_EQ(seen[epoch].size(), 12u);
+    EXPECT_EQ(seen[epoch].size(), 12u);
+    if (seen[epoch].size() != 12u) return 1;
     auto all = fabric.all_gather(torch::tensor(seen[epoch]));  // [2, 12]
     std::set<int64_t> mine(seen[epoch].begin(), seen[epoch].end());
     std::set<int64_t> other;
@@ -142,18 +143,23 @@ int collections_body(int rank, int port) {
   const float r = static_cast<float>(rank);
   auto gathered =
       fabric.all_gather(std::vector<at::Tensor>{torch::full({2}, r), torch::tensor({r})});
-  ASSERT_EQ(gathered.size(), 2u);
+  EXPECT_EQ(gathered.size(), 2u);
+  if (gathered.size() != 2u) return 1;
   EXPECT_EQ(gathered[0].sizes(), (std::vector<int64_t>{2, 2}));
   EXPECT_TRUE(torch::equal(gathered[1], torch::tensor({{0.0f}, {1.0f}})));
 
-  std::map<std::string, at::Tensor> metrics{{"loss", torch::tensor(1.0f + r)},
-                                            {"correct", torch::tensor(int64_t{10} * (rank + 1))}};
-  auto mean = fabric.all_reduce(metrics);
+  // Fresh inputs for each call: on the CPU, Gloo reduces in place (as torch.distributed does).
+  auto metrics = [&] {
+    return std::map<std::string, at::Tensor>{{"loss", torch::tensor(1.0f + r)},
+                                             {"correct", torch::tensor(int64_t{10} * (rank + 1))}};
+  };
+  auto mean = fabric.all_reduce(metrics());
   EXPECT_FLOAT_EQ(mean.at("loss").item<float>(), 1.5f);
-  auto sum = fabric.all_reduce(metrics, "sum");
+  auto sum = fabric.all_reduce(metrics(), "sum");
   EXPECT_EQ(sum.at("correct").item<int64_t>(), 30);
-  auto by_key = fabric.all_gather(metrics);
-  EXPECT_TRUE(torch::equal(by_key.at("correct"), torch::tensor({10, 20})));
+  auto by_key = fabric.all_gather(metrics());
+  EXPECT_TRUE(torch::equal(by_key.at("correct"), torch::tensor({10, 20}, torch::kInt64)))
+      << by_key.at("correct");
 
   Value tree = Value::dict({{"a", torch::tensor({r})},
                             {"step", 5},
@@ -167,7 +173,7 @@ int collections_body(int rank, int port) {
 
   EXPECT_THROW_WITH(fabric.broadcast(std::string("x"), 2), std::invalid_argument,
                     "valid ranks are 0..1");
-  EXPECT_THROW_WITH(fabric.all_reduce(metrics, "median"), std::invalid_argument, "median");
+  EXPECT_THROW_WITH(fabric.all_reduce(metrics(), "median"), std::invalid_argument, "median");
   fabric.barrier();
   return ::testing::Test::HasFailure() ? 1 : 0;
 }

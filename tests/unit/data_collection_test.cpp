@@ -93,7 +93,7 @@ TEST(Collate, TuplesCollatePositionByPosition) {
     auto [x, y, w] = batch.as<Triple>();
     EXPECT_EQ(x.sizes(), (std::vector<int64_t>{3, 2}));
     EXPECT_TRUE(torch::equal(y, torch::arange(first, first + 3)));
-    EXPECT_TRUE(torch::allclose(w, 0.5 * y.to(torch::kDouble)));
+    EXPECT_TRUE(torch::allclose(w, 0.5 * y.to(torch::kFloat)));
     EXPECT_TRUE(torch::equal(batch.field(1), y));
     first += 3;
   }
@@ -288,11 +288,12 @@ TEST(FromTorch, DatasetWithTransformsLoadsThroughWorkers) {
   EXPECT_EQ(loader.size(), 3u);
   std::set<int64_t> seen;
   for (auto& batch : loader) {
-    ASSERT_EQ(batch.data.dim(), 2);
-    EXPECT_EQ(batch.data.size(1), 4);
-    // Normalize: (i - 1) / 2 in every column.
-    EXPECT_TRUE(
-        torch::allclose(batch.data.select(1, 0), (batch.target.to(torch::kFloat) - 1.0f) / 2.0f));
+    // LibTorch's Normalize treats its input as an image: [4] becomes [1, 1, 4].
+    ASSERT_EQ(batch.data.dim(), 4);
+    const auto rows = batch.data.flatten(1);
+    EXPECT_EQ(rows.size(1), 4);
+    // Normalize: (i - 1) / 2 in the first column.
+    EXPECT_TRUE(torch::allclose(rows.select(1, 0), (batch.target.to(torch::kFloat) - 1.0f) / 2.0f));
     for (int64_t k = 0; k < batch.target.size(0); ++k) seen.insert(batch.target[k].item<int64_t>());
   }
   EXPECT_EQ(seen.size(), 20u);
