@@ -420,6 +420,32 @@ TEST(FaultMatrix, KillDuringSaveKeepsTheLastCheckpoint) {
   expect_params(reference(2, 5), dir, 2);
 }
 
+// Rank 0's disk fills up inside fabric.save (a file-size limit makes the write fail as a full
+// disk does): rank 0 raises its own error naming the file, the other rank learns that rank 0
+// failed instead of waiting at a barrier, the previous checkpoint stays whole and no temporary
+// file is left; a new run resumes from it.
+TEST(FaultMatrix, FailedSaveOnRankZeroFailsEveryRankCleanly) {
+  const std::string ckpt = temp_dir(), dir = temp_dir();
+  const std::vector<std::string> flags = {"--steps",    "5",  "--timeout-s", "60",
+                                          "--ckpt-dir", ckpt, "--out",       dir};
+  const auto exits = run_processes(torchrun_ranks(2, flags, fault("fsize@save", 0, 2)), 90s);
+  for (int rank = 0; rank < 2; ++rank) {
+    EXPECT_NE(exits[rank].code, 0) << exits[rank].output;
+    EXPECT_NE(exits[rank].code, cppfabric::testing::kDeadlineExceeded) << exits[rank].output;
+    EXPECT_LT(exits[rank].seconds, 30.0) << exits[rank].output;
+  }
+  EXPECT_TRUE(Contains(exits[0].output, "last.ckpt")) << exits[0].output;
+  EXPECT_TRUE(Contains(exits[0].output, "File too large")) << exits[0].output;
+  EXPECT_TRUE(Contains(exits[1].output, "failed on global rank 0")) << exits[1].output;
+  EXPECT_EQ(list_dir(ckpt), std::vector<std::string>{"last.ckpt"}) << "no partial file may stay";
+
+  const auto resumed = run_processes(torchrun_ranks(2, flags), 90s);
+  ASSERT_EQ(resumed[0].code, 0) << resumed[0].output;
+  ASSERT_EQ(resumed[1].code, 0) << resumed[1].output;
+  EXPECT_TRUE(Contains(resumed[0].output, "at step 2"));  // saved after steps 0 and 1
+  expect_params(reference(2, 5), dir, 2);
+}
+
 // A stalled rank (SIGSTOP: alive, sockets open) makes the other fail at the configured timeout,
 // naming the operation, the rank and the timeout.
 TEST(FaultMatrix, StoppedRankMakesTheOthersFailAtTheTimeout) {

@@ -129,14 +129,14 @@ TEST(CheckpointAdversarial, RepeatedDictKeysReplaceInPlaceAsInPython) {
 // references to the previous one; `levels` levels expand to about 10^levels values.
 std::string laughs(int levels) {
   std::string p = kProto + "](";
-  for (int i = 0; i < 10; ++i) p += "K" + byte(i);
-  p += "eq" + byte(0) + "0";  // memoize, pop
+  for (int i = 0; i < 10; ++i) p.append("K").append(byte(i));
+  p.append("eq").append(byte(0)).append("0");  // memoize, pop
   for (int level = 1; level < levels; ++level) {
     p += "](";
-    for (int i = 0; i < 10; ++i) p += "h" + byte(level - 1);
-    p += "eq" + byte(level) + "0";
+    for (int i = 0; i < 10; ++i) p.append("h").append(byte(level - 1));
+    p.append("eq").append(byte(level)).append("0");
   }
-  return p + "h" + byte(levels - 1) + ".";
+  return p.append("h").append(byte(levels - 1)).append(".");
 }
 
 TEST(CheckpointAdversarial, SharedReferencesCannotAmplifyASmallFile) {

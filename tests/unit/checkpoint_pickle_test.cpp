@@ -163,7 +163,9 @@ std::string u32le(uint32_t v) {
   return out;
 }
 std::string unicode(const std::string& s) {
-  return "X" + u32le(static_cast<uint32_t>(s.size())) + s;
+  std::string out =
+      "X";  // appended: GCC 12 warns on "literal" + std::string&& (-Wstringop-overflow)
+  return out.append(u32le(static_cast<uint32_t>(s.size()))).append(s);
 }
 std::string global(const std::string& module, const std::string& name) {
   return "c" + module + "\n" + name + "\n";

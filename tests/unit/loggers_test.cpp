@@ -75,7 +75,8 @@ std::string run_python(const std::string& python, const std::string& script,
                        const std::vector<std::string>& args) {
   std::string command =
       quote(python) + " " + quote(std::string(CPPFABRIC_SOURCE_DIR) + "/tests/python/" + script);
-  for (const auto& arg : args) command += " " + quote(arg);
+  for (const auto& arg : args)
+    command.append(" ").append(quote(arg));  // GCC 12: no "lit" + string&&
   int status = 0;
   const std::string output = cppfabric::testing::run_command(command + " 2>/dev/null", &status);
   EXPECT_EQ(status, 0) << "failed: " << command << "\n" << output;
@@ -645,7 +646,8 @@ class SummaryScript {
                                                             : "int64";
     std::string out = fmt::format("{}\t{}", dtype, fmt::join(t.sizes(), ","));
     const torch::Tensor flat = t.to(torch::kDouble).contiguous().reshape({-1});
-    for (int64_t i = 0; i < flat.numel(); ++i) out += "\t" + float_text(flat[i].item<double>());
+    for (int64_t i = 0; i < flat.numel(); ++i)
+      out.append("\t").append(float_text(flat[i].item<double>()));
     return out;
   }
   cppfabric::loggers::SummaryWriter& writer_;

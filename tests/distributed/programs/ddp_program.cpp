@@ -19,7 +19,9 @@
 // optimizer, step), so a restarted run continues from its last complete checkpoint.
 //
 // Faults for the fault-matrix tests come from the environment:
-//   CPPFABRIC_TEST_FAULT=ACTION@WHERE   ACTION: kill (SIGKILL), stop (SIGSTOP), throw;
+//   CPPFABRIC_TEST_FAULT=ACTION@WHERE   ACTION: kill (SIGKILL), stop (SIGSTOP), throw, fsize (a
+//                                        256-byte file-size limit: the save's write fails as on a
+//                                        full disk; with 'save' only);
 //                                        WHERE: forward, backward (inside autograd, between the
 //                                        gradient hooks), step (before optimizer.step()), save
 //                                        (inside fabric.save, while the state is collected),
@@ -27,6 +29,7 @@
 //   CPPFABRIC_TEST_FAULT_RANK=R (default 1), CPPFABRIC_TEST_FAULT_STEP=S (default 1)
 //   CPPFABRIC_TEST_FAULT_RESTART=K      only fault when TORCHELASTIC_RESTART_COUNT is K (unset: any)
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -171,9 +174,10 @@ struct Fault {
     }
     f.action = text.substr(0, at);
     f.where = text.substr(at + 1);
-    if (f.action != "kill" && f.action != "stop" && f.action != "throw" && f.action != "barrier") {
+    if (f.action != "kill" && f.action != "stop" && f.action != "throw" && f.action != "barrier" &&
+        f.action != "fsize") {
       throw std::invalid_argument("CPPFABRIC_TEST_FAULT action '" + f.action +
-                                  "' is not one of 'kill', 'stop', 'throw', 'barrier'");
+                                  "' is not one of 'kill', 'stop', 'throw', 'barrier', 'fsize'");
     }
     if (f.where != "forward" && f.where != "backward" && f.where != "step" && f.where != "save" &&
         f.where != "order") {
@@ -182,6 +186,9 @@ struct Fault {
     }
     if ((f.where == "order") != (f.action == "barrier")) {
       throw std::invalid_argument("CPPFABRIC_TEST_FAULT: 'barrier' goes with 'order' only");
+    }
+    if (f.action == "fsize" && f.where != "save") {
+      throw std::invalid_argument("CPPFABRIC_TEST_FAULT: 'fsize' goes with 'save' only");
     }
     f.rank = env_int_or("CPPFABRIC_TEST_FAULT_RANK", 1);
     f.step = env_int_or("CPPFABRIC_TEST_FAULT_STEP", 1);
@@ -201,6 +208,12 @@ struct Fault {
     std::fflush(stderr);
     if (action == "kill") ::raise(SIGKILL);
     if (action == "stop") ::raise(SIGSTOP);
+    if (action == "fsize") {
+      // Writes past 256 bytes now fail with EFBIG (instead of SIGXFSZ), as on a full disk.
+      ::signal(SIGXFSZ, SIG_IGN);
+      const rlimit limit{256, 256};
+      ::setrlimit(RLIMIT_FSIZE, &limit);
+    }
     if (action == "throw") {
       throw std::runtime_error("injected fault at " + where + ", step " +
                                std::to_string(current_step));
