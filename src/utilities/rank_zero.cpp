@@ -40,6 +40,10 @@ std::atomic<int>& world_slot() {
   return world;
 }
 
+// Read when the library is loaded, as Python reads it at import: a program that changes RANK later
+// (a test, or a user script) does not change what the rank-zero helpers believe until Fabric says.
+[[maybe_unused]] const bool environment_read_at_load = (rank_slot(), world_slot(), true);
+
 void apply_pattern(spdlog::logger& logger) {
   const int world = world_slot().load();
   logger.set_pattern(world > 1 ? fmt::format("[rank: {}] [%l] %v", rank_slot().load()) : "[%l] %v");

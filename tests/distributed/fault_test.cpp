@@ -438,6 +438,9 @@ TEST(FaultMatrix, FailedSaveOnRankZeroFailsEveryRankCleanly) {
   EXPECT_TRUE(Contains(exits[0].output, "File too large")) << exits[0].output;
   EXPECT_TRUE(Contains(exits[1].output, "failed on global rank 0")) << exits[1].output;
   EXPECT_EQ(list_dir(ckpt), std::vector<std::string>{"last.ckpt"}) << "no partial file may stay";
+  // The limit (1 KiB) is below a whole checkpoint, so the previous one is what stays.
+  std::ifstream previous(ckpt + "/last.ckpt", std::ios::binary | std::ios::ate);
+  EXPECT_GT(static_cast<long long>(previous.tellg()), 1024);
 
   const auto resumed = run_processes(torchrun_ranks(2, flags), 90s);
   ASSERT_EQ(resumed[0].code, 0) << resumed[0].output;

@@ -20,7 +20,7 @@
 //
 // Faults for the fault-matrix tests come from the environment:
 //   CPPFABRIC_TEST_FAULT=ACTION@WHERE   ACTION: kill (SIGKILL), stop (SIGSTOP), throw, fsize (a
-//                                        256-byte file-size limit: the save's write fails as on a
+//                                        1 KiB file-size limit: the save's write fails as on a
 //                                        full disk; with 'save' only);
 //                                        WHERE: forward, backward (inside autograd, between the
 //                                        gradient hooks), step (before optimizer.step()), save
@@ -209,9 +209,10 @@ struct Fault {
     if (action == "kill") ::raise(SIGKILL);
     if (action == "stop") ::raise(SIGSTOP);
     if (action == "fsize") {
-      // Writes past 256 bytes now fail with EFBIG (instead of SIGXFSZ), as on a full disk.
+      // Writes past 1 KiB of a file now fail with EFBIG (instead of SIGXFSZ), as on a full disk:
+      // the checkpoint (several KiB) cannot be written, this rank's short log file still can.
       ::signal(SIGXFSZ, SIG_IGN);
-      const rlimit limit{256, 256};
+      const rlimit limit{1024, 1024};
       ::setrlimit(RLIMIT_FSIZE, &limit);
     }
     if (action == "throw") {
