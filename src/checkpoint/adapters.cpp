@@ -9,8 +9,8 @@
 #include <stdexcept>
 #include <string_view>
 #include <tuple>
-#include <utility>
 #include <unordered_set>
+#include <utility>
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/state.hpp"
