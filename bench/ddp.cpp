@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "run_child.hpp"
+
 namespace {
 
 struct Args {
@@ -122,17 +124,7 @@ double run_mode(const std::string& self, const Args& a, const std::string& mode)
                               std::to_string(a.width) + " --layers " + std::to_string(a.layers) +
                               " --threads " + std::to_string(a.threads) + " --single-threads " +
                               std::to_string(a.single_threads) + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
-  std::string output;
-  char buffer[512];
-  while (std::fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
-  const int status = ::pclose(pipe);
-  const auto at = output.find("us_per_step=");
-  if (status != 0 || at == std::string::npos) {
-    throw std::runtime_error("mode " + mode + " failed:\n" + output);
-  }
-  return std::stod(output.substr(at + 12));
+  return cppfabric::bench::run_and_read_number(command, "us_per_step=", "mode " + mode);
 }
 
 struct Stats {

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "run_child.hpp"
+
 namespace {
 
 struct MLPImpl : torch::nn::Module {
@@ -44,17 +46,8 @@ double median(std::vector<double> v);
 double callgrind_instructions(const std::string& self, const std::string& args) {
   const std::string command =
       "valgrind --tool=callgrind --callgrind-out-file=/dev/null " + self + " " + args + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
-  std::string output;
-  char buffer[512];
-  while (std::fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
-  const int status = ::pclose(pipe);
-  const auto at = output.find("Collected : ");
-  if (status != 0 || at == std::string::npos) {
-    throw std::runtime_error("`" + command + "` failed (is valgrind installed?):\n" + output);
-  }
-  return std::stod(output.substr(at + 12));
+  return cppfabric::bench::run_and_read_number(
+      command, "Collected : ", "`" + command + "` (is valgrind installed?)");
 }
 
 int callgrind_mode(int rounds, int64_t batch, int64_t width, int threads) {

@@ -23,19 +23,9 @@ using cppfabric::testing::find_free_port;
 using cppfabric::testing::run_command;
 using cppfabric::testing::run_ranks;
 
-std::string temp_dir() {
-  std::string pattern = "/tmp/cppfabric_ddp_XXXXXX";
-  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-  return pattern;
-}
+using cppfabric::testing::read_params;
 
-std::vector<double> read_params(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<double> values;
-  double v;
-  while (in.read(reinterpret_cast<char*>(&v), sizeof(v))) values.push_back(v);
-  return values;
-}
+std::string temp_dir() { return cppfabric::testing::temp_dir("ddp"); }
 
 struct Run {
   int code = -1;

@@ -52,23 +52,13 @@ const std::string kProgram = CPPFABRIC_DDP_PROGRAM;
   return ::testing::AssertionFailure() << "\"" << part << "\" not found in:\n" << text;
 }
 
-std::string temp_dir() {
-  std::string pattern = "/tmp/cppfabric_fault_XXXXXX";
-  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-  return pattern;
-}
+using cppfabric::testing::read_params;
+
+std::string temp_dir() { return cppfabric::testing::temp_dir("fault"); }
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-std::vector<double> read_params(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<double> values;
-  double v;
-  while (in.read(reinterpret_cast<char*>(&v), sizeof(v))) values.push_back(v);
-  return values;
 }
 
 std::vector<std::string> list_dir(const std::string& dir) {

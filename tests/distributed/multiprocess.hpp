@@ -29,8 +29,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <stdexcept>
@@ -39,6 +41,22 @@
 #include <vector>
 
 namespace cppfabric::testing {
+
+/// A fresh folder /tmp/cppfabric_<name>_XXXXXX.
+inline std::string temp_dir(const std::string& name) {
+  std::string pattern = "/tmp/cppfabric_" + name + "_XXXXXX";
+  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  return pattern;
+}
+
+/// The doubles a test program wrote with fwrite (its final parameters).
+inline std::vector<double> read_params(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<double> values;
+  double v;
+  while (in.read(reinterpret_cast<char*>(&v), sizeof(v))) values.push_back(v);
+  return values;
+}
 
 /// Exit code of a rank the parent killed at the deadline (like timeout(1)).
 inline constexpr int kDeadlineExceeded = 124;

@@ -2,7 +2,6 @@
 // dict loads in linear time, shared references cannot amplify a small file into gigabytes,
 // LibTorch's errors never escape with a backtrace, and a full disk is a clean error that leaves
 // the previous checkpoint and no temporary file.
-#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -20,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "pickle_builders.hpp"
 #include "test_utils.hpp"
 
 namespace {
@@ -27,44 +27,11 @@ namespace {
 using cppfabric::Value;
 namespace ck = cppfabric::checkpoint;
 using Clock = std::chrono::steady_clock;
+using namespace cppfabric::testing::pickle;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
-
-// A zip laid out as torch.save does, around a hand-written pickle.
-std::string wrap_pickle(const std::string& pickle,
-                        const std::vector<std::pair<std::string, std::string>>& records = {}) {
-  std::string out;
-  caffe2::serialize::PyTorchStreamWriter writer([&](const void* d, size_t n) {
-    out.append(static_cast<const char*>(d), n);
-    return n;
-  });
-  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
-  for (const auto& [name, data] : records) writer.writeRecord(name, data.data(), data.size());
-  writer.writeEndOfFile();
-  return out;
-}
-
-std::string byte(int b) { return std::string(1, static_cast<char>(b)); }
-std::string u32le(uint32_t v) {
-  std::string out;
-  for (int i = 0; i < 4; ++i) out += byte((v >> (8 * i)) & 0xff);
-  return out;
-}
-std::string u64le(uint64_t v) {
-  std::string out;
-  for (int i = 0; i < 8; ++i) out += byte((v >> (8 * i)) & 0xff);
-  return out;
-}
-std::string unicode(const std::string& s) {
-  return "X" + u32le(static_cast<uint32_t>(s.size())) + s;
-}
-std::string global(const std::string& module, const std::string& name) {
-  return "c" + module + "\n" + name + "\n";
-}
-std::string long1(int64_t v) { return byte(0x8a) + byte(8) + u64le(static_cast<uint64_t>(v)); }
-const std::string kProto = byte(0x80) + byte(2);
 
 std::string temp_dir(const std::string& name) {
   const std::string dir =

@@ -13,12 +13,14 @@
 #include <sstream>
 #include <string>
 
+#include "pickle_builders.hpp"
 #include "test_utils.hpp"
 
 namespace {
 
 using cppfabric::Value;
 namespace ck = cppfabric::checkpoint;
+using namespace cppfabric::testing::pickle;
 
 Value sample_value() {
   auto base = torch::arange(12, torch::kFloat).reshape({3, 4});
@@ -140,37 +142,6 @@ TEST(CheckpointPickle, CorruptDataFailsTheCrcCheck) {
   bytes[pos + 3] = 0x40;
   EXPECT_THROW_WITH(ck::from_torch_bytes(bytes), std::runtime_error, "CRC");
 }
-
-// Builds a zip exactly as torch.save does, around a hand-written pickle.
-std::string wrap_pickle(const std::string& pickle,
-                        const std::vector<std::pair<std::string, std::string>>& records = {}) {
-  std::string out;
-  caffe2::serialize::PyTorchStreamWriter writer([&](const void* d, size_t n) {
-    out.append(static_cast<const char*>(d), n);
-    return n;
-  });
-  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
-  for (const auto& [name, data] : records) writer.writeRecord(name, data.data(), data.size());
-  writer.writeEndOfFile();
-  return out;
-}
-
-// Small pickle builders (explicit bytes, no string-literal escapes).
-std::string byte(int b) { return std::string(1, static_cast<char>(b)); }
-std::string u32le(uint32_t v) {
-  std::string out;
-  for (int i = 0; i < 4; ++i) out += byte((v >> (8 * i)) & 0xff);
-  return out;
-}
-std::string unicode(const std::string& s) {
-  std::string out =
-      "X";  // appended: GCC 12 warns on "literal" + std::string&& (-Wstringop-overflow)
-  return out.append(u32le(static_cast<uint32_t>(s.size()))).append(s);
-}
-std::string global(const std::string& module, const std::string& name) {
-  return "c" + module + "\n" + name + "\n";
-}
-const std::string kProto = byte(0x80) + byte(2);
 
 TEST(CheckpointPickle, RefusesGlobalsOutsideTheAllowList) {
   // What pickle.dumps of a call to os.system would contain: GLOBAL, args, REDUCE.
