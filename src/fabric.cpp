@@ -454,10 +454,13 @@ at::Tensor Fabric::scalar_to_tensor(double value, bool is_bool, bool is_integral
 }
 
 Guard Fabric::rank_zero_first(bool local) {
+  // Not bound by the collective timeout: rank 0 may download or preprocess for longer. Python
+  // uses a barrier with a 10000-day limit here; so do we.
+  constexpr std::chrono::milliseconds no_limit = std::chrono::hours(24 * 10000);
   const int rank = local ? local_rank() : global_rank();
-  if (rank != 0) strategy()->barrier("rank_zero_first");
+  if (rank != 0) strategy()->barrier_with_timeout("rank_zero_first", no_limit);
   return Guard([this, rank] {
-    if (rank == 0) strategy()->barrier("rank_zero_first");
+    if (rank == 0) strategy()->barrier_with_timeout("rank_zero_first", no_limit);
   });
 }
 

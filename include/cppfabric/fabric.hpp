@@ -348,7 +348,8 @@ class Fabric {
   std::map<std::string, at::Tensor> all_reduce(const std::map<std::string, at::Tensor>& tensors,
                                                const std::string& reduce_op = "mean");
   Value all_reduce(const Value& tree, const std::string& reduce_op = "mean");
-  /// Rank 0 (global, or local per node) runs the guarded block first; the others wait.
+  /// Rank 0 (global, or local per node) runs the guarded block first; the others wait, without
+  /// the collective timeout (as Python: rank 0 may download or preprocess for hours).
   Guard rank_zero_first(bool local = false);
 
   // ---------------------------------------------------------------- checkpoints

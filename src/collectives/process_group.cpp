@@ -450,6 +450,7 @@ struct ProcessGroup::Impl {
   bool debug_collectives = false;
   std::mutex debug_mutex;
   std::uint64_t sequence = 0;
+  std::uint64_t store_barriers = 0;  // barrier(timeout) calls so far, the same count on every rank
 
   static std::string debug_key(std::uint64_t n, int rank) {
     return "debug_collectives/" + std::to_string(n) + "/" + std::to_string(rank);
@@ -652,6 +653,30 @@ void ProcessGroup::barrier() {
   c10d::BarrierOptions opts;
   opts.timeout = impl_->options.timeout;
   impl_->run("barrier", impl_->launch("barrier", [&] { return impl_->backend->barrier(opts); }));
+}
+
+void ProcessGroup::barrier(std::chrono::milliseconds timeout) {
+  if (timeout <= std::chrono::milliseconds::zero()) {
+    throw std::invalid_argument("cppfabric: barrier timeout must be positive, got " +
+                                std::to_string(timeout.count()) + " ms");
+  }
+  const int world = impl_->options.world_size;
+  if (world == 1) return;
+  // Each rank counts itself in; the last to arrive publishes "done", which everyone waits for.
+  const std::string key = "store_barrier/" + std::to_string(++impl_->store_barriers);
+  try {
+    if (impl_->store->add(key + "/arrived", 1) == world)
+      impl_->store->set(key + "/done", std::vector<std::uint8_t>{1});
+    impl_->store->wait({key + "/done"}, timeout);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string("cppfabric: ")
+                                 .append(impl_->what("barrier"))
+                                 .append(" did not complete within ")
+                                 .append(std::to_string(timeout.count()))
+                                 .append(" ms: ")
+                                 .append(error_text(e))
+                                 .append(". Another rank may have exited, crashed or stalled."));
+  }
 }
 
 }  // namespace cppfabric::collectives

@@ -252,6 +252,10 @@ void DDPStrategy::barrier(const std::string& name) {
   if (distributed()) group_->barrier();
 }
 
+void DDPStrategy::barrier_with_timeout(const std::string& name, std::chrono::milliseconds timeout) {
+  if (distributed()) group_->barrier(timeout);
+}
+
 at::Tensor DDPStrategy::broadcast(const at::Tensor& tensor, int src) {
   if (!distributed()) return tensor;
   // Shapes and dtypes may differ between ranks (Python broadcasts any object): send them first.

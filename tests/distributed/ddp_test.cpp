@@ -12,6 +12,7 @@
 #include <cppfabric/cppfabric.hpp>
 #include <fstream>
 #include <iterator>
+#include <thread>
 
 #include "distributed/multiprocess.hpp"
 #include "test_utils.hpp"
@@ -358,6 +359,41 @@ TEST(DdpCollectives, TwoRanks) {
 TEST(DdpCollectives, ThreeRanks) {
   auto codes = run_ranks(3, [](int rank, int port) { return collectives_body(rank, port, 3); });
   EXPECT_EQ(codes, (std::vector<int>{0, 0, 0}));
+}
+
+// Python's rank_zero_first waits without a limit: rank 0 may preprocess for longer than the
+// collective timeout (2 s here) while the others wait, and collectives afterwards still work.
+TEST(DdpCollectives, RankZeroFirstOutlastsTheCollectiveTimeout) {
+  auto codes = run_ranks(2, [](int rank, int port) {
+    LocalRankEnv env(rank, 2, port);
+    auto ddp = std::make_shared<cppfabric::strategies::DDPStrategy>(
+        cppfabric::strategies::DDPOptions{.timeout = std::chrono::seconds(2)});
+    Fabric fabric({.accelerator = "cpu", .strategy = ddp, .devices = 2});
+    fabric.launch();
+    const auto start = std::chrono::steady_clock::now();
+    bool ran = false;
+    {
+      auto guard = fabric.rank_zero_first();
+      if (rank == 0) std::this_thread::sleep_for(std::chrono::seconds(4));
+      ran = true;
+    }
+    const auto waited = std::chrono::steady_clock::now() - start;
+    EXPECT_TRUE(ran);
+    if (rank == 1) EXPECT_GE(waited, std::chrono::milliseconds(3500));
+    { auto local = fabric.rank_zero_first(/*local=*/true); }
+    EXPECT_EQ(fabric.all_reduce(1, "sum").item<int>(), 2);
+    // The plain barrier keeps the collective timeout: rank 1 waits 2 s, not 4.
+    if (rank == 0) std::this_thread::sleep_for(std::chrono::seconds(4));
+    bool timed_out = false;
+    try {
+      fabric.barrier();
+    } catch (const std::runtime_error&) {
+      timed_out = true;
+    }
+    if (rank == 1) EXPECT_TRUE(timed_out);  // rank 0 then fails too: its peer gave up
+    return ::testing::Test::HasFailure() ? 1 : 0;
+  });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0}));
 }
 
 TEST(DdpCollectives, StoreListensOnLoopbackOnlyForSingleHostJobs) {

@@ -303,6 +303,34 @@ TEST(ProcessGroupTest, CollectiveTimesOutWhenPeerStalls) {
   EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
 }
 
+// barrier(timeout) waits longer than the group timeout when asked, and no longer than asked.
+TEST(ProcessGroupTest, BarrierWithItsOwnTimeout) {
+  const auto codes = run_ranks(2, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 2, port, 1s));
+    if (rank == 0) std::this_thread::sleep_for(2500ms);  // longer than the group timeout
+    pg->barrier(std::chrono::milliseconds(10s));
+    EXPECT_THROW(pg->barrier(0ms), std::invalid_argument);
+    if (rank == 1) {
+      std::this_thread::sleep_for(3s);  // alive, but skips the next barrier
+      return 0;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      pg->barrier(std::chrono::milliseconds(1500ms));
+      ADD_FAILURE() << "barrier passed without its peer";
+    } catch (const std::runtime_error& e) {
+      std::fprintf(stderr, "[rank 0] expected error: %s\n", e.what());
+      EXPECT_TRUE(Contains(e.what(), "barrier"));
+      EXPECT_TRUE(Contains(e.what(), "1500 ms"));
+    }
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    EXPECT_GE(elapsed, 1200ms);
+    EXPECT_LT(elapsed, 2900ms);
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
 // Rank 0 alone in a group of two: create() gives up after the timeout instead of hanging.
 TEST(ProcessGroupTest, CreateFailsWhenPeersNeverJoin) {
   const auto codes = run_ranks(1, [](int, int port) {

@@ -113,6 +113,12 @@ class ProcessGroup {
   std::vector<at::Tensor> all_gather(const at::Tensor& t);
   /// Returns once every rank has reached the barrier.
   void barrier();
+  /// A barrier that waits up to `timeout` instead of the group's timeout (Fabric's
+  /// rank_zero_first uses it, as Python uses a barrier without a limit there). It meets through
+  /// the rendezvous store, not the backend, so it costs no device work under NCCL; a rank that
+  /// dies while the others wait still ends the wait with an error (its store connection closes, or
+  /// rank 0's store goes away). Throws std::runtime_error naming the rank and the timeout.
+  void barrier(std::chrono::milliseconds timeout);
 
   struct Impl;  // private; defined in process_group.cpp
 

@@ -76,6 +76,7 @@ class DDPStrategy : public Strategy {
   Guard no_backward_sync(torch::nn::Module& module, bool enabled) override;
 
   void barrier(const std::string& name = "") override;
+  void barrier_with_timeout(const std::string& name, std::chrono::milliseconds timeout) override;
   at::Tensor broadcast(const at::Tensor& tensor, int src = 0) override;
   at::Tensor all_gather(const at::Tensor& tensor, bool sync_grads = false) override;
   at::Tensor all_reduce(const at::Tensor& tensor,

@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -133,6 +134,11 @@ class Strategy {
 
   // Collectives; on one process they return their input.
   virtual void barrier(const std::string& name = "") {}
+  /// A barrier that waits up to `timeout` rather than the collective timeout (rank_zero_first:
+  /// rank 0 may download or preprocess for longer than that). Default: barrier(name).
+  virtual void barrier_with_timeout(const std::string& name, std::chrono::milliseconds timeout) {
+    barrier(name);
+  }
   virtual at::Tensor broadcast(const at::Tensor& tensor, int src = 0) { return tensor; }
   virtual at::Tensor all_gather(const at::Tensor& tensor, bool sync_grads = false) {
     return tensor;
