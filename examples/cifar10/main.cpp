@@ -25,6 +25,8 @@
 #include <utility>
 #include <vector>
 
+#include "simple_cnn.hpp"
+
 using cppfabric::Fabric;
 
 // --profile: seconds per phase of an epoch, measured between marks.
@@ -59,32 +61,6 @@ struct EpochProfile {
 };
 namespace data = cppfabric::data;
 namespace T = cppfabric::data::transforms;
-
-struct SimpleCNNImpl : torch::nn::Module {
-  explicit SimpleCNNImpl(int64_t num_classes = 10) {
-    conv1 =
-        register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 32, 3).padding(1)));
-    conv2 =
-        register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 3).padding(1)));
-    conv3 = register_module("conv3",
-                            torch::nn::Conv2d(torch::nn::Conv2dOptions(64, 128, 3).padding(1)));
-    fc1 = register_module("fc1", torch::nn::Linear(128 * 4 * 4, 256));
-    fc2 = register_module("fc2", torch::nn::Linear(256, num_classes));
-    dropout = register_module("dropout", torch::nn::Dropout(0.25));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    x = torch::max_pool2d(torch::relu(conv1(x)), 2);  // 32 x 16 x 16
-    x = torch::max_pool2d(torch::relu(conv2(x)), 2);  // 64 x 8 x 8
-    x = torch::max_pool2d(torch::relu(conv3(x)), 2);  // 128 x 4 x 4
-    x = torch::flatten(x, 1);
-    x = dropout(torch::relu(fc1(x)));
-    return fc2(x);
-  }
-  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
-  torch::nn::Dropout dropout{nullptr};
-};
-TORCH_MODULE(SimpleCNN);
 
 int main(int argc, char** argv) {
   std::string data_dir = "data", precision = "16-mixed", accelerator = "auto", devices = "auto";
