@@ -1,4 +1,5 @@
-// Optimizer step time: cppfabric::optim (fused ATen kernels) against LibTorch's torch::optim.
+// Optimizer step time: cppfabric::optim (fused ATen kernels, and foreach: `_foreach_*` operations)
+// against LibTorch's torch::optim.
 //
 //   bench_optimizers [--rounds 15] [--steps 20] [--layers 60] [--width 256] [--threads 1]
 //                    [--device cpu|cuda]
@@ -101,6 +102,14 @@ int main(int argc, char** argv) {
   pairs.push_back({"SGD(momentum)",
                    std::make_unique<o::SGD>(params(), o::SGDOptions(1e-3).momentum(0.9)),
                    std::make_unique<co::SGD>(params(), o::SGDOptions(1e-3).momentum(0.9))});
+  const co::StepOptions foreach{.fused = false, .foreach = true};
+  pairs.push_back({"AdamW(foreach)", std::make_unique<o::AdamW>(params(), o::AdamWOptions(1e-3)),
+                   std::make_unique<co::AdamW>(params(), o::AdamWOptions(1e-3), foreach)});
+  pairs.push_back({"Adam(foreach)", std::make_unique<o::Adam>(params(), o::AdamOptions(1e-3)),
+                   std::make_unique<co::Adam>(params(), o::AdamOptions(1e-3), foreach)});
+  pairs.push_back(
+      {"SGD(foreach)", std::make_unique<o::SGD>(params(), o::SGDOptions(1e-3).momentum(0.9)),
+       std::make_unique<co::SGD>(params(), o::SGDOptions(1e-3).momentum(0.9), foreach)});
 
   std::printf(
       "optimizer step: %d parameter tensors (%d x Linear(%ld, %ld)), %s, %d thread(s), "
@@ -137,7 +146,7 @@ int main(int argc, char** argv) {
     }
     const auto ratio = stats(ratios);
     std::printf(
-        "%-14s torch::optim %9.1f us/step  cppfabric::optim %9.1f us/step  "
+        "%-15s torch::optim %9.1f us/step  cppfabric::optim %9.1f us/step  "
         "ratio ours/torch min %.3f median %.3f max %.3f\n",
         pair.name.c_str(), stats(ref_us).median, stats(our_us).median, ratio.min, ratio.median,
         ratio.max);

@@ -8,6 +8,7 @@
 #include <ATen/ops/_fused_sgd.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <map>
 #include <stdexcept>
 #include <tuple>
@@ -226,6 +227,134 @@ bool unscale_on_host(torch::optim::Optimizer& optimizer, const at::Tensor& grad_
   return false;
 }
 
+// Python's foreach=True step of Adam (L2 weight decay on the gradient) and AdamW (decoupled weight
+// decay): the same arithmetic as LibTorch's loop, as multi-tensor operations per device and dtype.
+template <typename Options, typename ParamState>
+void adam_family_foreach(const char* name, torch::optim::Optimizer& optimizer, bool decoupled) {
+  torch::NoGradGuard no_grad;
+  auto& states = optimizer.state();
+  std::size_t group_index = 0;
+  for (auto& group : optimizer.param_groups()) {
+    auto& o = static_cast<Options&>(group.options());
+    struct Lists {
+      std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs;
+      std::vector<c10::Scalar> step_sizes, bias_correction2_sqrts;
+    };
+    std::map<DeviceKey, Lists> by_device;
+    const auto [beta1, beta2] = o.betas();
+    std::size_t index = 0;
+    for (auto& p : group.params()) {
+      const std::size_t i = index++;
+      if (!p.grad().defined()) continue;
+      if (p.grad().is_sparse()) {
+        throw std::invalid_argument(fmt::format(
+            "{}(foreach=true): parameter {} of param group {} has a sparse gradient; {} takes "
+            "dense gradients only.",
+            name, i, group_index, name));
+      }
+      auto& slot = states[p.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto fresh = std::make_unique<ParamState>();
+        fresh->step(0);
+        fresh->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+        slot = std::move(fresh);
+      }
+      auto& s = static_cast<ParamState&>(*slot);
+      if (o.amsgrad() && !s.max_exp_avg_sq().defined()) {
+        s.max_exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+      }
+      s.step(s.step() + 1);
+      const auto step = static_cast<double>(s.step());
+      auto& lists = by_device[key_of(p)];
+      lists.params.push_back(p);
+      lists.grads.push_back(p.grad());
+      lists.exp_avgs.push_back(s.exp_avg());
+      lists.exp_avg_sqs.push_back(s.exp_avg_sq());
+      if (o.amsgrad()) lists.max_exp_avg_sqs.push_back(s.max_exp_avg_sq());
+      lists.step_sizes.emplace_back(-o.lr() / (1 - std::pow(beta1, step)));
+      lists.bias_correction2_sqrts.emplace_back(std::sqrt(1 - std::pow(beta2, step)));
+    }
+    for (auto& [key, l] : by_device) {
+      auto grads = l.grads;
+      if (o.weight_decay() != 0) {
+        if (decoupled) {
+          at::_foreach_mul_(l.params, 1 - o.lr() * o.weight_decay());
+        } else {
+          grads = at::_foreach_add(grads, l.params, o.weight_decay());
+        }
+      }
+      at::_foreach_mul_(l.exp_avgs, beta1);
+      at::_foreach_add_(l.exp_avgs, grads, 1 - beta1);
+      at::_foreach_mul_(l.exp_avg_sqs, beta2);
+      at::_foreach_addcmul_(l.exp_avg_sqs, grads, grads, 1 - beta2);
+      if (o.amsgrad()) at::_foreach_maximum_(l.max_exp_avg_sqs, l.exp_avg_sqs);
+      auto denom = at::_foreach_sqrt(o.amsgrad() ? l.max_exp_avg_sqs : l.exp_avg_sqs);
+      at::_foreach_div_(denom, l.bias_correction2_sqrts);
+      at::_foreach_add_(denom, o.eps());
+      at::_foreach_addcdiv_(l.params, l.exp_avgs, denom, l.step_sizes);
+    }
+    ++group_index;
+  }
+}
+
+// Python's foreach=True step of SGD: LibTorch's loop (weight decay, momentum with dampening,
+// Nesterov) as multi-tensor operations; a first step sets the momentum buffer to the gradient.
+void sgd_foreach(torch::optim::Optimizer& optimizer) {
+  torch::NoGradGuard no_grad;
+  auto& states = optimizer.state();
+  std::size_t group_index = 0;
+  for (auto& group : optimizer.param_groups()) {
+    auto& o = static_cast<torch::optim::SGDOptions&>(group.options());
+    const bool momentum = o.momentum() != 0;
+    struct Lists {
+      std::vector<at::Tensor> params, grads, buffers;
+      std::vector<std::size_t> fresh;  // positions whose buffer starts as the gradient
+    };
+    std::map<DeviceKey, Lists> by_device;
+    std::size_t index = 0;
+    for (auto& p : group.params()) {
+      const std::size_t i = index++;
+      if (!p.grad().defined()) continue;
+      if (p.grad().is_sparse()) {
+        throw std::invalid_argument(fmt::format(
+            "SGD(foreach=true): parameter {} of param group {} has a sparse gradient; use "
+            "StepOptions{{.fused = false, .foreach = false}} for sparse gradients.",
+            i, group_index));
+      }
+      auto& lists = by_device[key_of(p)];
+      if (momentum) {
+        auto& slot = states[p.unsafeGetTensorImpl()];
+        if (!slot) slot = std::make_unique<torch::optim::SGDParamState>();
+        auto& s = static_cast<torch::optim::SGDParamState&>(*slot);
+        if (!s.momentum_buffer().defined()) {
+          s.momentum_buffer(torch::empty_like(p, at::MemoryFormat::Preserve));
+          lists.fresh.push_back(lists.params.size());
+        }
+        lists.buffers.push_back(s.momentum_buffer());
+      }
+      lists.params.push_back(p);
+      lists.grads.push_back(p.grad());
+    }
+    for (auto& [key, l] : by_device) {
+      auto grads = l.grads;
+      if (o.weight_decay() != 0) grads = at::_foreach_add(grads, l.params, o.weight_decay());
+      if (momentum) {
+        at::_foreach_mul_(l.buffers, o.momentum());
+        at::_foreach_add_(l.buffers, grads, 1 - o.dampening());
+        for (const auto position : l.fresh) l.buffers[position].copy_(grads[position]);
+        if (o.nesterov()) {
+          grads = at::_foreach_add(grads, l.buffers, o.momentum());
+        } else {
+          grads = l.buffers;
+        }
+      }
+      at::_foreach_add_(l.params, grads, -o.lr());
+    }
+    ++group_index;
+  }
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------ AdamW
@@ -245,8 +374,15 @@ AdamW::AdamW(std::vector<torch::optim::OptimizerParamGroup> param_groups,
 AdamW::~AdamW() = default;
 
 at::Tensor AdamW::step(LossClosure closure) {
-  if (!step_options_.fused) return torch::optim::AdamW::step(std::move(closure));
+  if (!step_options_.fused && !step_options_.foreach) {
+    return torch::optim::AdamW::step(std::move(closure));
+  }
   auto loss = run_closure(closure);
+  if (!step_options_.fused) {
+    adam_family_foreach<torch::optim::AdamWOptions, torch::optim::AdamWParamState>("AdamW", *this,
+                                                                                   true);
+    return loss;
+  }
   adam_family_step<torch::optim::AdamWOptions, torch::optim::AdamWParamState>(
       "AdamW", *this, *fused_, {}, {}, [](auto&&... args) { at::_fused_adamw_(args...); });
   return loss;
@@ -254,7 +390,7 @@ at::Tensor AdamW::step(LossClosure closure) {
 
 void AdamW::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
   if (!step_options_.fused) {
-    if (!unscale_on_host(*this, grad_scale, found_inf)) torch::optim::AdamW::step();
+    if (!unscale_on_host(*this, grad_scale, found_inf)) step();
     return;
   }
   adam_family_step<torch::optim::AdamWOptions, torch::optim::AdamWParamState>(
@@ -281,8 +417,15 @@ Adam::Adam(std::vector<torch::optim::OptimizerParamGroup> param_groups,
 Adam::~Adam() = default;
 
 at::Tensor Adam::step(LossClosure closure) {
-  if (!step_options_.fused) return torch::optim::Adam::step(std::move(closure));
+  if (!step_options_.fused && !step_options_.foreach) {
+    return torch::optim::Adam::step(std::move(closure));
+  }
   auto loss = run_closure(closure);
+  if (!step_options_.fused) {
+    adam_family_foreach<torch::optim::AdamOptions, torch::optim::AdamParamState>("Adam", *this,
+                                                                                 false);
+    return loss;
+  }
   adam_family_step<torch::optim::AdamOptions, torch::optim::AdamParamState>(
       "Adam", *this, *fused_, {}, {}, [](auto&&... args) { at::_fused_adam_(args...); });
   return loss;
@@ -290,7 +433,7 @@ at::Tensor Adam::step(LossClosure closure) {
 
 void Adam::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
   if (!step_options_.fused) {
-    if (!unscale_on_host(*this, grad_scale, found_inf)) torch::optim::Adam::step();
+    if (!unscale_on_host(*this, grad_scale, found_inf)) step();
     return;
   }
   adam_family_step<torch::optim::AdamOptions, torch::optim::AdamParamState>(
@@ -380,15 +523,21 @@ SGD::SGD(std::vector<torch::optim::OptimizerParamGroup> param_groups,
 SGD::~SGD() = default;
 
 at::Tensor SGD::step(LossClosure closure) {
-  if (!step_options_.fused) return torch::optim::SGD::step(std::move(closure));
+  if (!step_options_.fused && !step_options_.foreach) {
+    return torch::optim::SGD::step(std::move(closure));
+  }
   auto loss = run_closure(closure);
-  sgd_step(*this, {}, {});
+  if (step_options_.fused) {
+    sgd_step(*this, {}, {});
+  } else {
+    sgd_foreach(*this);
+  }
   return loss;
 }
 
 void SGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
   if (!step_options_.fused) {
-    if (!unscale_on_host(*this, grad_scale, found_inf)) torch::optim::SGD::step();
+    if (!unscale_on_host(*this, grad_scale, found_inf)) step();
     return;
   }
   sgd_step(*this, grad_scale, found_inf);

@@ -45,30 +45,35 @@ std::vector<o::OptimizerParamGroup> two_groups(torch::nn::Sequential& model, Opt
 }
 
 // Trains a LibTorch optimizer and ours side by side on the same data from the same weights.
+// Every step mode but LibTorch's own loop: fused kernels and foreach (multi-tensor) operations.
+const cppfabric::optim::StepOptions kModes[] = {{.fused = true}, {.fused = false, .foreach = true}};
+
 template <typename Ref, typename Ours, typename Options>
 void expect_same_training(Options options, int steps, const char* what) {
-  SCOPED_TRACE(what);
-  auto ref_model = make_model(3), our_model = make_model(3);
-  Ref ref(two_groups(ref_model, options), options);
-  Ours ours(two_groups(our_model, options), options);
-  double worst = 0;
-  for (int step = 0; step < steps; ++step) {
-    torch::manual_seed(100 + step);
-    auto x = torch::randn({8, 6});
-    auto y = torch::randn({8, 3});
-    for (auto [model, opt] : {std::pair<torch::nn::Sequential*, o::Optimizer*>{&ref_model, &ref},
-                              {&our_model, &ours}}) {
-      opt->zero_grad();
-      torch::mse_loss((*model)->forward(x), y).backward();
-      opt->step();
+  for (const auto mode : kModes) {
+    SCOPED_TRACE(std::string(what) + (mode.fused ? " (fused)" : " (foreach)"));
+    auto ref_model = make_model(3), our_model = make_model(3);
+    Ref ref(two_groups(ref_model, options), options);
+    Ours ours(two_groups(our_model, options), options, mode);
+    double worst = 0;
+    for (int step = 0; step < steps; ++step) {
+      torch::manual_seed(100 + step);
+      auto x = torch::randn({8, 6});
+      auto y = torch::randn({8, 3});
+      for (auto [model, opt] : {std::pair<torch::nn::Sequential*, o::Optimizer*>{&ref_model, &ref},
+                                {&our_model, &ours}}) {
+        opt->zero_grad();
+        torch::mse_loss((*model)->forward(x), y).backward();
+        opt->step();
+      }
+      worst = std::max(worst, max_difference(*ref_model, *our_model));
     }
-    worst = std::max(worst, max_difference(*ref_model, *our_model));
+    EXPECT_LE(worst, 1e-6);
+    // Training moved the weights (a test that cannot fail otherwise).
+    EXPECT_GT(max_difference(*ref_model, *make_model(3)), 1e-3);
+    // The same state, in LibTorch's types (checkpoints and schedulers read them).
+    EXPECT_EQ(ref.state().size(), ours.state().size());
   }
-  EXPECT_LE(worst, 1e-6);
-  // Training moved the weights (a test that cannot fail otherwise).
-  EXPECT_GT(max_difference(*ref_model, *make_model(3)), 1e-3);
-  // The same state, in LibTorch's types (checkpoints and schedulers read them).
-  EXPECT_EQ(ref.state().size(), ours.state().size());
 }
 
 TEST(FusedOptimizers, AdamWEqualsLibTorchOverManySteps) {
@@ -113,33 +118,36 @@ TEST(FusedOptimizers, UnfusedFallsBackToLibTorchsLoop) {
 // GradScaler's path: gradients of a loss scaled by S, the scale and the inf flag as tensors.
 template <typename Ours, typename Options>
 void expect_scaled_step(Options options, const char* what) {
-  SCOPED_TRACE(what);
-  auto plain = make_model(9), scaled = make_model(9);
-  Ours a(plain->parameters(), options), b(scaled->parameters(), options);
-  const auto scale = torch::full({}, 1024.0f);
-  const auto clear = torch::zeros({}, torch::kFloat);
-  const auto set = torch::ones({}, torch::kFloat);
-  for (int step = 0; step < 20; ++step) {
-    torch::manual_seed(step);
-    auto x = torch::randn({8, 6});
-    a.zero_grad();
-    b.zero_grad();
-    plain->forward(x).pow(2).mean().backward();
-    (scaled->forward(x).pow(2).mean() * scale).backward();
-    if (step % 5 == 4) {
-      // An overflowing step: nothing moves, the step count stays.
-      std::vector<at::Tensor> before;
-      for (const auto& p : scaled->parameters()) before.push_back(p.detach().clone());
-      b.step_scaled(scale, set);
-      auto after = scaled->parameters();
-      for (std::size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(torch::equal(before[i], after[i]));
-      continue;
+  for (const auto mode : kModes) {
+    SCOPED_TRACE(std::string(what) + (mode.fused ? " (fused)" : " (foreach)"));
+    auto plain = make_model(9), scaled = make_model(9);
+    Ours a(plain->parameters(), options, mode), b(scaled->parameters(), options, mode);
+    const auto scale = torch::full({}, 1024.0f);
+    const auto clear = torch::zeros({}, torch::kFloat);
+    const auto set = torch::ones({}, torch::kFloat);
+    for (int step = 0; step < 20; ++step) {
+      torch::manual_seed(step);
+      auto x = torch::randn({8, 6});
+      a.zero_grad();
+      b.zero_grad();
+      plain->forward(x).pow(2).mean().backward();
+      (scaled->forward(x).pow(2).mean() * scale).backward();
+      if (step % 5 == 4) {
+        // An overflowing step: nothing moves, the step count stays.
+        std::vector<at::Tensor> before;
+        for (const auto& p : scaled->parameters()) before.push_back(p.detach().clone());
+        b.step_scaled(scale, set);
+        auto after = scaled->parameters();
+        for (std::size_t i = 0; i < after.size(); ++i)
+          EXPECT_TRUE(torch::equal(before[i], after[i]));
+        continue;
+      }
+      a.step();
+      b.step_scaled(scale, clear);
     }
-    a.step();
-    b.step_scaled(scale, clear);
+    EXPECT_LE(max_difference(*plain, *scaled), 1e-5);
+    EXPECT_GT(max_difference(*plain, *make_model(9)), 1e-3);
   }
-  EXPECT_LE(max_difference(*plain, *scaled), 1e-5);
-  EXPECT_GT(max_difference(*plain, *make_model(9)), 1e-3);
 }
 
 TEST(FusedOptimizers, ScaledStepUnscalesAndSkipsOnInf) {

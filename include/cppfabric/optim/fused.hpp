@@ -1,13 +1,15 @@
 // AdamW, Adam and SGD (with momentum) whose step runs ATen's fused kernels (`_fused_adamw_`,
 // `_fused_adam_`, `_fused_sgd_`, on CPU and CUDA): one pass over each parameter instead of
-// LibTorch's ~10 tensor operations per parameter. Python's `torch.optim.AdamW(..., fused=True)`.
+// LibTorch's ~10 tensor operations per parameter. Python's `torch.optim.AdamW(..., fused=True)`;
+// `{.fused = false, .foreach = true}` is Python's foreach=True (ATen's `_foreach_*` operations).
 //
 //   #include <cppfabric/optim/fused.hpp>
 //   auto optimizer = std::make_shared<cppfabric::optim::AdamW>(
 //       model->parameters(), torch::optim::AdamWOptions(3e-4).weight_decay(1e-2));
 //   auto [net, opt] = fabric.setup(model, optimizer);   // as any LibTorch optimizer
 //
-//   // Python's fused=False: LibTorch's own per-parameter step (the base class's).
+//   // Python's foreach=True, and fused=False: LibTorch's own per-parameter step (the base class's).
+//   cppfabric::optim::Adam adam(params, {}, {.fused = false, .foreach = true});
 //   cppfabric::optim::SGD sgd(params, torch::optim::SGDOptions(0.1).momentum(0.9), {.fused = false});
 //
 // Each class derives from its LibTorch counterpart and keeps its options (AdamWOptions, ...), its
@@ -40,10 +42,18 @@
 
 namespace cppfabric::optim {
 
-/// How the optimizer steps. `fused = true`: ATen's fused kernel; false: LibTorch's per-parameter
-/// loop (the base class's step()).
+/// How the optimizer steps, as Python's `fused=` and `foreach=` flags. `fused = true`: ATen's
+/// fused kernel (one pass per parameter). Otherwise `foreach = true`: ATen's multi-tensor
+/// `_foreach_*` operations over all parameters of a param group and device (Python's
+/// foreach=True: fewer kernel launches than a loop, more passes over memory than fused; the
+/// GradScaler then unscales on the host as for the loop). On the CPU, where ATen's `_foreach_*`
+/// operations are loops themselves, foreach is slower than LibTorch's loop (bench_optimizers:
+/// 2.5x for AdamW here; Python's foreach=True is 2.0x its own loop on the same machine), as in
+/// Python, whose foreach default is for CUDA only: use fused on the CPU. Both false: LibTorch's
+/// per-parameter loop (the base class's step()).
 struct StepOptions {
   bool fused = true;
+  bool foreach = false;
 };
 
 /// Optimizers that take a GradScaler's scale and inf flag on the device (no host sync).
