@@ -14,6 +14,7 @@
 #include "cppfabric/data/dataloader.hpp"
 #include "cppfabric/data/dataset.hpp"
 #include "cppfabric/data/datasets/cifar10.hpp"
+#include "cppfabric/data/device_images.hpp"
 #include "cppfabric/data/fabric_dataloader.hpp"
 #include "cppfabric/data/sampler.hpp"
 #include "cppfabric/data/transforms.hpp"

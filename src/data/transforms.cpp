@@ -228,9 +228,11 @@ RandomHorizontalFlip::RandomHorizontalFlip(double p) : p_(p) {
         fmt::format("RandomHorizontalFlip: p must be a probability in [0, 1], got {}", p));
 }
 
+bool RandomHorizontalFlip::draw() const { return random().uniform() < p_; }
+
 at::Tensor RandomHorizontalFlip::operator()(const at::Tensor& input) const {
   const Geometry g = geometry_of(input, "RandomHorizontalFlip");
-  if (!(random().uniform() < p_)) return input;
+  if (!draw()) return input;
   if (!input.device().is_cpu()) return input.flip({g.w_dim});
   const auto src = input.contiguous();
   auto out = at::empty_like(src);
@@ -265,20 +267,22 @@ RandomCrop::RandomCrop(std::vector<int64_t> size, int64_t padding, double fill)
   width_ = size[1];
 }
 
-at::Tensor RandomCrop::operator()(const at::Tensor& input) const {
-  const Geometry g = geometry_of(input, "RandomCrop");
-  const int64_t padded_h = g.height + 2 * padding_, padded_w = g.width + 2 * padding_;
+std::pair<int64_t, int64_t> RandomCrop::draw(int64_t height, int64_t width) const {
+  const int64_t padded_h = height + 2 * padding_, padded_w = width + 2 * padding_;
   if (padded_h < height_ || padded_w < width_)
     throw std::invalid_argument(fmt::format(
         "RandomCrop: required crop size ({}, {}) is larger than the (padded) input image size "
         "({}, {})",
         height_, width_, padded_h, padded_w));
+  if (padded_h == height_ && padded_w == width_) return {0, 0};
   auto& rng = random();
-  int64_t top = 0, left = 0;
-  if (padded_h != height_ || padded_w != width_) {
-    top = rng.randint(0, padded_h - height_);
-    left = rng.randint(0, padded_w - width_);
-  }
+  const int64_t top = rng.randint(0, padded_h - height_);
+  return {top, rng.randint(0, padded_w - width_)};
+}
+
+at::Tensor RandomCrop::operator()(const at::Tensor& input) const {
+  const Geometry g = geometry_of(input, "RandomCrop");
+  const auto [top, left] = draw(g.height, g.width);
   // Offsets into the unpadded image; rows/columns outside it take `fill`.
   const int64_t y0 = top - padding_, x0 = left - padding_;
   std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());

@@ -23,6 +23,7 @@
 #include <functional>
 #include <initializer_list>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace cppfabric::data::transforms {
@@ -86,6 +87,8 @@ class Normalize {
  public:
   Normalize(std::vector<double> mean, std::vector<double> std);
   at::Tensor operator()(const at::Tensor& input) const;
+  const std::vector<double>& mean() const { return mean_; }
+  const std::vector<double>& std() const { return std_; }
 
  private:
   std::vector<double> mean_, std_;
@@ -96,6 +99,8 @@ class RandomHorizontalFlip {
  public:
   explicit RandomHorizontalFlip(double p = 0.5);
   at::Tensor operator()(const at::Tensor& input) const;
+  /// Whether the next image flips: the one draw operator() makes from random().
+  bool draw() const;
 
  private:
   double p_;
@@ -107,6 +112,14 @@ class RandomCrop {
   RandomCrop(int64_t size, int64_t padding = 0, double fill = 0.0);
   RandomCrop(std::vector<int64_t> size, int64_t padding = 0, double fill = 0.0);
   at::Tensor operator()(const at::Tensor& input) const;
+  /// The window's (top, left) in the padded image for an input of `height` x `width`: the draws
+  /// operator() makes from random() (none when the padded image is the crop's size). Throws
+  /// std::invalid_argument when the crop is larger than the padded input.
+  std::pair<int64_t, int64_t> draw(int64_t height, int64_t width) const;
+  int64_t height() const { return height_; }
+  int64_t width() const { return width_; }
+  int64_t padding() const { return padding_; }
+  double fill() const { return fill_; }
 
  private:
   int64_t height_, width_, padding_;
