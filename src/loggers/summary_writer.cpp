@@ -179,21 +179,24 @@ struct SummaryWriter::Impl {
   }
 };
 
+void detail::validate_queue_options(std::string_view owner, int max_queue, double flush_secs) {
+  if (max_queue < 1) {
+    throw std::invalid_argument(fmt::format(
+        "{}(max_queue={}): must be at least 1 (events buffered before a flush; the default is 10).",
+        owner, max_queue));
+  }
+  if (!(flush_secs > 0)) {
+    throw std::invalid_argument(
+        fmt::format("{}(flush_secs={}): must be a positive number of seconds (the default is 120).",
+                    owner, flush_secs));
+  }
+}
+
 SummaryWriter::SummaryWriter() : impl_(std::make_unique<Impl>()) { impl_->enabled = false; }
 
 SummaryWriter::SummaryWriter(fs::path log_dir, SummaryWriterOptions options)
     : impl_(std::make_unique<Impl>()) {
-  if (options.max_queue < 1) {
-    throw std::invalid_argument(fmt::format(
-        "SummaryWriter(max_queue={}): must be at least 1 (events buffered before a flush; the "
-        "default is 10).",
-        options.max_queue));
-  }
-  if (!(options.flush_secs > 0)) {
-    throw std::invalid_argument(fmt::format(
-        "SummaryWriter(flush_secs={}): must be a positive number of seconds (the default is 120).",
-        options.flush_secs));
-  }
+  detail::validate_queue_options("SummaryWriter", options.max_queue, options.flush_secs);
   if (log_dir.empty()) {
     throw std::invalid_argument(
         "SummaryWriter(log_dir=''): give the directory to write the event files to.");

@@ -122,18 +122,7 @@ struct TensorBoardLogger::Impl {
 };
 
 TensorBoardLogger::TensorBoardLogger(fs::path root_dir, TensorBoardLoggerOptions options) {
-  if (options.max_queue < 1) {
-    throw std::invalid_argument(fmt::format(
-        "TensorBoardLogger(max_queue={}): must be at least 1 (events buffered before a flush; "
-        "the default is 10).",
-        options.max_queue));
-  }
-  if (!(options.flush_secs > 0)) {
-    throw std::invalid_argument(fmt::format(
-        "TensorBoardLogger(flush_secs={}): must be a positive number of seconds (the default is "
-        "120).",
-        options.flush_secs));
-  }
+  detail::validate_queue_options("TensorBoardLogger", options.max_queue, options.flush_secs);
   detail::LogDirectory dir(std::move(root_dir), options.name, options.version, "TensorBoardLogger");
   impl_ = std::make_unique<Impl>(std::move(dir), std::move(options));
 }
