@@ -134,6 +134,34 @@ void reconcile(FusedStepState& fs, ParamStates& states) {
   fs.pending.clear();
 }
 
+// A parameter's Adam/AdamW state, created as LibTorch's first step creates it.
+template <typename ParamState, typename Options>
+ParamState& adam_state(ParamStates& states, const at::Tensor& p, const Options& o) {
+  auto& slot = states[p.unsafeGetTensorImpl()];
+  if (!slot) {
+    auto fresh = std::make_unique<ParamState>();
+    fresh->step(0);
+    fresh->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
+    fresh->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+    slot = std::move(fresh);
+  }
+  auto& s = static_cast<ParamState&>(*slot);
+  if (o.amsgrad() && !s.max_exp_avg_sq().defined()) {
+    s.max_exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+  }
+  return s;
+}
+
+// The foreach steps take dense gradients only (as LibTorch's loop).
+void require_dense_grad(const char* optimizer, std::size_t group, std::size_t index,
+                        const at::Tensor& param) {
+  if (!param.grad().is_sparse()) return;
+  throw std::invalid_argument(fmt::format(
+      "{}(foreach=true): parameter {} of param group {} has a sparse gradient; use "
+      "StepOptions{{.fused = false, .foreach = false}} (LibTorch's loop) for sparse gradients.",
+      optimizer, index, group));
+}
+
 template <typename Options, typename ParamState, typename Kernel>
 void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, FusedStepState& fs,
                       const at::Tensor& grad_scale, const at::Tensor& found_inf, Kernel kernel) {
@@ -158,19 +186,7 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
       const std::size_t i = index++;
       if (!p.grad().defined()) continue;
       auto grad = checked_grad(name, group_index, i, p);
-      auto& slot = states[p.unsafeGetTensorImpl()];
-      if (!slot) {
-        auto s = std::make_unique<ParamState>();
-        s->step(0);
-        s->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
-        s->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
-        if (o.amsgrad()) s->max_exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
-        slot = std::move(s);
-      }
-      auto& s = static_cast<ParamState&>(*slot);
-      if (o.amsgrad() && !s.max_exp_avg_sq().defined()) {
-        s.max_exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
-      }
+      auto& s = adam_state<ParamState>(states, p, o);
       auto& lists = by_device[key_of(p)];
       lists.params.push_back(p);
       lists.grads.push_back(grad);
@@ -178,7 +194,7 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
       lists.exp_avg_sqs.push_back(s.exp_avg_sq());
       if (o.amsgrad()) lists.max_exp_avg_sqs.push_back(s.max_exp_avg_sq());
       lists.steps.push_back(fs.step_tensor(p, s.step()));
-      lists.members.emplace_back(p.unsafeGetTensorImpl(), slot.get());
+      lists.members.emplace_back(p.unsafeGetTensorImpl(), &s);
     }
     const auto [beta1, beta2] = o.betas();
     for (auto& [key, lists] : by_device) {
@@ -246,24 +262,8 @@ void adam_family_foreach(const char* name, torch::optim::Optimizer& optimizer, b
     for (auto& p : group.params()) {
       const std::size_t i = index++;
       if (!p.grad().defined()) continue;
-      if (p.grad().is_sparse()) {
-        throw std::invalid_argument(fmt::format(
-            "{}(foreach=true): parameter {} of param group {} has a sparse gradient; {} takes "
-            "dense gradients only.",
-            name, i, group_index, name));
-      }
-      auto& slot = states[p.unsafeGetTensorImpl()];
-      if (!slot) {
-        auto fresh = std::make_unique<ParamState>();
-        fresh->step(0);
-        fresh->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
-        fresh->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
-        slot = std::move(fresh);
-      }
-      auto& s = static_cast<ParamState&>(*slot);
-      if (o.amsgrad() && !s.max_exp_avg_sq().defined()) {
-        s.max_exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
-      }
+      require_dense_grad(name, group_index, i, p);
+      auto& s = adam_state<ParamState>(states, p, o);
       s.step(s.step() + 1);
       const auto step = static_cast<double>(s.step());
       auto& lists = by_device[key_of(p)];
@@ -316,12 +316,7 @@ void sgd_foreach(torch::optim::Optimizer& optimizer) {
     for (auto& p : group.params()) {
       const std::size_t i = index++;
       if (!p.grad().defined()) continue;
-      if (p.grad().is_sparse()) {
-        throw std::invalid_argument(fmt::format(
-            "SGD(foreach=true): parameter {} of param group {} has a sparse gradient; use "
-            "StepOptions{{.fused = false, .foreach = false}} for sparse gradients.",
-            i, group_index));
-      }
+      require_dense_grad("SGD", group_index, i, p);
       auto& lists = by_device[key_of(p)];
       if (momentum) {
         auto& slot = states[p.unsafeGetTensorImpl()];
