@@ -118,18 +118,21 @@ def main():
             print(f"{name:30} {i:>5} {seconds:>9.3f} {images / seconds:>10.0f} {acc:>8.4f}")
         print(f"{name:30} {'wall':>5} {wall:>9.3f}   (whole process, start-up included)")
     later = slice(1, None) if args.epochs > 1 else slice(0, None)
-    med = {name: statistics.median(s for s, _ in epochs[later]) for name, epochs, _ in sides}
     which = "epochs 1.." if args.epochs > 1 else "epoch 0"
-    ours = med["cppfabric"]
-    if "seed (Python)" in med:
-        print(f"ratio cppfabric / seed epoch time ({which}, median): {ours / med['seed (Python)']:.3f}"
-              f"  (speed-up {med['seed (Python)'] / ours:.2f}x)")
+    times = {name: [s for s, _ in epochs] for name, epochs, _ in sides}
+
+    def ratio(a, b):  # per-epoch ratios a/b over the compared epochs: min / median / max
+        r = sorted(x / y for x, y in list(zip(times[a], times[b]))[later])
+        return f"min {r[0]:.3f} median {statistics.median(r):.3f} max {r[-1]:.3f}"
+
+    if "seed (Python)" in times:
+        print(f"ratio cppfabric / seed epoch time ({which}): {ratio('cppfabric', 'seed (Python)')}")
+        print(f"speed-up over the seed ({which}): {ratio('seed (Python)', 'cppfabric')}")
         accs = {name: epochs[-1][1] for name, epochs, _ in sides}
         print(f"final val acc: seed {accs['seed (Python)']:.4f}, cppfabric {accs['cppfabric']:.4f} "
               f"(difference {100 * (accs['cppfabric'] - accs['seed (Python)']):+.2f} points)")
-    print(f"ratio cppfabric / floor epoch time ({which}, median): "
-          f"{ours / med['floor (C++, data in memory)']:.3f}")
-
+    print(f"ratio cppfabric / floor epoch time ({which}): "
+          f"{ratio('cppfabric', 'floor (C++, data in memory)')}")
 
 if __name__ == "__main__":
     main()
