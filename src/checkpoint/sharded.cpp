@@ -722,9 +722,82 @@ void traverse(const Value& v, std::vector<std::string>& path, std::vector<bool>&
   }
 }
 
+// The rectangles of the row-major range [b, e) of `shape` (dims from `dim` on), each as
+// (offsets, sizes) with `prefix` fixed in the leading dimensions.
+void split_range(const std::vector<int64_t>& shape, std::size_t dim, int64_t b, int64_t e,
+                 std::vector<int64_t>& prefix,
+                 std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>>& out) {
+  if (b >= e) return;
+  const auto emit = [&](int64_t first, int64_t count) {
+    std::vector<int64_t> offsets = prefix, sizes(prefix.size(), 1);
+    offsets.push_back(first);
+    sizes.push_back(count);
+    for (std::size_t d = dim + 1; d < shape.size(); ++d) {
+      offsets.push_back(0);
+      sizes.push_back(shape[d]);
+    }
+    out.emplace_back(std::move(offsets), std::move(sizes));
+  };
+  if (dim + 1 == shape.size()) {
+    emit(b, e - b);
+    return;
+  }
+  int64_t inner = 1;
+  for (std::size_t d = dim + 1; d < shape.size(); ++d) inner *= shape[d];
+  int64_t row_b = b / inner;
+  const int64_t row_e = e / inner;
+  const auto recurse = [&](int64_t row, int64_t lo, int64_t hi) {
+    prefix.push_back(row);
+    split_range(shape, dim + 1, lo, hi, prefix, out);
+    prefix.pop_back();
+  };
+  if (row_b == row_e) {
+    recurse(row_b, b - row_b * inner, e - row_b * inner);
+    return;
+  }
+  if (b % inner != 0) {
+    recurse(row_b, b % inner, inner);
+    ++row_b;
+  }
+  if (row_e > row_b) emit(row_b, row_e - row_b);
+  if (e % inner != 0) recurse(row_e, 0, e % inner);
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------ public
+
+std::vector<TensorShard> shard_flat_range(const at::Tensor& flat, int64_t begin,
+                                          const std::vector<int64_t>& global_shape) {
+  if (!flat.defined() || flat.dim() != 1 || !flat.is_contiguous())
+    throw std::invalid_argument("shard_flat_range: `flat` must be a 1-D contiguous tensor");
+  int64_t numel = 1;
+  for (auto s : global_shape) {
+    if (s < 0) throw std::invalid_argument("shard_flat_range: a negative size in global_shape");
+    numel *= s;
+  }
+  const int64_t count = flat.numel();
+  if (begin < 0 || begin > numel - count)
+    throw std::invalid_argument(fmt::format(
+        "shard_flat_range: elements [{}, {}) do not fit a tensor of shape [{}] ({} elements)",
+        begin, begin + count, fmt::join(global_shape, ", "), numel));
+  std::vector<TensorShard> out;
+  if (count == 0) return out;
+  if (global_shape.empty()) {
+    out.push_back({flat.view({}), {}, {}});
+    return out;
+  }
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> pieces;
+  std::vector<int64_t> prefix;
+  split_range(global_shape, 0, begin, begin + count, prefix, pieces);
+  int64_t at = 0;
+  for (auto& [offsets, sizes] : pieces) {
+    const int64_t n = volume(sizes);
+    out.push_back({flat.narrow(0, at, n).view(sizes), std::move(offsets), global_shape});
+    at += n;
+  }
+  return out;
+}
 
 std::string flattened_key(const ShardedItem& item) { return join_key(item.path); }
 

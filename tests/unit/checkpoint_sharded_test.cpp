@@ -243,6 +243,46 @@ TEST_F(ShardedCheckpoint, ReplacesAPreviousCheckpointOnly) {
   EXPECT_THROW_WITH(load_sharded_full(path("absent")), std::runtime_error, "not found");
 }
 
+TEST_F(ShardedCheckpoint, FlatRangesBecomeRectangles) {
+  // Every range of a 3x4x5 tensor: at most 5 pieces, in order, views of the flat buffer, and
+  // exactly the range's elements.
+  const std::vector<int64_t> shape{3, 4, 5};
+  const auto full = torch::arange(60, torch::kFloat).reshape({3, 4, 5});
+  for (int64_t b = 0; b <= 60; b += 1) {
+    for (int64_t e = b; e <= 60; e += 7) {
+      const auto flat = full.flatten().slice(0, b, e).clone();
+      const auto pieces = shard_flat_range(flat, b, shape);
+      EXPECT_LE(pieces.size(), 5u);
+      int64_t total = 0;
+      for (const auto& p : pieces) {
+        at::Tensor region = full;
+        for (int64_t d = 0; d < 3; ++d) region = region.narrow(d, p.offsets[d], p.local.size(d));
+        ASSERT_TRUE(torch::equal(p.local, region)) << b << ".." << e;
+        EXPECT_EQ(p.local.data_ptr<float>(), flat.data_ptr<float>() + total);
+        total += p.local.numel();
+      }
+      EXPECT_EQ(total, e - b);
+    }
+  }
+  EXPECT_THROW(shard_flat_range(torch::zeros({5}), 58, shape), std::invalid_argument);
+  EXPECT_THROW(shard_flat_range(torch::zeros({2, 2}), 0, shape), std::invalid_argument);
+
+  // Saved from one flat split ([0, 37) + [37, 60)), loaded into another ([0, 13) + [13, 60)):
+  // the flat buffers are filled in place.
+  std::vector<ShardedItem> items;
+  for (auto [b, e] : {std::pair<int64_t, int64_t>{0, 37}, {37, 60}})
+    for (auto& p : shard_flat_range(full.flatten().slice(0, b, e).clone(), b, shape))
+      items.push_back({.path = {"w"}, .tensor = p});
+  save_sharded(path("flat"), items, nullptr, nullptr);
+  for (auto [b, e] : {std::pair<int64_t, int64_t>{0, 13}, {13, 60}}) {
+    const auto flat = torch::zeros({e - b});
+    std::vector<ShardedItem> want;
+    for (auto& p : shard_flat_range(flat, b, shape)) want.push_back({.path = {"w"}, .tensor = p});
+    load_sharded(path("flat"), want);
+    EXPECT_TRUE(torch::equal(flat, full.flatten().slice(0, b, e)));
+  }
+}
+
 // ------------------------------------------------------------------ hostile files
 
 TEST_F(ShardedCheckpoint, TruncatedOrCorruptMetadataFailsCleanly) {

@@ -103,6 +103,14 @@ bool is_sharded_checkpoint(const std::string& path);
 /// or two paths flatten to the same key.
 std::vector<ShardedItem> flatten_state(const Value& state);
 
+/// The pieces of a tensor of `global_shape` (row-major) whose elements [begin, begin +
+/// flat.numel()) are held by `flat` (a 1-D contiguous tensor, e.g. one parameter's part of an
+/// FSDP/ZeRO flat shard): at most 2 * dims - 1 rectangles, in order, whose `local`s are views of
+/// `flat`. save_sharded writes them, and load_sharded fills `flat` in place through them.
+/// std::invalid_argument when `flat` is not 1-D contiguous or the range does not fit.
+std::vector<TensorShard> shard_flat_range(const at::Tensor& flat, int64_t begin,
+                                          const std::vector<int64_t>& global_shape);
+
 /// DCP's flattened key of an item: its path joined with '.'.
 std::string flattened_key(const ShardedItem& item);
 
