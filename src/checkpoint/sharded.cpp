@@ -825,21 +825,28 @@ void save_sharded(const std::string& dir_in, const std::vector<ShardedItem>& ite
   if (dir.empty()) throw std::invalid_argument("save_sharded: the checkpoint path is empty");
   const int rank = group != nullptr ? group->rank() : 0;
 
-  // One random name for the temporary folder, chosen by rank 0.
+  // One random name for the temporary folder, chosen by rank 0; every rank must pass the same
+  // path (Lightning broadcasts rank 0's): exchanged and compared, a mismatch fails every rank.
   std::random_device rd;
-  int64_t token = (static_cast<int64_t>(rd()) << 31) ^ rd();
-  if (group != nullptr && group->world_size() > 1) {
-    at::Tensor t =
-        at::full({1}, token, at::TensorOptions().dtype(at::kLong)).to(group_device(*group));
-    group->broadcast(t, 0);
-    token = t.to(at::kCPU).item<int64_t>();
+  uint64_t token = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  {
+    std::string mine(8, '\0');
+    std::memcpy(mine.data(), &token, 8);
+    mine += dir;
+    const std::vector<std::string> all = exchange_bytes(group, mine);
+    std::memcpy(&token, all[0].data(), 8);
+    for (std::size_t r = 1; r < all.size(); ++r) {
+      if (all[r].compare(8, std::string::npos, all[0], 8, std::string::npos) != 0)
+        throw std::invalid_argument(fmt::format(
+            "save_sharded: the ranks passed different paths: rank 0 '{}', rank {} '{}' (every "
+            "rank must pass the same folder)",
+            all[0].substr(8), r, all[r].substr(8)));
+    }
   }
   const std::string parent = parent_of(dir);
   const std::string base = base_of(dir);
-  const std::string tmp =
-      fmt::format("{}/.{}.sharded-tmp-{:016x}", parent, base, static_cast<uint64_t>(token));
-  const std::string old =
-      fmt::format("{}/.{}.sharded-old-{:016x}", parent, base, static_cast<uint64_t>(token));
+  const std::string tmp = fmt::format("{}/.{}.sharded-tmp-{:016x}", parent, base, token);
+  const std::string old = fmt::format("{}/.{}.sharded-old-{:016x}", parent, base, token);
   const auto cleanup = [&] {
     if (rank == 0) remove_all(tmp);
   };
@@ -880,7 +887,7 @@ void save_sharded(const std::string& dir_in, const std::vector<ShardedItem>& ite
   error = nullptr;
   if (rank == 0) {
     try {
-      md.save_id = fmt::format("cppfabric-{:016x}", static_cast<uint64_t>(token));
+      md.save_id = fmt::format("cppfabric-{:016x}", token);
       if (meta != nullptr) save_torch_file(*meta, tmp + "/" + kMetaFile);
       write_file_atomic(tmp + "/" + kMetadataFile, detail::write_dcp_metadata(md));
       fsync_path(tmp);

@@ -152,6 +152,10 @@ TEST_F(ShardedCheckpointDistributed, AFailureOnOneRankFailsEveryRankAndKeepsTheP
     if (rank == 0) items.erase(items.begin() + 2);
     EXPECT_THROW_WITH(save_sharded(ckpt, items, &meta, group.get()), std::invalid_argument,
                       "overlap", "'model.fc.bias'", "rank 0", "rank 1");
+    // different paths on different ranks: refused on every rank, nothing written
+    EXPECT_THROW_WITH(save_sharded(ckpt + (rank == 1 ? "_other" : ""), pieces(rank, 2, false),
+                                   &meta, group.get()),
+                      std::invalid_argument, "different paths", "rank 1", "_other");
     // the first checkpoint is still there, whole; no temporary folder is left
     group->barrier();
     EXPECT_TRUE(load_sharded_full(ckpt) == expected_full(1));

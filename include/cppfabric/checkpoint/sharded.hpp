@@ -74,7 +74,10 @@ struct ShardedMetadata {
 /// item is passed by one rank. Every rank writes `__<rank>_0.distcp`; rank 0 writes `.metadata`
 /// and, when `meta` is given, `meta.pt`. Everything is written into a temporary sibling folder
 /// and committed by rename once every rank has finished, so a crash never leaves a partial
-/// checkpoint under `dir`; an existing `dir` is replaced. Errors on any rank fail every rank.
+/// checkpoint under `dir`; an existing `dir` is replaced when it is a sharded checkpoint, an empty
+/// folder or a file (another folder is refused). Every rank must pass the same `dir`. Errors on
+/// any rank fail every rank (the failing rank rethrows its own error; the others throw
+/// std::runtime_error naming that rank and its message).
 void save_sharded(const std::string& dir, const std::vector<ShardedItem>& items, const Value* meta,
                   collectives::ProcessGroup* group);
 
