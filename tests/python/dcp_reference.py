@@ -11,6 +11,7 @@ read writes three plain torch.save files into <out_dir> for the C++ test to comp
   dcp.pt        torch.distributed.checkpoint.format_utils.dcp_to_torch_save(<dir>)
   lightning.pt  lightning.fabric.utilities.load._load_distributed_checkpoint(<dir>) (what
                 `fabric consolidate` writes; includes meta.pt)
+  cli.pt        `python -m lightning.fabric.utilities.consolidate_checkpoint <dir> --output_file`
   load.pt       dcp.load() into a state of zeros of the right shapes (the template is built from
                 dcp.pt), i.e. the ordinary load path with its own flattening of the template.
 write saves a state with bf16, int64, 0-d tensors, nested dicts, a list of dicts
@@ -62,6 +63,11 @@ def read(folder, out_dir):
 
     dcp_to_torch_save(folder, os.path.join(out_dir, "dcp.pt"))
     torch.save(_load_distributed_checkpoint(Path(folder)), os.path.join(out_dir, "lightning.pt"))
+    import subprocess
+
+    subprocess.run([sys.executable, "-W", "ignore", "-m",
+                    "lightning.fabric.utilities.consolidate_checkpoint", folder, "--output_file",
+                    os.path.join(out_dir, "cli.pt")], check=True)
     full = torch.load(os.path.join(out_dir, "dcp.pt"), weights_only=False)
     template = to_zeros(full)
     dcp.load(template, checkpoint_id=folder)

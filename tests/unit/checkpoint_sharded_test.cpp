@@ -415,6 +415,7 @@ TEST_F(ShardedCheckpointPython, PythonReadsOurs) {
   const Value lightning = load_torch_file(path("out/lightning.pt"));
   EXPECT_TRUE(lightning == with_meta) << lightning.repr();
   EXPECT_TRUE(lightning == load_sharded_full(path("c")));
+  EXPECT_TRUE(load_torch_file(path("out/cli.pt")) == with_meta);
   const Value loaded = load_torch_file(path("out/load.pt"));
   EXPECT_TRUE(loaded == without_meta) << loaded.repr();
 }
