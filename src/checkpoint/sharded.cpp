@@ -980,6 +980,50 @@ Value load_sharded_full(const std::string& dir) {
   return root;
 }
 
+Value load_sharded_full(const std::string& dir, const std::vector<std::string>& prefix) {
+  Reader reader(dir);
+  Value root = Value::dict();
+  bool any = false;
+  for (const auto& e : reader.metadata().entries) {
+    const std::vector<std::string> names = path_strings(e);
+    if (names.size() < prefix.size() || !std::equal(prefix.begin(), prefix.end(), names.begin()))
+      continue;
+    any = true;
+    Value v;
+    if (e.is_tensor) {
+      at::Tensor full = at::empty(e.size, at::TensorOptions().dtype(e.dtype));
+      reader.fill(e, full, std::vector<int64_t>(e.size.size(), 0));
+      v = Value(full);
+    } else {
+      v = reader.read_item(e.storage, e.key);
+    }
+    if (e.path.empty()) {
+      root.set(e.key, std::move(v));
+    } else {
+      set_element(root, e.path, std::move(v), e.key);
+    }
+  }
+  if (!any)
+    throw std::runtime_error(fmt::format("The sharded checkpoint {} has nothing under '{}'",
+                                         reader.dir(), join_key(prefix)));
+  const Value* node = &root;
+  for (const auto& name : prefix) {
+    const Value* next = nullptr;
+    if (node->is_dict()) {
+      next = node->find(Value(name));
+    } else if (node->kind() == Value::Kind::List &&
+               name.find_first_not_of("0123456789") == std::string::npos && !name.empty() &&
+               std::stoull(name) < node->elements().size()) {
+      next = &node->elements()[std::stoull(name)];
+    }
+    if (next == nullptr)
+      throw std::runtime_error(fmt::format("The sharded checkpoint {} has nothing under '{}'",
+                                           reader.dir(), join_key(prefix)));
+    node = next;
+  }
+  return *node;
+}
+
 bool is_sharded_checkpoint(const std::string& path) {
   return cppfabric::detail::is_directory(path) &&
          cppfabric::detail::is_regular_file(strip_slashes(path) + "/" + kMetadataFile);

@@ -123,6 +123,13 @@ TEST_F(ShardedCheckpoint, RoundTripOneProcess) {
   expected.set("epoch", 3);
   EXPECT_TRUE(load_sharded_full(ckpt) == expected) << load_sharded_full(ckpt).repr();
 
+  // a subtree: the param groups DCP flattened back into a list of dicts
+  EXPECT_TRUE(load_sharded_full(ckpt, {"optimizer", "param_groups"}) ==
+              state.at("optimizer").at("param_groups"));
+  EXPECT_TRUE(load_sharded_full(ckpt, {"optimizer", "param_groups", "0", "lr"}) == Value(0.01));
+  EXPECT_TRUE(load_sharded_full(ckpt, {"model"}) == state.at("model"));
+  EXPECT_THROW_WITH(load_sharded_full(ckpt, {"optimizer", "nope"}), std::runtime_error,
+                    "nothing under 'optimizer.nope'");
   const ShardedMetadata md = read_sharded_metadata(ckpt);
   EXPECT_TRUE(md.has_meta);
   ASSERT_EQ(md.tensors.size(), 6u);

@@ -95,6 +95,12 @@ ShardedMetadata read_sharded_metadata(const std::string& dir);
 /// entries at the top level (what `cppfabric consolidate` writes).
 Value load_sharded_full(const std::string& dir);
 
+/// Only the part of the checkpoint under `prefix` (path elements, list positions as decimal
+/// strings), nested as load_sharded_full nests it, without `meta.pt`: e.g. {"optimizer",
+/// "param_groups"} gives the list of param groups that DCP flattened to
+/// "optimizer.param_groups.0.lr" ... std::runtime_error naming the prefix when nothing is there.
+Value load_sharded_full(const std::string& dir, const std::vector<std::string>& prefix);
+
 /// True when `path` is a directory holding a `.metadata` file.
 bool is_sharded_checkpoint(const std::string& path);
 
