@@ -26,12 +26,15 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <unordered_map>
 #include <utility>
 
 #include "checkpoint/dcp_metadata.hpp"
+#include "checkpoint/pickler.hpp"
+#include "checkpoint/zip_archive.hpp"
 #include "cppfabric/checkpoint/torch_pickle.hpp"
 #include "cppfabric/collectives/process_group.hpp"
 #include "cppfabric/detail/fmt.hpp"
@@ -268,9 +271,23 @@ Value write_rank_file(const std::string& tmp, int rank, const std::vector<Sharde
   try {
     int64_t offset = 0;
     for (const auto& item : items) {
-      const std::string bytes =
-          to_torch_bytes(item.tensor ? Value(compact(item.tensor->local)) : *item.value);
-      write_all(fd, bytes.data(), bytes.size(), file);
+      // A whole torch.save archive, streamed into the file (no copy of the item in memory).
+      const detail::PickledValue pickled =
+          detail::pickle_value(item.tensor ? Value(compact(item.tensor->local)) : *item.value);
+      int64_t length = 0;
+      std::string error;  // the sink never reports a short write; the error is raised after
+      detail::write_zip_archive(pickled.pickle, pickled.storages,
+                                [&](const void* data, size_t n) -> size_t {
+                                  if (!error.empty()) return n;
+                                  try {
+                                    write_all(fd, static_cast<const char*>(data), n, file);
+                                  } catch (const std::exception& e) {
+                                    error = e.what();
+                                  }
+                                  length += static_cast<int64_t>(n);
+                                  return n;
+                                });
+      if (!error.empty()) throw std::runtime_error(error);
       Value::List path, index;
       for (std::size_t k = 0; k < item.path.size(); ++k) {
         path.emplace_back(item.path[k]);
@@ -281,7 +298,7 @@ Value write_rank_file(const std::string& tmp, int rank, const std::vector<Sharde
       r.set("index", Value::list(std::move(index)));
       r.set("file", name);
       r.set("offset", offset);
-      r.set("length", static_cast<int64_t>(bytes.size()));
+      r.set("length", length);
       if (item.tensor) {
         const TensorShard& t = *item.tensor;
         r.set("dtype", static_cast<int64_t>(t.local.scalar_type()));
@@ -295,7 +312,7 @@ Value write_rank_file(const std::string& tmp, int rank, const std::vector<Sharde
         r.set("sizes", Value::list(std::move(sizes)));
       }
       records.push_back(std::move(r));
-      offset += static_cast<int64_t>(bytes.size());
+      offset += length;
     }
     if (::fsync(fd) != 0)
       throw std::runtime_error(fmt::format("fsync of {} failed: {}", file, errno_text()));
@@ -521,10 +538,13 @@ class Reader {
           "Cannot read '{}' from the sharded checkpoint {}: its bytes [{}, {}) lie beyond the end "
           "of {} ({} bytes; truncated?)",
           key, dir_, s.offset, s.offset + s.length, s.relative_path, size));
-    std::string bytes(static_cast<size_t>(s.length), '\0');
-    if (!read_at(fd, static_cast<uint64_t>(s.offset), bytes.data(), bytes.size()))
+    // Not a std::string: its zero fill would be one more pass over every byte.
+    const auto length = static_cast<size_t>(s.length);
+    std::unique_ptr<char[]> bytes(new char[std::max<size_t>(length, 1)]);
+    if (!read_at(fd, static_cast<uint64_t>(s.offset), bytes.get(), length))
       throw std::runtime_error(fmt::format("Cannot read {}: {}", file, errno_text()));
-    return from_torch_bytes(bytes, fmt::format("{} (item '{}')", file, key));
+    return from_torch_bytes(std::string_view(bytes.get(), length),
+                            fmt::format("{} (item '{}')", file, key));
   }
 
   at::Tensor read_chunk(const DcpEntry& e, std::size_t c) {
@@ -607,6 +627,16 @@ class Reader {
   std::size_t cached_chunk_ = 0;
   at::Tensor cached_;
 };
+
+// One entry, whole: a tensor on the CPU (its only chunk as read, when that chunk is all of it) or
+// the saved value.
+Value read_entry(Reader& reader, const DcpEntry& e) {
+  if (!e.is_tensor) return reader.read_item(e.storage, e.key);
+  if (e.chunks.size() == 1 && e.chunks[0].sizes == e.size) return Value(reader.read_chunk(e, 0));
+  at::Tensor full = at::empty(e.size, at::TensorOptions().dtype(e.dtype));
+  reader.fill(e, full, std::vector<int64_t>(e.size.size(), 0));
+  return Value(full);
+}
 
 // DCP's set_element: puts `value` at `path` in `root`, making dicts (string keys) and lists
 // (list positions, padded with None) on the way.
@@ -955,14 +985,7 @@ Value load_sharded_full(const std::string& dir) {
   Reader reader(dir);
   Value root = Value::dict();
   for (const auto& e : reader.metadata().entries) {
-    Value v;
-    if (e.is_tensor) {
-      at::Tensor full = at::empty(e.size, at::TensorOptions().dtype(e.dtype));
-      reader.fill(e, full, std::vector<int64_t>(e.size.size(), 0));
-      v = Value(full);
-    } else {
-      v = reader.read_item(e.storage, e.key);
-    }
+    Value v = read_entry(reader, e);
     if (e.path.empty()) {
       root.set(e.key, std::move(v));
     } else {
@@ -989,14 +1012,7 @@ Value load_sharded_full(const std::string& dir, const std::vector<std::string>& 
     if (names.size() < prefix.size() || !std::equal(prefix.begin(), prefix.end(), names.begin()))
       continue;
     any = true;
-    Value v;
-    if (e.is_tensor) {
-      at::Tensor full = at::empty(e.size, at::TensorOptions().dtype(e.dtype));
-      reader.fill(e, full, std::vector<int64_t>(e.size.size(), 0));
-      v = Value(full);
-    } else {
-      v = reader.read_item(e.storage, e.key);
-    }
+    Value v = read_entry(reader, e);
     if (e.path.empty()) {
       root.set(e.key, std::move(v));
     } else {
