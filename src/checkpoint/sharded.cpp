@@ -14,6 +14,7 @@
 #include "cppfabric/checkpoint/sharded.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -592,7 +593,7 @@ class Reader {
         src = src.narrow(dim, lo[d] - chunk.offsets[d], len[d]);
         dst = dst.narrow(dim, lo[d] - offsets[d], len[d]);
       }
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       dst.copy_(src);
       covered += volume(len);
     }
