@@ -1,6 +1,8 @@
 // libFuzzer target: the input is the `.metadata` file of a sharded (torch.distributed.checkpoint)
 // checkpoint. Contract: a DcpMetadata or std::runtime_error; and what parses writes back
 // (write_dcp_metadata) into bytes that parse to the same entries.
+#include "checkpoint/dcp_metadata.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -8,15 +10,13 @@
 #include <string>
 #include <string_view>
 
-#include "checkpoint/dcp_metadata.hpp"
-
 namespace d = cppfabric::checkpoint::detail;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   d::DcpMetadata md;
   try {
-    md = d::read_dcp_metadata(std::string_view(reinterpret_cast<const char*>(data), size),
-                              "<fuzz>");
+    md =
+        d::read_dcp_metadata(std::string_view(reinterpret_cast<const char*>(data), size), "<fuzz>");
   } catch (const std::runtime_error&) {
     return 0;
   }
