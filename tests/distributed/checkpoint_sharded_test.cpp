@@ -128,6 +128,37 @@ TEST_F(ShardedCheckpointDistributed, TwoRanksSaveOneAndThreeLoad) {
   }
 }
 
+TEST_F(ShardedCheckpointDistributed, PythonLoadsOurPiecesIntoThreeRanksOfDTensors) {
+  const auto python = cppfabric::testing::venv_python();
+  if (!python) GTEST_SKIP() << "bootstrapped venv missing";
+  const std::string ckpt = dir_ + "/ckpt";
+  auto codes = run_ranks(2, [&](int rank, int port) {
+    auto group = join(rank, 2, port);
+    Value meta = Value::dict();
+    meta.set("epoch", 5);
+    save_sharded(ckpt, pieces(rank, 2, false), &meta, group.get());
+    return 0;
+  });
+  ASSERT_EQ(codes, std::vector<int>(codes.size(), 0));
+  // Python's own resharding: 3 processes, each a dim-0 DTensor shard, torch.distributed.checkpoint
+  // reads the overlapping pieces of what 2 cppfabric ranks wrote.
+  int status = 0;
+  const std::string script = std::string(CPPFABRIC_SOURCE_DIR) + "/tests/python/dcp_reference.py";
+  const std::string out = cppfabric::testing::run_command(
+      *python + " -W ignore " + script + " read3 " + ckpt + " " + dir_ + "/gathered.pt " +
+          std::to_string(cppfabric::testing::find_free_port()) + " 2>&1",
+      &status);
+  ASSERT_EQ(status, 0) << out;
+  codes = run_ranks(1, [&](int, int) {
+    Value expected = expected_full(5);
+    expected.erase("epoch");  // meta.pt is Lightning's, not DCP's
+    const Value gathered = load_torch_file(dir_ + "/gathered.pt");
+    EXPECT_TRUE(gathered == expected) << gathered.repr();
+    return ::testing::Test::HasFailure() ? 1 : 0;
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
 TEST_F(ShardedCheckpointDistributed, AFailureOnOneRankFailsEveryRankAndKeepsThePrevious) {
   const std::string ckpt = dir_ + "/ckpt";
   auto codes = run_ranks(2, [&](int rank, int port) {

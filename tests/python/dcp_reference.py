@@ -6,6 +6,8 @@ checkpoint_sharded_test.cpp.
     dcp_reference.py write2 <dir> <expected.pt>  # the same, saved by 2 processes (Gloo) as
                                                  # DTensors sharded over dim 0 (FSDP2's layout)
     dcp_reference.py torchload <file> <out.pt>   # torch.load(weights_only=True), then torch.save
+    dcp_reference.py read3 <dir> <out.pt> <port> # 3 processes (Gloo) dcp.load a folder into
+                                                 # DTensors sharded over dim 0, then gather
 
 read writes three plain torch.save files into <out_dir> for the C++ test to compare:
   dcp.pt        torch.distributed.checkpoint.format_utils.dcp_to_torch_save(<dir>)
@@ -110,6 +112,37 @@ def write2(folder, expected, port):
     print("ok 1")
 
 
+def _read3_worker(rank, folder, out, port):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=3)
+    mesh = init_device_mesh("cpu", (3,))
+    metadata = dcp.FileSystemReader(folder).read_metadata()
+    model = {}
+    for key, md in metadata.state_dict_metadata.items():
+        if key.startswith("model."):
+            zeros = torch.zeros(md.size, dtype=md.properties.dtype)
+            model[key[len("model."):]] = distribute_tensor(zeros, mesh, [Shard(0)])
+    state = {"model": model, "optimizer": {"param_groups": [{"lr": 0.0}]}}
+    dcp.load(state, checkpoint_id=folder)
+    full = {"model": {k: v.full_tensor() for k, v in model.items()},
+            "optimizer": state["optimizer"]}
+    if rank == 0:
+        torch.save(full, out)
+    dist.destroy_process_group()
+
+
+def read3(folder, out, port):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_read3_worker, args=(folder, out, port), nprocs=3, start_method="fork")
+    print("ok 1")
+
+
 def torchload(path, out):
     value = torch.load(path, weights_only=True)
     torch.save(value, out)
@@ -124,6 +157,8 @@ if __name__ == "__main__":
         write(sys.argv[2], sys.argv[3])
     elif mode == "write2":
         write2(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif mode == "read3":
+        read3(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif mode == "torchload":
         torchload(sys.argv[2], sys.argv[3])
     else:
