@@ -37,8 +37,8 @@ namespace cppfabric::checkpoint {
 
 /// One rectangular piece of a global tensor held by this rank.
 struct TensorShard {
-  at::Tensor local;                   ///< the piece (any strides, CPU or CUDA)
-  std::vector<int64_t> offsets;       ///< where `local` starts in each dimension of the global tensor
+  at::Tensor local;              ///< the piece (any strides, CPU or CUDA)
+  std::vector<int64_t> offsets;  ///< where `local` starts in each dimension of the global tensor
   std::vector<int64_t> global_shape;  ///< the whole tensor's shape
 };
 
@@ -49,6 +49,9 @@ struct ShardedItem {
   std::vector<std::string> path;
   std::optional<TensorShard> tensor;  ///< a tensor piece
   std::optional<Value> value;         ///< a non-tensor value (saved as a bytes item)
+  /// Which elements of `path` are list positions ("0" in {"optimizer", "param_groups", "0",
+  /// "lr"}): DCP records those as ints and rebuilds a list there. Empty: none are.
+  std::vector<bool> list_index = {};
 };
 
 /// What `.metadata` says about one tensor.
@@ -71,7 +74,10 @@ struct ShardedMetadata {
 /// item is passed by one rank. Every rank writes `__<rank>_0.distcp`; rank 0 writes `.metadata`
 /// and, when `meta` is given, `meta.pt`. Everything is written into a temporary sibling folder
 /// and committed by rename once every rank has finished, so a crash never leaves a partial
-/// checkpoint under `dir`; an existing `dir` is replaced. Errors on any rank fail every rank.
+/// checkpoint under `dir`; an existing `dir` is replaced when it is a sharded checkpoint, an empty
+/// folder or a file (another folder is refused). Every rank must pass the same `dir`. Errors on
+/// any rank fail every rank (the failing rank rethrows its own error; the others throw
+/// std::runtime_error naming that rank and its message).
 void save_sharded(const std::string& dir, const std::vector<ShardedItem>& items, const Value* meta,
                   collectives::ProcessGroup* group);
 
@@ -89,8 +95,33 @@ ShardedMetadata read_sharded_metadata(const std::string& dir);
 /// entries at the top level (what `cppfabric consolidate` writes).
 Value load_sharded_full(const std::string& dir);
 
+/// Only the part of the checkpoint under `prefix` (path elements, list positions as decimal
+/// strings), nested as load_sharded_full nests it, without `meta.pt`: e.g. {"optimizer",
+/// "param_groups"} gives the list of param groups that DCP flattened to
+/// "optimizer.param_groups.0.lr" ... std::runtime_error naming the prefix when nothing is there.
+Value load_sharded_full(const std::string& dir, const std::vector<std::string>& prefix);
+
 /// True when `path` is a directory holding a `.metadata` file.
 bool is_sharded_checkpoint(const std::string& path);
+
+/// Splits a nested state (a dict) into items the way torch.distributed.checkpoint flattens a
+/// state dict: dicts are walked (keys become strings: str(key)), a list is walked only when it
+/// holds a tensor or a dict (its positions become list_index elements), tuples and everything
+/// else are leaves; a leaf tensor becomes a whole-tensor item (offsets 0), any other leaf a value
+/// item. Empty dicts disappear, as in Python. std::invalid_argument when `state` is not a dict
+/// or two paths flatten to the same key.
+std::vector<ShardedItem> flatten_state(const Value& state);
+
+/// The pieces of a tensor of `global_shape` (row-major) whose elements [begin, begin +
+/// flat.numel()) are held by `flat` (a 1-D contiguous tensor, e.g. one parameter's part of an
+/// FSDP/ZeRO flat shard): at most 2 * dims - 1 rectangles, in order, whose `local`s are views of
+/// `flat`. save_sharded writes them, and load_sharded fills `flat` in place through them.
+/// std::invalid_argument when `flat` is not 1-D contiguous or the range does not fit.
+std::vector<TensorShard> shard_flat_range(const at::Tensor& flat, int64_t begin,
+                                          const std::vector<int64_t>& global_shape);
+
+/// DCP's flattened key of an item: its path joined with '.'.
+std::string flattened_key(const ShardedItem& item);
 
 /// `cppfabric consolidate`: load_sharded_full(dir), written atomically as one torch.save file
 /// that `torch.load(out, weights_only=True)` opens.
