@@ -1,7 +1,7 @@
 #include "checkpoint/zip_archive.hpp"
 
 #include <c10/util/Exception.h>
-#include <caffe2/serialize/inline_container.h>
+#include <c10/util/hash.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -13,6 +13,7 @@
 #include <array>
 #include <cerrno>
 #include <stdexcept>
+#include <unordered_set>
 
 #include "cppfabric/detail/fmt.hpp"
 
@@ -109,6 +110,10 @@ uint32_t crc32_update(uint32_t crc, const unsigned char* data, std::size_t n) {
 }
 
 }  // namespace
+
+uint32_t crc32(uint32_t crc, const void* data, std::size_t n) {
+  return crc32_update(crc, static_cast<const unsigned char*>(data), n);
+}
 
 // ------------------------------------------------------------------------------ byte sources
 
@@ -304,24 +309,209 @@ void ZipReader::parse(const ReadLimits& limits) {
 }
 
 // ------------------------------------------------------------------------------ zip writer
+//
+// The bytes LibTorch's PyTorchStreamWriter (torch.save's writer, miniz underneath, zip64 mode)
+// produces, written straight from the tensors' memory: every record is a local header with
+// zero CRC and sizes (flag bit 3: a data descriptor follows the data), its name, a zip64 extra
+// field when the record or its offset reaches 4 GiB, and an "FB" extra field padding the data
+// to a multiple of 64 bytes; then the data; then the data descriptor (CRC and sizes; none for an
+// empty record). The CRC is computed chunk by chunk just before each chunk goes to the sink,
+// while it is in the cache. The end: the "version" record, ".data/serialization_id" (computed
+// as LibTorch computes it), the central directory, the zip64 end record and locator, the end
+// record. tests/unit/checkpoint_writer_test.cpp compares the bytes with PyTorchStreamWriter's.
+
+namespace {
+
+constexpr uint64_t kMax32 = 0xffffffffu;
+constexpr std::size_t kChunk = std::size_t(1) << 20;  // CRC, then write, 1 MiB at a time
+
+void put16(std::string& s, uint64_t v) {
+  s.push_back(static_cast<char>(v & 0xff));
+  s.push_back(static_cast<char>((v >> 8) & 0xff));
+}
+void put32(std::string& s, uint64_t v) {
+  put16(s, v & 0xffff);
+  put16(s, (v >> 16) & 0xffff);
+}
+void put64(std::string& s, uint64_t v) {
+  put32(s, v & 0xffffffffu);
+  put32(s, v >> 32);
+}
+
+class ArchiveWriter {
+ public:
+  explicit ArchiveWriter(const ZipSink& sink) : sink_(sink) {}
+
+  void add(const std::string& name, const void* data, uint64_t size) {
+    const std::string full = "archive/" + name;
+    const uint64_t header_offset = offset_;
+    const bool zip64 = size >= kMax32 || header_offset >= kMax32;
+    const uint64_t zip64_len =
+        zip64 ? 4 + (size >= kMax32 ? 16 : 0) + (header_offset >= kMax32 ? 8 : 0) : 0;
+    const uint64_t unpadded = header_offset + 30 + full.size() + zip64_len + 4;
+    const uint64_t padding = (64 - unpadded % 64) % 64;
+    const uint64_t flags = size > 0 ? 0x0808 : 0x0800;  // UTF-8 names; data descriptor
+    std::string header;
+    header.reserve(30 + full.size() + zip64_len + 4 + padding);
+    put32(header, 0x04034b50);
+    put16(header, 0);  // version needed
+    put16(header, flags);
+    put16(header, 0);  // stored
+    put32(header, 0);  // time, date
+    put32(header, 0);  // CRC, sizes: in the data descriptor
+    put32(header, 0);
+    put32(header, 0);
+    put16(header, full.size());
+    put16(header, zip64_len + 4 + padding);
+    header += full;
+    std::string zip64_extra;
+    if (zip64) {
+      put16(zip64_extra, 0x0001);
+      put16(zip64_extra, zip64_len - 4);
+      if (size >= kMax32) {
+        put64(zip64_extra, size);
+        put64(zip64_extra, 0);  // LibTorch writes the compressed size before it is known
+      }
+      if (header_offset >= kMax32) put64(zip64_extra, header_offset);
+    }
+    header += zip64_extra;
+    header += "FB";
+    put16(header, padding);
+    header.append(padding, 'Z');
+    emit(header.data(), header.size());
+
+    const auto* p = static_cast<const unsigned char*>(data);
+    if (size >= 8) {
+      // LibTorch folds into the serialization id the CRC of every write it takes for a data
+      // descriptor, including a record whose data starts like one.
+      uint32_t head[2];
+      std::memcpy(head, p, 8);
+      if (head[0] == 0x08074b50) combined_crc_ = c10::hash_combine(combined_crc_, head[1]);
+    }
+    uint32_t crc = 0;
+    for (uint64_t done = 0; done < size;) {
+      const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(kChunk, size - done));
+      crc = crc32(crc, p + done, n);
+      emit(p + done, n);
+      done += n;
+    }
+    if (size > 0) {
+      std::string descriptor;
+      put32(descriptor, 0x08074b50);
+      put32(descriptor, crc);
+      if (zip64) {
+        put64(descriptor, size);
+        put64(descriptor, size);
+      } else {
+        put32(descriptor, size);
+        put32(descriptor, size);
+      }
+      emit(descriptor.data(), descriptor.size());
+      combined_crc_ = c10::hash_combine(combined_crc_, crc);
+    }
+
+    std::string cd_extra;
+    if (zip64) {
+      put16(cd_extra, 0x0001);
+      put16(cd_extra, zip64_len - 4);
+      if (size >= kMax32) {
+        put64(cd_extra, size);
+        put64(cd_extra, size);
+      }
+      if (header_offset >= kMax32) put64(cd_extra, header_offset);
+    }
+    put32(central_, 0x02014b50);
+    put16(central_, 0);  // version made by
+    put16(central_, 0);  // version needed
+    put16(central_, flags);
+    put16(central_, 0);  // stored
+    put32(central_, 0);  // time, date
+    put32(central_, crc);
+    put32(central_, std::min(size, kMax32));
+    put32(central_, std::min(size, kMax32));
+    put16(central_, full.size());
+    put16(central_, cd_extra.size());
+    put16(central_, 0);  // comment
+    put16(central_, 0);  // disk
+    put16(central_, 0);  // internal attributes
+    put32(central_, 0);  // external attributes
+    put32(central_, std::min(header_offset, kMax32));
+    central_ += full;
+    central_ += cd_extra;
+    ++entries_;
+    names_.insert(name);
+  }
+
+  void finish() {
+    // As LibTorch's writer: version (kMinProducedFileFormatVersion; torch.save's files have no
+    // operators), then the serialization id over the records written so far.
+    add("version", "3\n", 2);
+    uint64_t name_hash = 0;
+    for (const std::string& name : names_)
+      name_hash = c10::hash_combine(name_hash, c10::hash<std::string>{}(name));
+    const std::string id = fmt::format("{:020}{:020}", name_hash, combined_crc_);
+    add(".data/serialization_id", id.data(), id.size());
+
+    const uint64_t cd_offset = offset_;
+    const uint64_t cd_size = central_.size();
+    std::string end;
+    put32(end, 0x06064b50);  // zip64 end of central directory
+    put64(end, 44);
+    put16(end, 0x031e);
+    put16(end, 0x002d);
+    put32(end, 0);
+    put32(end, 0);
+    put64(end, entries_);
+    put64(end, entries_);
+    put64(end, cd_size);
+    put64(end, cd_offset);
+    put32(end, 0x07064b50);  // its locator
+    put32(end, 0);
+    put64(end, cd_offset + cd_size);
+    put32(end, 1);
+    put32(end, 0x06054b50);  // end of central directory
+    put16(end, 0);
+    put16(end, 0);
+    put16(end, std::min<uint64_t>(entries_, 0xffff));
+    put16(end, std::min<uint64_t>(entries_, 0xffff));
+    put32(end, std::min(cd_size, kMax32));
+    put32(end, std::min(cd_offset, kMax32));
+    put16(end, 0);
+    emit(central_.data(), central_.size());
+    emit(end.data(), end.size());
+  }
+
+ private:
+  void emit(const void* p, std::size_t n) {
+    if (n == 0) return;
+    if (sink_(p, n) != n) throw std::runtime_error("Writing the checkpoint failed: short write");
+    offset_ += n;
+  }
+
+  const ZipSink& sink_;
+  uint64_t offset_ = 0;
+  std::string central_;
+  uint64_t entries_ = 0;
+  // The record names in the set LibTorch's writer keeps: its iteration order feeds the
+  // serialization id.
+  std::unordered_set<std::string> names_;
+  uint64_t combined_crc_ = 0;
+};
+
+}  // namespace
 
 void write_zip_archive(const std::string& pickle,
                        const std::vector<std::pair<std::string, at::Tensor>>& storages,
                        const ZipSink& sink) {
-  try {
-    caffe2::serialize::PyTorchStreamWriter writer(sink);
-    writer.writeRecord("data.pkl", pickle.data(), pickle.size());
-    writer.writeRecord(".format_version", "1", 1);
-    writer.writeRecord(".storage_alignment", "64", 2);
-    writer.writeRecord("byteorder", "little", 6);
-    for (const auto& [key, tensor] : storages) {
-      writer.writeRecord("data/" + key, tensor.data_ptr(), tensor.nbytes());
-    }
-    writer.writeEndOfFile();
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(
-        fmt::format("Writing the checkpoint failed: {}", e.what_without_backtrace()));
+  ArchiveWriter writer(sink);
+  writer.add("data.pkl", pickle.data(), pickle.size());
+  writer.add(".format_version", "1", 1);
+  writer.add(".storage_alignment", "64", 2);
+  writer.add("byteorder", "little", 6);
+  for (const auto& [key, tensor] : storages) {
+    writer.add("data/" + key, tensor.data_ptr(), tensor.nbytes());
   }
+  writer.finish();
 }
 
 }  // namespace cppfabric::checkpoint::detail
