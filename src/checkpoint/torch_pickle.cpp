@@ -182,7 +182,13 @@ Value load_torch_file(const std::string& path, const ReadLimits& limits) {
   }
   const auto size = static_cast<uint64_t>(st.st_size);
   if (limits.map_file && size > 0 && size >= static_cast<uint64_t>(limits.map_min_file_bytes)) {
-    return read_archive(std::make_unique<detail::MappedSource>(fd, size, path), path, limits);
+    std::unique_ptr<detail::MappedSource> mapped;
+    try {
+      mapped = std::make_unique<detail::MappedSource>(fd, size, path);
+    } catch (const std::runtime_error&) {
+      // No mapping (address space, strict overcommit): read with copies instead.
+    }
+    if (mapped) return read_archive(std::move(mapped), path, limits);
   }
   return read_archive(std::make_unique<detail::FileSource>(fd, size, path), path, limits);
 }

@@ -128,12 +128,11 @@ MappedSource::MappedSource(int fd, uint64_t size, const std::string& what) : siz
     ::munmap(p, size);
     p = MAP_FAILED;
   }
-  const int error = errno;
-  ::close(fd);
   if (p == MAP_FAILED) {
     throw std::runtime_error(
-        fmt::format("Cannot map the checkpoint {}: {}", what, std::strerror(error)));
+        fmt::format("Cannot map the checkpoint {}: {}", what, std::strerror(errno)));
   }
+  ::close(fd);
   base_ = static_cast<const char*>(p);
   mapping_ = std::shared_ptr<const void>(p, [size](const void* q) {
     if (q != nullptr) ::munmap(const_cast<void*>(q), size);

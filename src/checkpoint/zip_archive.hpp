@@ -71,7 +71,8 @@ class FileSource final : public ByteSource {
 /// the mapping without a copy. The mapping lives while any such tensor does.
 class MappedSource final : public ByteSource {
  public:
-  /// Maps `fd` (closed by the constructor); std::runtime_error naming `what` when mmap fails.
+  /// Maps `fd` and closes it; std::runtime_error naming `what` when mmap fails (`fd` stays
+  /// open then).
   MappedSource(int fd, uint64_t size, const std::string& what);
   uint64_t size() const override { return size_; }
   void read(uint64_t offset, void* dst, uint64_t n) const override {

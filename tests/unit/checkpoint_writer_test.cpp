@@ -2,6 +2,7 @@
 // PyTorchStreamWriter, byte for byte, including the zip64 forms (records and offsets past
 // 4 GiB); its CRC-32 against zlib's definition; and the mapped reader's paths (aligned and
 // unaligned records, small records copied, truncated and corrupt files, non-durable saves).
+#include <c10/core/CPUAllocator.h>
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
@@ -162,8 +163,9 @@ struct Fingerprint {
 };
 
 TEST(CheckpointWriter, Zip64RecordsAndOffsetsEqualPyTorchStreamWriters) {
-  // A record of 4 GiB + 100 bytes (zip64 sizes) and records after it (zip64 offsets).
-  const std::size_t big = (std::size_t{1} << 32) + 100;
+  // A record of 4 GiB + 1 MiB (zip64 sizes; whole 1 MiB pieces, so the fingerprint's headers
+  // hold no data) and records after it (zip64 offsets).
+  const std::size_t big = (std::size_t{1} << 32) + (std::size_t{1} << 20);
   ZeroPages zeros(big);
   ASSERT_NE(zeros.p, MAP_FAILED);
   Storages storages;
