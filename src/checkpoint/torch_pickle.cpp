@@ -14,6 +14,8 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <system_error>
+#include <thread>
 
 #include "checkpoint/pickler.hpp"
 #include "checkpoint/unpickler.hpp"
@@ -75,6 +77,15 @@ void make_directories(const std::string& path) {
   if (const int error = cppfabric::detail::make_directories(path, &failed)) {
     throw std::runtime_error(fmt::format("Cannot create the folder {}: {}", failed,
                                          cppfabric::detail::make_directories_error_text(error)));
+  }
+}
+
+// Closes `fd` on a detached thread (inline when no thread can be started).
+void release_in_background(int fd) {
+  try {
+    std::thread([fd] { ::close(fd); }).detach();
+  } catch (const std::system_error&) {
+    ::close(fd);
   }
 }
 
@@ -153,19 +164,26 @@ void save_torch_file(const Value& value, const std::string& path, const SaveOpti
     ::unlink(tmp.c_str());
     throw std::runtime_error(fmt::format("Cannot write the checkpoint {}: {}", path, why));
   }
+  // The file being replaced: held open across the rename, so that freeing its blocks (0.5-1 s
+  // for 2 GiB on ext4, in the rename otherwise) happens when this descriptor closes, on a
+  // background thread, not while the caller waits.
+  const int old_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const std::string why = errno_text();
+    if (old_fd >= 0) ::close(old_fd);
     ::unlink(tmp.c_str());
     throw std::runtime_error(
         fmt::format("Cannot move the checkpoint into place at {}: {}", path, why));
   }
-  if (!options.durable) return;
-  // Make the rename itself durable.
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  if (options.durable) {
+    // Make the rename itself durable.
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
   }
+  if (old_fd >= 0) release_in_background(old_fd);
 }
 
 Value load_torch_file(const std::string& path, const ReadLimits& limits) {
