@@ -361,4 +361,53 @@ TEST(CheckpointMappedReader, TruncatedAndCorruptFilesAreCleanErrors) {
   EXPECT_THROW_WITH(ck::load_torch_file(cut, map_everything()), std::runtime_error, cut, "CRC");
 }
 
+// Files large enough for the default mapped load, across the language line: Python reads what
+// both save modes write, and cppfabric maps what torch.save writes (dtypes of every width, a
+// view, records at and over the 64 KiB copy threshold).
+TEST(CheckpointMappedReader, LargeFilesCrossToPythonAndBack) {
+  const auto python = cppfabric::testing::venv_python();
+  if (!python) GTEST_SKIP() << "bootstrapped venv missing";
+  const std::string dir = temp_dir("python");
+  auto big = torch::arange(1 << 19, torch::kFloat).reshape({512, 1024});
+  const Value v = Value::dict({{Value("big"), Value(big)},
+                               {Value("row"), Value(big[7])},
+                               {Value("d"), Value(torch::arange(20000, torch::kDouble) / 3)},
+                               {Value("h"), Value(torch::ones({40000}, torch::kHalf))},
+                               {Value("i8"), Value(torch::arange(100, torch::kChar))}});
+  ck::save_torch_file(v, dir + "/durable.pt");
+  ck::SaveOptions fast;
+  fast.durable = false;
+  ck::save_torch_file(v, dir + "/fast.pt", fast);
+  const std::string check =
+      "import sys, torch\n"
+      "for p in sys.argv[1:3]:\n"
+      "    s = torch.load(p, weights_only=True)\n"
+      "    big = torch.arange(1 << 19, dtype=torch.float).reshape(512, 1024)\n"
+      "    assert torch.equal(s['big'], big) and torch.equal(s['row'], big[7]), p\n"
+      "    assert s['row'].untyped_storage().data_ptr() == s['big'].untyped_storage().data_ptr()\n"
+      "    assert torch.equal(s['d'], torch.arange(20000, dtype=torch.double) / 3), p\n"
+      "    assert torch.equal(s['h'], torch.ones(40000, dtype=torch.half)), p\n"
+      "    assert torch.equal(s['i8'], torch.arange(100, dtype=torch.int8)), p\n"
+      "torch.save({'w': torch.arange(300000, dtype=torch.float) * 0.5,\n"
+      "            'l': torch.arange(70000, dtype=torch.long), 'b': torch.tensor([True, False]),\n"
+      "            'bf': torch.ones(50000, dtype=torch.bfloat16)}, sys.argv[3])\n"
+      "print('python ok')\n";
+  const std::string script = dir + "/check.py";
+  write_file(script, check);
+  int status = 0;
+  const std::string out =
+      cppfabric::testing::run_command(*python + " " + script + " " + dir + "/durable.pt " + dir +
+                                          "/fast.pt " + dir + "/from_python.pt 2>&1",
+                                      &status);
+  ASSERT_EQ(status, 0) << out;
+  ASSERT_NE(out.find("python ok"), std::string::npos) << out;
+  const Value back = ck::load_torch_file(dir + "/from_python.pt");  // > 1 MiB: mapped
+  EXPECT_TRUE(torch::equal(back.at("w").to_tensor(), torch::arange(300000, torch::kFloat) * 0.5));
+  EXPECT_TRUE(is_mapped(back.at("w").to_tensor()));
+  EXPECT_TRUE(torch::equal(back.at("l").to_tensor(), torch::arange(70000, torch::kLong)));
+  EXPECT_TRUE(torch::equal(back.at("b").to_tensor(), torch::tensor({true, false})));
+  EXPECT_FALSE(is_mapped(back.at("b").to_tensor()));
+  EXPECT_TRUE(torch::equal(back.at("bf").to_tensor(), torch::ones({50000}, torch::kBFloat16)));
+}
+
 }  // namespace
