@@ -103,6 +103,19 @@ TEST(CheckpointWriter, Crc32MatchesTheDefinitionAtEveryLengthAndAlignment) {
   }
 }
 
+TEST(CheckpointWriter, Crc32CombineJoinsPieces) {
+  std::mt19937 rng(3);
+  std::string data(3000, '\0');
+  for (auto& c : data) c = static_cast<char>(rng());
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  for (std::size_t cut : {0, 1, 5, 64, 1500, 2999, 3000}) {
+    ASSERT_EQ(
+        ckd::crc32_combine(ckd::crc32(0, p, cut), ckd::crc32(0, p + cut, 3000 - cut), 3000 - cut),
+        bitwise_crc32(p, 3000))
+        << "cut at " << cut;
+  }
+}
+
 TEST(CheckpointWriter, BytesEqualPyTorchStreamWriters) {
   std::mt19937 rng(11);
   auto random_bytes = [&](std::size_t n) {
@@ -359,6 +372,34 @@ TEST(CheckpointMappedReader, TruncatedAndCorruptFilesAreCleanErrors) {
   corrupt[corrupt.size() / 2] ^= 0x10;
   write_file(cut, corrupt);
   EXPECT_THROW_WITH(ck::load_torch_file(cut, map_everything()), std::runtime_error, cut, "CRC");
+}
+
+// Records over 8 MiB are read and CRC-checked in 4 MiB pieces on ATen's threads: the values come
+// back whole, and a flipped bit in any piece (the last, short one included) fails the check, both
+// mapped and copied.
+TEST(CheckpointMappedReader, LargeRecordsAreCheckedInPieces) {
+  const std::string dir = temp_dir("pieces");
+  const std::string path = dir + "/p.pt";
+  const int64_t n = ((int64_t{9} << 20) + 12345) / 4;  // 9 MiB + a short last piece
+  const at::Tensor t = torch::arange(n, torch::kInt);
+  ck::save_torch_file(Value::dict({{Value("t"), Value(t)}}), path);
+  ck::ReadLimits copies;
+  copies.map_file = false;
+  EXPECT_TRUE(torch::equal(ck::load_torch_file(path).at("t").to_tensor(), t));
+  EXPECT_TRUE(torch::equal(ck::load_torch_file(path, copies).at("t").to_tensor(), t));
+  const std::string bytes = read_file(path);
+  const int32_t probe_values[] = {1, static_cast<int32_t>((5 << 20) / 4),
+                                  static_cast<int32_t>(n - 2)};
+  for (int32_t value : probe_values) {
+    std::string corrupt = bytes;
+    const auto at = corrupt.find(std::string(reinterpret_cast<const char*>(&value), 4));
+    ASSERT_NE(at, std::string::npos);
+    corrupt[at] ^= 0x01;
+    const std::string bad = dir + "/bad.pt";
+    write_file(bad, corrupt);
+    EXPECT_THROW_WITH(ck::load_torch_file(bad), std::runtime_error, "CRC");
+    EXPECT_THROW_WITH(ck::load_torch_file(bad, copies), std::runtime_error, "CRC");
+  }
 }
 
 // Files large enough for the default mapped load, across the language line: Python reads what
