@@ -27,8 +27,6 @@ namespace cppfabric::checkpoint::detail {
 /// CRC-32 (zip's) of `n` bytes continuing `crc` (0 to start): carry-less multiplication where the
 /// CPU has it (memory speed), slicing-by-8 tables otherwise.
 uint32_t crc32(uint32_t crc, const void* data, std::size_t n);
-/// The CRC-32 of A followed by B from crc32(A), crc32(B) and B's length.
-uint32_t crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t length2);
 
 /// The bytes the reader reads: a file (pread) or memory.
 class ByteSource {
