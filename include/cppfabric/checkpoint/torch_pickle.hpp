@@ -38,8 +38,10 @@ struct ReadLimits {
   /// load_torch_file only: map the file (mmap, MAP_PRIVATE) and let each tensor whose record is
   /// aligned in it (torch.save and cppfabric align records to 64 bytes) and at least
   /// `map_min_record_bytes` long use the mapping instead of a copy; the mapping lives as long as
-  /// any such tensor. Every record is still CRC-checked while loading, and a tensor written to
-  /// gets private copies of the pages it writes (the file never changes).
+  /// any such tensor. Every record is still CRC-checked while loading (a CRC-32 at memory speed,
+  /// VPCLMULQDQ or PCLMULQDQ), and a tensor written to gets private copies of the pages it
+  /// writes (the file never changes). When the file cannot be mapped (address space, strict
+  /// overcommit), it is read with copies.
   ///
   /// On by default: loading costs no copy and no private memory (the pages are the page
   /// cache's), which is what makes load_torch_file several times faster than
