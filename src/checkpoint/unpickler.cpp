@@ -289,7 +289,8 @@ class Unpickler {
     const Record& part = *r;
     const bool exact = part.size == static_cast<uint64_t>(numel) * itemsize;
     at::Tensor t;
-    if (exact && numel > 0 && zip_.mapped() && part.data_offset % itemsize == 0) {
+    if (exact && numel > 0 && zip_.mapped() && part.data_offset % itemsize == 0 &&
+        part.size >= static_cast<uint64_t>(std::max<int64_t>(limits_.map_min_record_bytes, 0))) {
       // A mapped file: the record itself becomes the tensor's memory (no copy); the tensor
       // keeps the mapping alive.
       std::shared_ptr<const void> keep;

@@ -1,6 +1,7 @@
 // The zip side of torch.save files. Reading: a small bounded reader of stored (uncompressed) zip
-// archives that checks every offset, size and CRC against the bytes present. Writing: LibTorch's
-// PyTorchStreamWriter, the writer Python itself uses. Private.
+// archives that checks every offset, size and CRC against the bytes present. Writing: the bytes
+// LibTorch's PyTorchStreamWriter (the writer Python itself uses) writes, produced here straight
+// from the tensors' memory with a fast CRC-32. Private.
 //
 //   detail::ZipReader zip(std::make_unique<detail::MemorySource>(bytes), "<memory>", limits);
 //   const std::string pickle = zip.read_small("data.pkl", uint64_t(1) << 32);  // "archive/data.pkl"
@@ -22,6 +23,10 @@
 #include "cppfabric/checkpoint/torch_pickle.hpp"
 
 namespace cppfabric::checkpoint::detail {
+
+/// CRC-32 (zip's) of `n` bytes continuing `crc` (0 to start): carry-less multiplication where the
+/// CPU has it (memory speed), slicing-by-8 tables otherwise.
+uint32_t crc32(uint32_t crc, const void* data, std::size_t n);
 
 /// The bytes the reader reads: a file (pread) or memory.
 class ByteSource {
@@ -66,7 +71,8 @@ class FileSource final : public ByteSource {
 /// the mapping without a copy. The mapping lives while any such tensor does.
 class MappedSource final : public ByteSource {
  public:
-  /// Maps `fd` (closed by the constructor); std::runtime_error naming `what` when mmap fails.
+  /// Maps `fd` and closes it; std::runtime_error naming `what` when mmap fails (`fd` stays
+  /// open then).
   MappedSource(int fd, uint64_t size, const std::string& what);
   uint64_t size() const override { return size_; }
   void read(uint64_t offset, void* dst, uint64_t n) const override {
@@ -123,10 +129,12 @@ class ZipReader {
   std::map<std::string, Record> records_;
 };
 
-/// Receives the archive's bytes; returns how many it took (fewer means failure).
+/// Receives the archive's bytes in order; returns how many it took (fewer means failure). It may
+/// also throw. Large records arrive in 1 MiB pieces straight from the tensors' memory.
 using ZipSink = std::function<size_t(const void*, size_t)>;
-/// Writes torch.save's archive (folder "archive"): data.pkl, the metadata records, then one
-/// data/<key> record per storage. std::runtime_error when writing fails.
+/// Writes torch.save's archive (folder "archive"), byte for byte what PyTorchStreamWriter writes:
+/// data.pkl, .format_version, .storage_alignment, byteorder, one data/<key> record per storage,
+/// version, .data/serialization_id. std::runtime_error when the sink takes fewer bytes.
 void write_zip_archive(const std::string& pickle,
                        const std::vector<std::pair<std::string, at::Tensor>>& storages,
                        const ZipSink& sink);

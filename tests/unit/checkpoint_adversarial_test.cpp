@@ -258,6 +258,8 @@ TEST(CheckpointMappedRead, MappedTensorsEqualCopiedOnesAndStayPrivate) {
   ck::save_torch_file(saved, path);
   ck::ReadLimits mapped;
   mapped.map_file = true;
+  mapped.map_min_file_bytes = 0;  // these files are small: map them anyway
+  mapped.map_min_record_bytes = 0;
   at::Tensor survivor;
   {
     const Value back = ck::load_torch_file(path, mapped);
@@ -291,5 +293,7 @@ TEST(CheckpointMappedRead, CorruptRecordsFailTheCrcCheckWhenMapped) {
   }
   ck::ReadLimits mapped;
   mapped.map_file = true;
+  mapped.map_min_file_bytes = 0;  // these files are small: map them anyway
+  mapped.map_min_record_bytes = 0;
   EXPECT_THROW_WITH(ck::load_torch_file(path, mapped), std::runtime_error, path, "CRC");
 }
