@@ -37,8 +37,8 @@ namespace cppfabric::checkpoint {
 
 /// One rectangular piece of a global tensor held by this rank.
 struct TensorShard {
-  at::Tensor local;                   ///< the piece (any strides, CPU or CUDA)
-  std::vector<int64_t> offsets;       ///< where `local` starts in each dimension of the global tensor
+  at::Tensor local;              ///< the piece (any strides, CPU or CUDA)
+  std::vector<int64_t> offsets;  ///< where `local` starts in each dimension of the global tensor
   std::vector<int64_t> global_shape;  ///< the whole tensor's shape
 };
 
@@ -49,6 +49,9 @@ struct ShardedItem {
   std::vector<std::string> path;
   std::optional<TensorShard> tensor;  ///< a tensor piece
   std::optional<Value> value;         ///< a non-tensor value (saved as a bytes item)
+  /// Which elements of `path` are list positions ("0" in {"optimizer", "param_groups", "0",
+  /// "lr"}): DCP records those as ints and rebuilds a list there. Empty: none are.
+  std::vector<bool> list_index = {};
 };
 
 /// What `.metadata` says about one tensor.
@@ -91,6 +94,17 @@ Value load_sharded_full(const std::string& dir);
 
 /// True when `path` is a directory holding a `.metadata` file.
 bool is_sharded_checkpoint(const std::string& path);
+
+/// Splits a nested state (a dict) into items the way torch.distributed.checkpoint flattens a
+/// state dict: dicts are walked (keys become strings: str(key)), a list is walked only when it
+/// holds a tensor or a dict (its positions become list_index elements), tuples and everything
+/// else are leaves; a leaf tensor becomes a whole-tensor item (offsets 0), any other leaf a value
+/// item. Empty dicts disappear, as in Python. std::invalid_argument when `state` is not a dict
+/// or two paths flatten to the same key.
+std::vector<ShardedItem> flatten_state(const Value& state);
+
+/// DCP's flattened key of an item: its path joined with '.'.
+std::string flattened_key(const ShardedItem& item);
 
 /// `cppfabric consolidate`: load_sharded_full(dir), written atomically as one torch.save file
 /// that `torch.load(out, weights_only=True)` opens.
