@@ -83,6 +83,12 @@ template <typename Impl>
 class FSDPUnit : public torch::nn::ModuleHolder<FSDPUnitImpl<Impl>> {
  public:
   using torch::nn::ModuleHolder<FSDPUnitImpl<Impl>>::ModuleHolder;
+
+  /// Calls the unit's forward (ModuleHolder's own operator() cannot see a template forward).
+  template <typename... Args>
+  decltype(auto) operator()(Args&&... args) {
+    return this->get()->forward(std::forward<Args>(args)...);
+  }
 };
 
 }  // namespace cppfabric::strategies

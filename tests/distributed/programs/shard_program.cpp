@@ -167,16 +167,10 @@ int64_t storage_bytes(const std::vector<at::Tensor>& tensors, std::set<const voi
   return total;
 }
 
-int run(cppfabric::Fabric& fabric, const Args& args) {
+template <typename Holder>
+int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
   const int world = fabric.world_size();
   const int rank = fabric.global_rank();
-  torch::manual_seed(42 + rank);  // different per rank: setup must broadcast rank 0's
-  std::shared_ptr<torch::nn::Module> model;
-  if (args.memory) {
-    model = Big().ptr();
-  } else {
-    model = Net(args.inner).ptr();
-  }
   auto optimizer = std::make_shared<torch::optim::AdamW>(
       model->parameters(), torch::optim::AdamWOptions(1e-2).weight_decay(1e-2));
   auto [net, opt] = fabric.setup(model, optimizer);
@@ -187,7 +181,7 @@ int run(cppfabric::Fabric& fabric, const Args& args) {
   int start = 0;
   if (!args.load_dir.empty()) {
     auto remainder = fabric.load(args.load_dir + "/ckpt", {{"model", net}, {"optimizer", opt}});
-    start = static_cast<int>(remainder.get<int64_t>("step"));
+    start = static_cast<int>(remainder.template get<int64_t>("step"));
     if (rank == 0) std::printf("resumed at step %d\n", start);
   }
   const int rows = args.global_batch > 0 ? args.global_batch / world : args.batch;
@@ -205,11 +199,12 @@ int run(cppfabric::Fabric& fabric, const Args& args) {
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
       auto loss = torch::mse_loss(net(x), y);
       fabric.backward(loss);
-      last_loss = fabric.all_reduce(loss.detach().clone()).item<double>();
+      const at::Tensor mean_loss = fabric.all_reduce(loss.detach().clone());
+      last_loss = mean_loss.item().toDouble();
     }
     if (args.clip > 0) {
       auto norm = fabric.clip_gradients(net, opt, {.max_norm = args.clip});
-      if (rank == 0) std::printf("step %d grad norm %.8f\n", step, norm.item<double>());
+      if (rank == 0) std::printf("step %d grad norm %.8f\n", step, norm.template item<double>());
     }
     opt.step();
     if (!args.save_dir.empty() && step + 1 == args.save_step) {
@@ -266,6 +261,12 @@ int run(cppfabric::Fabric& fabric, const Args& args) {
   if (rank == 0) std::printf("final loss %.10f\n", last_loss);
   fabric.barrier();
   return 0;
+}
+
+int run(cppfabric::Fabric& fabric, const Args& args) {
+  torch::manual_seed(42 + fabric.global_rank());  // different per rank: setup must broadcast
+  if (args.memory) return train(fabric, args, Big());
+  return train(fabric, args, Net(args.inner));
 }
 
 }  // namespace
