@@ -350,9 +350,12 @@ OptimizerMap map_optimizer(torch::optim::Optimizer& optimizer, const std::vector
   return map;
 }
 
+// An optimizer state shaped like the optimizer's tensor for `m` (a 1-D piece, or the whole
+// parameter when unsharded), as opposed to a scalar such as "step".
 bool is_piece_state(const Value& v, const Member& m) {
-  return v.kind() == Value::Kind::Tensor && v.to_tensor().dim() == 1 &&
-         v.to_tensor().numel() == m.piece_len && !(m.sizes.empty());
+  if (v.kind() != Value::Kind::Tensor || m.sizes.empty()) return false;
+  const auto& t = v.to_tensor();
+  return t.numel() == m.piece_len && t.sizes() == m.shard_var.sizes();
 }
 
 }  // namespace
@@ -520,7 +523,9 @@ void ShardingStrategy::save_checkpoint(const std::string& path, const State& sta
       for (const auto& [k, v] : st.items()) {
         const std::vector<std::string> p = {f.key, "state", mem.name, k.to_string()};
         if (is_piece_state(v, mem)) {
-          if (mine) add_piece_items(items, p, mem.sizes, mem.piece_from, v.to_tensor());
+          if (mine) {
+            add_piece_items(items, p, mem.sizes, mem.piece_from, v.to_tensor().reshape({-1}));
+          }
         } else if (rank == 0) {
           ShardedItem item;
           item.path = p;
@@ -769,7 +774,15 @@ State ShardingStrategy::load_checkpoint(const std::string& path, State& state, b
       checkpoint::load_sharded(path, items);
       copy_loaded(items, dests);
       for (auto& target : targets) {
-        const Value v = target.tensor.defined() ? Value(target.tensor) : *items[target.item].value;
+        const auto& mem = members[map.member_of[target.index]];
+        Value v;
+        if (!target.tensor.defined()) {
+          v = *items[target.item].value;
+        } else if (target.tensor.numel() == mem.piece_len && target.tensor.dim() == 1) {
+          v = Value(target.tensor.view(mem.shard_var.sizes()));  // the optimizer tensor's shape
+        } else {
+          v = Value(target.tensor);
+        }
         Value* entry = state_value.find(Value(target.index));
         if (!entry) {
           state_value.set(Value(target.index), Value::dict());
@@ -798,7 +811,11 @@ State ShardingStrategy::load_checkpoint(const std::string& path, State& state, b
             entry.set(
                 k,
                 Value(
-                    v.to_tensor().reshape({-1}).narrow(0, mem.piece_from, mem.piece_len).clone()));
+                    v.to_tensor()
+                        .reshape({-1})
+                        .narrow(0, mem.piece_from, mem.piece_len)
+                        .reshape(mem.shard_var.sizes())
+                        .clone()));
           } else {
             entry.set(k, v);
           }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "distributed/multiprocess.hpp"
+#include "test_utils.hpp"
 
 namespace {
 
