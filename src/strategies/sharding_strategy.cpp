@@ -1,6 +1,8 @@
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -11,6 +13,7 @@
 #include "cppfabric/checkpoint/checkpoint_io.hpp"
 #include "cppfabric/checkpoint/sharded.hpp"
 #include "cppfabric/detail/fmt.hpp"
+#include "cppfabric/precision/mixed.hpp"
 #include "cppfabric/precision/precision.hpp"
 #include "cppfabric/state.hpp"
 #include "cppfabric/strategies/sharding.hpp"
@@ -138,9 +141,44 @@ Guard ShardingStrategy::no_backward_sync(torch::nn::Module& module, bool enabled
   return Guard([sharded, previous] { sharded->set_require_sync(previous); });
 }
 
+void ShardingStrategy::agree_on_infs(torch::optim::Optimizer& optimizer) {
+  auto* mixed = dynamic_cast<precision::MixedPrecision*>(precision_.get());
+  if (!mixed || !mixed->scaler() || !mixed->scaler()->is_enabled()) return;
+  bool sharded = false;
+  for (const auto& e : entries_) sharded = sharded || e->sharded->sharded();
+  if (!sharded) return;  // every rank holds whole, identical gradients
+  if (std::find(agreed_.begin(), agreed_.end(), &optimizer) != agreed_.end()) return;
+  agreed_.push_back(&optimizer);
+  torch::NoGradGuard no_grad;
+  const auto device = root_device().is_cuda() ? root_device() : c10::Device(c10::kCPU);
+  at::Tensor found = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  at::Tensor first;
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& param : group.params()) {
+      const auto& grad = param.grad();
+      if (!grad.defined() || grad.numel() == 0) continue;
+      if (!first.defined()) first = grad;
+      found = torch::maximum(found,
+                             torch::logical_not(torch::isfinite(grad)).any().to(found.options()));
+    }
+  }
+  const bool here = found.item<float>() > 0;
+  process_group()->all_reduce(found, collectives::ReduceKind::Max);
+  if (!here && found.item<float>() > 0 && first.defined()) {
+    first.view({-1}).narrow(0, 0, 1).fill_(std::numeric_limits<float>::infinity());
+  }
+}
+
 void ShardingStrategy::optimizer_step(torch::optim::Optimizer& optimizer) {
+  agree_on_infs(optimizer);
+  std::erase(agreed_, static_cast<const void*>(&optimizer));
   DDPStrategy::optimizer_step(optimizer);
   for (const auto& e : entries_) e->sharded->after_optimizer_step();
+}
+
+void ShardingStrategy::clip_gradients_value(torch::optim::Optimizer& optimizer, double clip_val) {
+  agree_on_infs(optimizer);
+  DDPStrategy::clip_gradients_value(optimizer, clip_val);
 }
 
 at::Tensor ShardingStrategy::clip_gradients_norm(torch::optim::Optimizer& optimizer,
@@ -151,6 +189,7 @@ at::Tensor ShardingStrategy::clip_gradients_norm(torch::optim::Optimizer& optimi
   if (!sharded) {
     return DDPStrategy::clip_gradients_norm(optimizer, max_norm, norm_type, error_if_nonfinite);
   }
+  agree_on_infs(optimizer);
   precision_->unscale_gradients(optimizer);
   std::vector<at::Tensor> grads;
   for (auto& group : optimizer.param_groups()) {
@@ -294,7 +333,6 @@ int64_t numel_of(const std::vector<int64_t>& sizes) {
   for (auto s : sizes) n *= s;
   return n;
 }
-
 
 // Items for one range-held tensor: `piece` holds elements [from, from + len) of a tensor of
 // `sizes`; `fill` true builds empty locals to load into (the caller copies them back).
@@ -808,14 +846,11 @@ State ShardingStrategy::load_checkpoint(const std::string& path, State& state, b
         for (const auto& [k, v] : st.items()) {
           if (v.kind() == Value::Kind::Tensor && v.to_tensor().sizes().vec() == mem.sizes &&
               !mem.sizes.empty()) {
-            entry.set(
-                k,
-                Value(
-                    v.to_tensor()
-                        .reshape({-1})
-                        .narrow(0, mem.piece_from, mem.piece_len)
-                        .reshape(mem.shard_var.sizes())
-                        .clone()));
+            entry.set(k, Value(v.to_tensor()
+                                   .reshape({-1})
+                                   .narrow(0, mem.piece_from, mem.piece_len)
+                                   .reshape(mem.shard_var.sizes())
+                                   .clone()));
           } else {
             entry.set(k, v);
           }

@@ -90,6 +90,16 @@ TEST(Sharding, Bf16MixedEqualsDdp) {
   for (const auto& s : kStrategies) expect_equal_to_ddp(s, 2, "--precision bf16-mixed");
 }
 
+// "16-mixed" with a GradScaler: an inf in a gradient element that only one rank's shard holds
+// makes every rank skip the step and back off the scale together, as DDP (which sees it
+// everywhere) does.
+TEST(Sharding, GradScalerInfCheckIsAgreedAcrossRanks) {
+  for (const auto& s : kStrategies) {
+    expect_equal_to_ddp(s, 2, "--scaler --inf-step 2");
+  }
+  expect_equal_to_ddp("fsdp", 3, "--scaler --inf-step 1 --inner");
+}
+
 TEST(Sharding, ZeroBucketsOverlapAndEqualDdp) {
   expect_equal_to_ddp("deepspeed_stage_2 --bucket 100", 2, "--inner");
   expect_equal_to_ddp("deepspeed_stage_1 --bucket 100", 3);
@@ -103,8 +113,7 @@ double final_loss(const std::string& output) {
 
 // Saves after 3 of 6 steps with 2 ranks, resumes with `resume_world` ranks: the final loss and
 // parameters equal an uninterrupted 2-rank run's (1e-5). 12 rows per step split over the ranks.
-void expect_resume_matches(const std::string& strategy, const std::string& form,
-                           int resume_world) {
+void expect_resume_matches(const std::string& strategy, const std::string& form, int resume_world) {
   const std::string common = "--steps 6 --global-batch 12 --form " + form + " ";
   const auto whole = run_program("--strategy " + strategy + " --devices 2 " + common);
   ASSERT_EQ(whole.code, 0) << whole.output;
@@ -112,9 +121,9 @@ void expect_resume_matches(const std::string& strategy, const std::string& form,
   const auto first = run_program("--strategy " + strategy + " --devices 2 " + common +
                                  "--save-dir " + ckpt + " --save-step 3");
   ASSERT_EQ(first.code, 0) << first.output;
-  const auto resumed = run_program("--strategy " + strategy + " --devices " +
-                                   std::to_string(resume_world) + " " + common + "--load-dir " +
-                                   ckpt);
+  const auto resumed =
+      run_program("--strategy " + strategy + " --devices " + std::to_string(resume_world) + " " +
+                  common + "--load-dir " + ckpt);
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed at step 3"), std::string::npos) << resumed.output;
   const double expected = final_loss(whole.output);

@@ -56,6 +56,7 @@ class ShardingStrategy : public DDPStrategy {
   /// FSDP.clip_grad_norm_.
   at::Tensor clip_gradients_norm(torch::optim::Optimizer& optimizer, double max_norm,
                                  double norm_type, bool error_if_nonfinite) override;
+  void clip_gradients_value(torch::optim::Optimizer& optimizer, double clip_val) override;
   void teardown() override;
 
   /// Checkpoints of set-up modules and their optimizers in the form checkpoint_form() names:
@@ -92,8 +93,15 @@ class ShardingStrategy : public DDPStrategy {
   detail::ShardedModule* sharded_for(const torch::nn::Module& module) const;
 
  private:
+  /// With a GradScaler ("16-mixed"): each rank only sees its shard's gradients, so an inf/NaN
+  /// found on one rank is all-reduced (max) before the scaler looks, and ranks that saw none mark
+  /// one of their gradients non-finite: every rank's scaler then skips the step and backs off
+  /// together (Python's ShardedGradScaler agrees the same way). Once per optimizer step.
+  void agree_on_infs(torch::optim::Optimizer& optimizer);
+
   struct Entry;
   std::vector<std::unique_ptr<Entry>> entries_;
+  std::vector<const void*> agreed_;  // optimizers whose inf check was agreed this step
 };
 
 }  // namespace cppfabric::strategies

@@ -5,20 +5,23 @@
 //   shard_program --strategy fsdp --devices 2 --steps 4 --out DIR [--sharding SHARD_GRAD_OP]
 //                 [--precision bf16-mixed] [--accumulate 3] [--clip 0.5] [--inner]
 //                 [--bucket N] [--memory] [--global-batch G] [--save-dir D --save-step K]
-//                 [--load-dir D] [--form sharded|full]
+//                 [--load-dir D] [--form sharded|full] [--scaler [--inf-step K]]
 // --inner: the model declares two FSDPUnit submodules (inner units). --bucket N: ZeRO's
 // reduce_bucket_size in elements (several buckets, overlapped). --memory: a 52M-parameter model of
 // 8 inner units; prints per-rank byte counts ("MEM ...") taken from the tensors between steps.
 // --global-batch G: each rank takes G/N rows, so runs at different world sizes train alike (for
 // checkpoints saved at one world size and resumed at another). --save-dir/--save-step: fabric.save
 // of model, optimizer and step into D/ckpt after step K; --load-dir: fabric.load from D/ckpt and
-// continue from the saved step. --form: FSDP's state_dict_type.
+// continue from the saved step. --form: FSDP's state_dict_type. --scaler: "16-mixed" on the CPU
+// with a GradScaler; --inf-step K: at step K element 0 of the first parameter's gradient is inf on
+// every rank (after sharding only its owner sees it: the ranks must still agree to skip).
 #include <torch/torch.h>
 
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -45,6 +48,8 @@ struct Args {
   int save_step = 0;
   std::string load_dir;  // set: resume from it before training
   std::string form = "sharded";
+  bool scaler = false;  // "16-mixed" on the CPU with a GradScaler("cpu")
+  int inf_step = -1;    // at this step the first element of the first parameter's grad is inf
   std::string out = ".";
 };
 
@@ -58,6 +63,10 @@ Args parse(int argc, char** argv) {
     }
     if (key == "--memory") {
       a.memory = true;
+      continue;
+    }
+    if (key == "--scaler") {
+      a.scaler = true;
       continue;
     }
     if (i + 1 >= argc) throw std::invalid_argument("missing value for " + key);
@@ -92,6 +101,8 @@ Args parse(int argc, char** argv) {
       a.load_dir = v;
     else if (key == "--form")
       a.form = v;
+    else if (key == "--inf-step")
+      a.inf_step = std::stoi(v);
     else
       throw std::invalid_argument("unknown flag " + key);
   }
@@ -184,9 +195,21 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
     start = static_cast<int>(remainder.template get<int64_t>("step"));
     if (rank == 0) std::printf("resumed at step %d\n", start);
   }
+  int current_step = -1;
+  if (args.inf_step >= 0) {
+    // Before accumulation and reduction: only the rank whose shard holds element 0 sees the inf
+    // after a reduce-scatter; DDP's all-reduce gives it to every rank.
+    model->parameters()[0].register_hook([&current_step, &args](torch::Tensor grad) {
+      if (current_step != args.inf_step) return grad;
+      auto poisoned = grad.clone();
+      poisoned.view({-1})[0] = std::numeric_limits<float>::infinity();
+      return poisoned;
+    });
+  }
   const int rows = args.global_batch > 0 ? args.global_batch / world : args.batch;
   const int global_rows = args.global_batch > 0 ? args.global_batch : world * args.batch;
   for (int step = start; step < args.steps; ++step) {
+    current_step = step;
     if (sharding && args.memory) sharding->reset_peak_memory(*net.module());
     opt.zero_grad();
     for (int micro = 0; micro < args.accumulate; ++micro) {
@@ -259,6 +282,11 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
   out.write(reinterpret_cast<const char*>(flat.data_ptr<double>()),
             static_cast<std::streamsize>(flat.numel() * sizeof(double)));
   if (rank == 0) std::printf("final loss %.10f\n", last_loss);
+  if (args.scaler) {
+    auto* mixed =
+        dynamic_cast<cppfabric::precision::MixedPrecision*>(fabric.strategy()->precision().get());
+    std::printf("rank %d scale %.1f\n", rank, mixed->scaler()->get_scale());
+  }
   fabric.barrier();
   return 0;
 }
@@ -277,6 +305,10 @@ int main(int argc, char** argv) {
     cppfabric::FabricOptions options{.accelerator = "cpu"};
     options.devices = cppfabric::DevicesArg(args.devices);
     options.precision = args.precision;
+    if (args.scaler) {
+      options.plugins = {std::make_shared<cppfabric::precision::MixedPrecision>(
+          "16-mixed", "cpu", std::make_shared<cppfabric::precision::GradScaler>("cpu"))};
+    }
     if (auto strategy = make_strategy(args)) {
       options.strategy = strategy;
     } else {
