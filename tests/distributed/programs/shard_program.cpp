@@ -304,7 +304,7 @@ int main(int argc, char** argv) {
     const Args args = parse(argc, argv);
     cppfabric::FabricOptions options{.accelerator = "cpu"};
     options.devices = cppfabric::DevicesArg(args.devices);
-    options.precision = args.precision;
+    if (!args.scaler) options.precision = args.precision;
     if (args.scaler) {
       options.plugins = {std::make_shared<cppfabric::precision::MixedPrecision>(
           "16-mixed", "cpu", std::make_shared<cppfabric::precision::GradScaler>("cpu"))};
