@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -154,6 +155,50 @@ TEST(ShardingCheckpoint, FullSavedByTwoRanksResumesOnOneAndThree) {
 TEST(ShardingCheckpoint, ZeroResumesAtAnotherWorldSize) {
   expect_resume_matches("deepspeed_stage_2", "sharded", 3);
   expect_resume_matches("deepspeed_stage_1", "sharded", 1);
+}
+
+// Python's torch.distributed.checkpoint reads the sharded directory 3 ranks wrote (with inner
+// units: pieces that cut rows), and what it consolidates equals the "full" form of the same
+// training, tensor for tensor.
+TEST(ShardingCheckpoint, PythonReadsTheShardedDirectory) {
+  const auto python = cppfabric::testing::venv_python();
+  if (!python) GTEST_SKIP() << "no bootstrapped Python environment";
+  const std::string sharded = cppfabric::testing::temp_dir("shard_dcp");
+  const std::string full = cppfabric::testing::temp_dir("shard_full");
+  const std::string common = "--strategy fsdp --devices 3 --inner --steps 3 --save-step 3 ";
+  ASSERT_EQ(run_program(common + "--form sharded --save-dir " + sharded).code, 0);
+  ASSERT_EQ(run_program(common + "--form full --save-dir " + full).code, 0);
+  const std::string script =
+      "import sys, torch\n"
+      "from torch.distributed.checkpoint.format_utils import dcp_to_torch_save\n"
+      "dcp_to_torch_save(sys.argv[1], sys.argv[3])\n"
+      "a = torch.load(sys.argv[3], weights_only=True)\n"
+      "b = torch.load(sys.argv[2], weights_only=True)\n"
+      "def flat(d, p=''):\n"
+      "    out = {}\n"
+      "    for k, v in d.items():\n"
+      "        if isinstance(v, dict): out.update(flat(v, p + str(k) + '.'))\n"
+      "        else: out[p + str(k)] = v\n"
+      "    return out\n"
+      "fa, fb = flat(a), flat(b)\n"
+      "keys = [k for k, v in fb.items() if torch.is_tensor(v)]\n"
+      "missing = [k for k in keys if k not in fa]\n"
+      "assert not missing, missing\n"
+      "worst = max(float((fa[k].double() - fb[k].double()).abs().max()) for k in keys)\n"
+      "assert fa['optimizer.param_groups'] == fb['optimizer.param_groups']\n"
+      "print('tensors', len(keys), 'worst', worst)\n"
+      "assert worst == 0.0\n";
+  const std::string script_path = sharded + "/check.py";
+  {
+    std::ofstream out(script_path);
+    out << script;
+  }
+  int status = 0;
+  const auto output = run_command(*python + " " + script_path + " " + sharded + "/ckpt " + full +
+                                      "/ckpt " + sharded + "/consolidated.pt 2>&1",
+                                  &status);
+  EXPECT_EQ(status, 0) << output;
+  EXPECT_NE(output.find("tensors 24 worst 0"), std::string::npos) << output;
 }
 
 std::map<std::string, long long> parse_mem(const std::string& output, int rank) {
