@@ -98,25 +98,8 @@ int64_t held_bytes(torch::nn::Module& model, torch::optim::Optimizer& optimizer)
   return total;
 }
 
-int child(const Args& a) {
-  cppfabric::FabricOptions options{.accelerator = "cpu", .devices = 2};
-  if (a.mode == "ddp") {
-    options.strategy = "ddp";
-  } else if (a.mode == "fsdp" || a.mode == "fsdp-outer") {
-    options.strategy = "fsdp";
-  } else {
-    options.strategy = "deepspeed_stage_2";
-  }
-  torch::set_num_threads(a.threads);
-  cppfabric::Fabric fabric(options);
-  fabric.launch();
-  torch::manual_seed(0);
-  std::shared_ptr<torch::nn::Module> model;
-  if (a.mode == "fsdp-outer") {
-    model = Plain(a.layers, a.width).ptr();
-  } else {
-    model = Net(a.layers, a.width).ptr();
-  }
+template <typename Holder>
+int train(const Args& a, cppfabric::Fabric& fabric, Holder model) {
   auto optimizer =
       std::make_shared<torch::optim::AdamW>(model->parameters(), torch::optim::AdamWOptions(1e-4));
   auto [net, opt] = fabric.setup(model, optimizer);
@@ -136,11 +119,28 @@ int child(const Args& a) {
   const double us =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() /
       a.steps;
-  const int64_t bytes = held_bytes(*model, *optimizer);
+  const int64_t bytes = held_bytes(*model.ptr(), *optimizer);
   if (fabric.global_rank() == 0) {
     std::printf("bytes=%lld\nus_per_step=%.1f\n", static_cast<long long>(bytes), us);
   }
   return 0;
+}
+
+int child(const Args& a) {
+  cppfabric::FabricOptions options{.accelerator = "cpu", .devices = 2};
+  if (a.mode == "ddp") {
+    options.strategy = "ddp";
+  } else if (a.mode == "fsdp" || a.mode == "fsdp-outer") {
+    options.strategy = "fsdp";
+  } else {
+    options.strategy = "deepspeed_stage_2";
+  }
+  torch::set_num_threads(a.threads);
+  cppfabric::Fabric fabric(options);
+  fabric.launch();
+  torch::manual_seed(0);
+  if (a.mode == "fsdp-outer") return train(a, fabric, Plain(a.layers, a.width));
+  return train(a, fabric, Net(a.layers, a.width));
 }
 
 std::string command_for(const std::string& self, const Args& a, const std::string& mode) {
