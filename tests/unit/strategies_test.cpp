@@ -94,7 +94,9 @@ TEST(StrategyRegistry, KnowsEveryPythonName) {
   std::sort(expected.begin(), expected.end());
   EXPECT_EQ(registry.names(), expected);
   EXPECT_EQ(registry.available_strategies(),
-            (std::vector<std::string>{"ddp", "ddp_find_unused_parameters_true", "single_device"}));
+            (std::vector<std::string>{"ddp", "ddp_find_unused_parameters_true", "deepspeed",
+                                      "deepspeed_stage_1", "deepspeed_stage_2", "fsdp",
+                                      "fsdp_cpu_offload", "single_device"}));
 }
 
 TEST(StrategyRegistry, MatchesPythonRegistry) {
