@@ -21,10 +21,10 @@
 #include <cstdio>
 #include <map>
 #include <set>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
-
-#include "run_child.hpp"
 
 namespace {
 
@@ -149,6 +149,21 @@ std::string command_for(const std::string& self, const Args& a, const std::strin
          std::to_string(a.layers) + " --threads " + std::to_string(a.threads) + " 2>&1";
 }
 
+// One child run: (microseconds per step, bytes held by rank 0).
+std::pair<double, double> run_once(const std::string& command, const std::string& mode) {
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
+  std::string output;
+  char buffer[512];
+  while (std::fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
+  const int status = ::pclose(pipe);
+  const auto t = output.find("us_per_step="), b = output.find("bytes=");
+  if (status != 0 || t == std::string::npos || b == std::string::npos) {
+    throw std::runtime_error("mode " + mode + " failed:\n" + output);
+  }
+  return {std::stod(output.substr(t + 12)), std::stod(output.substr(b + 6))};
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -205,11 +220,9 @@ int main(int argc, char** argv) {
     for (int r = 0; r < a.rounds; ++r) {
       for (std::size_t k = 0; k < modes.size(); ++k) {
         const auto& mode = modes[(k + r) % modes.size()];
-        const auto command = command_for(self, a, mode);
-        times[mode].push_back(
-            cppfabric::bench::run_and_read_number(command, "us_per_step=", "mode " + mode));
-        bytes[mode].push_back(
-            cppfabric::bench::run_and_read_number(command, "bytes=", "mode " + mode));
+        const auto [us, held] = run_once(command_for(self, a, mode), mode);
+        times[mode].push_back(us);
+        bytes[mode].push_back(held);
       }
     }
     const double ddp_t = median(times["ddp"]), ddp_b = median(bytes["ddp"]);

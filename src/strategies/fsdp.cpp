@@ -17,21 +17,24 @@ namespace cppfabric::strategies {
 
 FSDPUnitBase::~FSDPUnitBase() = default;
 
-void FSDPUnitBase::fsdp_bind(detail::ShardedModule* owner, std::size_t index) {
+void FSDPUnitBase::fsdp_bind(detail::ShardedModule* owner, std::size_t index,
+                             std::weak_ptr<void> alive) {
   owner_ = owner;
   index_ = index;
+  alive_ = std::move(alive);
 }
 
 void FSDPUnitBase::fsdp_before_forward() {
-  if (owner_) owner_->before_unit_forward(index_);
+  if (auto* owner = live_owner()) owner->before_unit_forward(index_);
 }
 
 at::Tensor FSDPUnitBase::fsdp_after_forward(const at::Tensor& output) {
-  return owner_ ? owner_->after_unit_forward(index_, output) : output;
+  auto* owner = live_owner();
+  return owner ? owner->after_unit_forward(index_, output) : output;
 }
 
 void FSDPUnitBase::fsdp_after_forward_untracked() {
-  if (owner_) owner_->after_unit_forward_untracked(index_);
+  if (auto* owner = live_owner()) owner->after_unit_forward_untracked(index_);
 }
 
 // ------------------------------------------------------------------ FSDPStrategy
@@ -139,7 +142,7 @@ void FSDPStrategy::configure(detail::ShardingConfig& config) const {
 
 void FSDPStrategy::after_sharding(torch::nn::Module&, detail::ShardedModule& sharded) {
   for (std::size_t u = 0; u < pending_units.size(); ++u) {
-    pending_units[u]->fsdp_bind(&sharded, u + 1);
+    pending_units[u]->fsdp_bind(&sharded, u + 1, sharded.liveness());
   }
   pending_units.clear();
 }

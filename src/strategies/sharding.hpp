@@ -94,6 +94,8 @@ class ShardedModule {
   /// True when ranks hold disjoint pieces (norms must be summed across ranks).
   bool sharded() const;
   std::size_t num_units() const;
+  /// Expires when this object is destroyed (FSDPUnit checks it before calling back).
+  std::weak_ptr<void> liveness() const { return state_; }
   ShardingMemory memory() const;
   void reset_peak_memory();
 

@@ -30,6 +30,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstddef>
+#include <memory>
 #include <type_traits>
 #include <utility>
 
@@ -43,9 +44,10 @@ namespace cppfabric::strategies {
 class FSDPUnitBase {
  public:
   virtual ~FSDPUnitBase();
-  /// Called by FSDPStrategy::setup_module (null: unbind).
-  void fsdp_bind(detail::ShardedModule* owner, std::size_t index);
-  bool fsdp_bound() const { return owner_ != nullptr; }
+  /// Called by FSDPStrategy::setup_module; `alive` expires when the sharded module is destroyed
+  /// (strategy teardown), after which the unit runs as its plain module again.
+  void fsdp_bind(detail::ShardedModule* owner, std::size_t index, std::weak_ptr<void> alive);
+  bool fsdp_bound() const { return owner_ != nullptr && !alive_.expired(); }
 
  protected:
   void fsdp_before_forward();
@@ -53,8 +55,11 @@ class FSDPUnitBase {
   void fsdp_after_forward_untracked();
 
  private:
+  detail::ShardedModule* live_owner() const { return fsdp_bound() ? owner_ : nullptr; }
+
   detail::ShardedModule* owner_ = nullptr;
   std::size_t index_ = 0;
+  std::weak_ptr<void> alive_;
 };
 
 template <typename Impl>
