@@ -81,6 +81,14 @@ std::shared_ptr<torch::nn::Module> ShardingStrategy::setup_module(
   detail::ShardingConfig config;
   config.strategy_name = name();
   configure(config);
+  // Gloo's reduce_scatter on CPU is much slower than its all_reduce (torch 2.11, 2 ranks, 134 MB:
+  // 282 ms against 150 ms; all_gather 204 ms), so on Gloo the gradient reduce-scatter runs as an
+  // all-reduce of the (already full-size, transient) flat buffer followed by taking this rank's
+  // chunk: the same result, and each rank still keeps only its shard's gradient. NCCL
+  // reduce-scatters.
+  if (group->backend() == "gloo" && config.reduce == detail::GradReduce::ReduceScatter) {
+    config.reduce = detail::GradReduce::AllReduce;
+  }
   auto entry = std::make_unique<Entry>();
   entry->module = module;
   entry->sharded = std::make_unique<detail::ShardedModule>(partition(*module), group, config);
