@@ -20,7 +20,7 @@ if ! echo 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned 
   echo "fuzz/build.sh: $CLANG cannot link -fsanitize=fuzzer (install libclang-rt-dev)" >&2
   exit 77
 fi
-targets=${*:-checkpoint_file checkpoint_pickle cifar10 slurm}
+targets=${*:-checkpoint_file checkpoint_pickle dcp_metadata cifar10 slurm}
 CHECKPOINT="src/checkpoint/torch_pickle.cpp src/checkpoint/zip_archive.cpp
             src/checkpoint/pickler.cpp src/checkpoint/unpickler.cpp"
 T=$("${CPPFABRIC_CACHE:-$HOME/.cache/cppfabric}/venv/bin/python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')
@@ -42,9 +42,10 @@ compile() {  # source -> object under $OUT/obj, rebuilt when the source is newer
 for target in $targets; do
   case "$target" in
     checkpoint_file|checkpoint_pickle) sources="fuzz/$target.cpp $CHECKPOINT" ;;
+    dcp_metadata) sources="fuzz/dcp_metadata.cpp src/checkpoint/dcp_metadata.cpp" ;;
     cifar10) sources="fuzz/cifar10.cpp src/data/datasets/cifar10.cpp" ;;
     slurm) sources="fuzz/slurm.cpp src/environments/slurm.cpp" ;;
-    *) echo "unknown fuzz target '$target'; valid: checkpoint_file checkpoint_pickle cifar10 slurm" >&2
+    *) echo "unknown fuzz target '$target'; valid: checkpoint_file checkpoint_pickle dcp_metadata cifar10 slurm" >&2
        exit 2 ;;
   esac
   objs=""

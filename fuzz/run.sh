@@ -19,7 +19,7 @@ for arg in "$@"; do
     *) targets="$targets $arg" ;;
   esac
 done
-targets=${targets:-checkpoint_file checkpoint_pickle cifar10 slurm}
+targets=${targets:-checkpoint_file checkpoint_pickle dcp_metadata cifar10 slurm}
 BUILD_DIR=$BUILD FUZZ_OUT=$OUT "$ROOT/fuzz/build.sh" $targets
 status=0
 for target in $targets; do

@@ -3,11 +3,12 @@
 # full `asan` preset build), links them in front of the regular libcppfabric, and runs them.
 #   tests/sanitize.sh checkpoint [fuzz iterations per mode, default 30000]   # reader/writer + fuzz
 #   tests/sanitize.sh data                                                   # threaded DataLoader
+#   tests/sanitize.sh sharded                  # sharded (DCP) checkpoints: .metadata reader, save/load
 # BUILD_DIR (default build/dev) must be a configured and built tree (fmt shim, libcppfabric); the
 # bootstrapped venv provides LibTorch. Uses ccache when it is installed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-suite=${1:?usage: tests/sanitize.sh checkpoint|data [iterations]}
+suite=${1:?usage: tests/sanitize.sh checkpoint|data|sharded [iterations]}
 BUILD=$(cd "${BUILD_DIR:-$ROOT/build/dev}" && pwd)
 case "$suite" in
   checkpoint) sources="src/state.cpp src/checkpoint/torch_pickle.cpp src/checkpoint/zip_archive.cpp
@@ -15,15 +16,19 @@ case "$suite" in
                        src/utilities/filesystem.cpp src/plugins.cpp
                        tests/unit/checkpoint_pickle_test.cpp
                        tests/unit/checkpoint_adversarial_test.cpp" ;;
+  sharded) sources="src/checkpoint/dcp_metadata.cpp src/checkpoint/sharded.cpp
+                    tests/unit/checkpoint_sharded_test.cpp"
+           extra="-DCPPFABRIC_SOURCE_DIR=\"$ROOT\"" ;;
   data) sources="src/data/dataloader.cpp src/data/dataset.cpp src/data/sampler.cpp
                  src/data/transforms.cpp tests/unit/data_loader_test.cpp" ;;
-  *) echo "unknown suite '$suite'; valid: checkpoint, data" >&2; exit 2 ;;
+  *) echo "unknown suite '$suite'; valid: checkpoint, data, sharded" >&2; exit 2 ;;
 esac
 OUT=${ASAN_OUT:-$BUILD/sanitize_$suite}
 T=$("${CPPFABRIC_CACHE:-$HOME/.cache/cppfabric}/venv/bin/python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')
 FLAGS="-std=c++20 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -DCPPFABRIC_FMT_VERSION=90100
   -DFMT_SHARED -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL -DSPDLOG_SHARED_LIB -I$BUILD/fmt-shim
-  -I$ROOT/include -I$ROOT/src -I$ROOT/tests -isystem $T/include -isystem $T/include/torch/csrc/api/include"
+  -I$ROOT/include -I$ROOT/src -I$ROOT/tests -isystem $T/include -isystem $T/include/torch/csrc/api/include
+  ${extra:-}"
 CXX="c++"
 if command -v ccache >/dev/null; then
   # NOHASHDIR: -g records the folder, which differs per clone; the cache should not care.

@@ -874,6 +874,7 @@ std::string write_dcp_metadata(const DcpMetadata& md) {
   if (!md.entries.empty()) {
     w.op('(');
     for (const auto& e : md.entries) {
+      if (e.path.empty()) continue;  // no nesting recorded: loaders keep the flat key
       w.str(e.key);
       w.op('(');
       for (const auto& p : e.path) {

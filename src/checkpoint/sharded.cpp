@@ -14,6 +14,7 @@
 #include "cppfabric/checkpoint/sharded.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -26,12 +27,15 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <unordered_map>
 #include <utility>
 
 #include "checkpoint/dcp_metadata.hpp"
+#include "checkpoint/pickler.hpp"
+#include "checkpoint/zip_archive.hpp"
 #include "cppfabric/checkpoint/torch_pickle.hpp"
 #include "cppfabric/collectives/process_group.hpp"
 #include "cppfabric/detail/fmt.hpp"
@@ -268,9 +272,23 @@ Value write_rank_file(const std::string& tmp, int rank, const std::vector<Sharde
   try {
     int64_t offset = 0;
     for (const auto& item : items) {
-      const std::string bytes =
-          to_torch_bytes(item.tensor ? Value(compact(item.tensor->local)) : *item.value);
-      write_all(fd, bytes.data(), bytes.size(), file);
+      // A whole torch.save archive, streamed into the file (no copy of the item in memory).
+      const detail::PickledValue pickled =
+          detail::pickle_value(item.tensor ? Value(compact(item.tensor->local)) : *item.value);
+      int64_t length = 0;
+      std::string error;  // the sink never reports a short write; the error is raised after
+      detail::write_zip_archive(pickled.pickle, pickled.storages,
+                                [&](const void* data, size_t n) -> size_t {
+                                  if (!error.empty()) return n;
+                                  try {
+                                    write_all(fd, static_cast<const char*>(data), n, file);
+                                  } catch (const std::exception& e) {
+                                    error = e.what();
+                                  }
+                                  length += static_cast<int64_t>(n);
+                                  return n;
+                                });
+      if (!error.empty()) throw std::runtime_error(error);
       Value::List path, index;
       for (std::size_t k = 0; k < item.path.size(); ++k) {
         path.emplace_back(item.path[k]);
@@ -281,7 +299,7 @@ Value write_rank_file(const std::string& tmp, int rank, const std::vector<Sharde
       r.set("index", Value::list(std::move(index)));
       r.set("file", name);
       r.set("offset", offset);
-      r.set("length", static_cast<int64_t>(bytes.size()));
+      r.set("length", length);
       if (item.tensor) {
         const TensorShard& t = *item.tensor;
         r.set("dtype", static_cast<int64_t>(t.local.scalar_type()));
@@ -295,7 +313,7 @@ Value write_rank_file(const std::string& tmp, int rank, const std::vector<Sharde
         r.set("sizes", Value::list(std::move(sizes)));
       }
       records.push_back(std::move(r));
-      offset += static_cast<int64_t>(bytes.size());
+      offset += length;
     }
     if (::fsync(fd) != 0)
       throw std::runtime_error(fmt::format("fsync of {} failed: {}", file, errno_text()));
@@ -521,10 +539,13 @@ class Reader {
           "Cannot read '{}' from the sharded checkpoint {}: its bytes [{}, {}) lie beyond the end "
           "of {} ({} bytes; truncated?)",
           key, dir_, s.offset, s.offset + s.length, s.relative_path, size));
-    std::string bytes(static_cast<size_t>(s.length), '\0');
-    if (!read_at(fd, static_cast<uint64_t>(s.offset), bytes.data(), bytes.size()))
+    // Not a std::string: its zero fill would be one more pass over every byte.
+    const auto length = static_cast<size_t>(s.length);
+    std::unique_ptr<char[]> bytes(new char[std::max<size_t>(length, 1)]);
+    if (!read_at(fd, static_cast<uint64_t>(s.offset), bytes.get(), length))
       throw std::runtime_error(fmt::format("Cannot read {}: {}", file, errno_text()));
-    return from_torch_bytes(bytes, fmt::format("{} (item '{}')", file, key));
+    return from_torch_bytes(std::string_view(bytes.get(), length),
+                            fmt::format("{} (item '{}')", file, key));
   }
 
   at::Tensor read_chunk(const DcpEntry& e, std::size_t c) {
@@ -572,7 +593,7 @@ class Reader {
         src = src.narrow(dim, lo[d] - chunk.offsets[d], len[d]);
         dst = dst.narrow(dim, lo[d] - offsets[d], len[d]);
       }
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       dst.copy_(src);
       covered += volume(len);
     }
@@ -607,6 +628,16 @@ class Reader {
   std::size_t cached_chunk_ = 0;
   at::Tensor cached_;
 };
+
+// One entry, whole: a tensor on the CPU (its only chunk as read, when that chunk is all of it) or
+// the saved value.
+Value read_entry(Reader& reader, const DcpEntry& e) {
+  if (!e.is_tensor) return reader.read_item(e.storage, e.key);
+  if (e.chunks.size() == 1 && e.chunks[0].sizes == e.size) return Value(reader.read_chunk(e, 0));
+  at::Tensor full = at::empty(e.size, at::TensorOptions().dtype(e.dtype));
+  reader.fill(e, full, std::vector<int64_t>(e.size.size(), 0));
+  return Value(full);
+}
 
 // DCP's set_element: puts `value` at `path` in `root`, making dicts (string keys) and lists
 // (list positions, padded with None) on the way.
@@ -722,9 +753,82 @@ void traverse(const Value& v, std::vector<std::string>& path, std::vector<bool>&
   }
 }
 
+// The rectangles of the row-major range [b, e) of `shape` (dims from `dim` on), each as
+// (offsets, sizes) with `prefix` fixed in the leading dimensions.
+void split_range(const std::vector<int64_t>& shape, std::size_t dim, int64_t b, int64_t e,
+                 std::vector<int64_t>& prefix,
+                 std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>>& out) {
+  if (b >= e) return;
+  const auto emit = [&](int64_t first, int64_t count) {
+    std::vector<int64_t> offsets = prefix, sizes(prefix.size(), 1);
+    offsets.push_back(first);
+    sizes.push_back(count);
+    for (std::size_t d = dim + 1; d < shape.size(); ++d) {
+      offsets.push_back(0);
+      sizes.push_back(shape[d]);
+    }
+    out.emplace_back(std::move(offsets), std::move(sizes));
+  };
+  if (dim + 1 == shape.size()) {
+    emit(b, e - b);
+    return;
+  }
+  int64_t inner = 1;
+  for (std::size_t d = dim + 1; d < shape.size(); ++d) inner *= shape[d];
+  int64_t row_b = b / inner;
+  const int64_t row_e = e / inner;
+  const auto recurse = [&](int64_t row, int64_t lo, int64_t hi) {
+    prefix.push_back(row);
+    split_range(shape, dim + 1, lo, hi, prefix, out);
+    prefix.pop_back();
+  };
+  if (row_b == row_e) {
+    recurse(row_b, b - row_b * inner, e - row_b * inner);
+    return;
+  }
+  if (b % inner != 0) {
+    recurse(row_b, b % inner, inner);
+    ++row_b;
+  }
+  if (row_e > row_b) emit(row_b, row_e - row_b);
+  if (e % inner != 0) recurse(row_e, 0, e % inner);
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------ public
+
+std::vector<TensorShard> shard_flat_range(const at::Tensor& flat, int64_t begin,
+                                          const std::vector<int64_t>& global_shape) {
+  if (!flat.defined() || flat.dim() != 1 || !flat.is_contiguous())
+    throw std::invalid_argument("shard_flat_range: `flat` must be a 1-D contiguous tensor");
+  int64_t numel = 1;
+  for (auto s : global_shape) {
+    if (s < 0) throw std::invalid_argument("shard_flat_range: a negative size in global_shape");
+    numel *= s;
+  }
+  const int64_t count = flat.numel();
+  if (begin < 0 || begin > numel - count)
+    throw std::invalid_argument(fmt::format(
+        "shard_flat_range: elements [{}, {}) do not fit a tensor of shape [{}] ({} elements)",
+        begin, begin + count, fmt::join(global_shape, ", "), numel));
+  std::vector<TensorShard> out;
+  if (count == 0) return out;
+  if (global_shape.empty()) {
+    out.push_back({flat.view({}), {}, {}});
+    return out;
+  }
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> pieces;
+  std::vector<int64_t> prefix;
+  split_range(global_shape, 0, begin, begin + count, prefix, pieces);
+  int64_t at = 0;
+  for (auto& [offsets, sizes] : pieces) {
+    const int64_t n = volume(sizes);
+    out.push_back({flat.narrow(0, at, n).view(sizes), std::move(offsets), global_shape});
+    at += n;
+  }
+  return out;
+}
 
 std::string flattened_key(const ShardedItem& item) { return join_key(item.path); }
 
@@ -752,21 +856,28 @@ void save_sharded(const std::string& dir_in, const std::vector<ShardedItem>& ite
   if (dir.empty()) throw std::invalid_argument("save_sharded: the checkpoint path is empty");
   const int rank = group != nullptr ? group->rank() : 0;
 
-  // One random name for the temporary folder, chosen by rank 0.
+  // One random name for the temporary folder, chosen by rank 0; every rank must pass the same
+  // path (Lightning broadcasts rank 0's): exchanged and compared, a mismatch fails every rank.
   std::random_device rd;
-  int64_t token = (static_cast<int64_t>(rd()) << 31) ^ rd();
-  if (group != nullptr && group->world_size() > 1) {
-    at::Tensor t =
-        at::full({1}, token, at::TensorOptions().dtype(at::kLong)).to(group_device(*group));
-    group->broadcast(t, 0);
-    token = t.to(at::kCPU).item<int64_t>();
+  uint64_t token = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  {
+    std::string mine(8, '\0');
+    std::memcpy(mine.data(), &token, 8);
+    mine += dir;
+    const std::vector<std::string> all = exchange_bytes(group, mine);
+    std::memcpy(&token, all[0].data(), 8);
+    for (std::size_t r = 1; r < all.size(); ++r) {
+      if (all[r].compare(8, std::string::npos, all[0], 8, std::string::npos) != 0)
+        throw std::invalid_argument(fmt::format(
+            "save_sharded: the ranks passed different paths: rank 0 '{}', rank {} '{}' (every "
+            "rank must pass the same folder)",
+            all[0].substr(8), r, all[r].substr(8)));
+    }
   }
   const std::string parent = parent_of(dir);
   const std::string base = base_of(dir);
-  const std::string tmp =
-      fmt::format("{}/.{}.sharded-tmp-{:016x}", parent, base, static_cast<uint64_t>(token));
-  const std::string old =
-      fmt::format("{}/.{}.sharded-old-{:016x}", parent, base, static_cast<uint64_t>(token));
+  const std::string tmp = fmt::format("{}/.{}.sharded-tmp-{:016x}", parent, base, token);
+  const std::string old = fmt::format("{}/.{}.sharded-old-{:016x}", parent, base, token);
   const auto cleanup = [&] {
     if (rank == 0) remove_all(tmp);
   };
@@ -807,7 +918,7 @@ void save_sharded(const std::string& dir_in, const std::vector<ShardedItem>& ite
   error = nullptr;
   if (rank == 0) {
     try {
-      md.save_id = fmt::format("cppfabric-{:016x}", static_cast<uint64_t>(token));
+      md.save_id = fmt::format("cppfabric-{:016x}", token);
       if (meta != nullptr) save_torch_file(*meta, tmp + "/" + kMetaFile);
       write_file_atomic(tmp + "/" + kMetadataFile, detail::write_dcp_metadata(md));
       fsync_path(tmp);
@@ -875,14 +986,7 @@ Value load_sharded_full(const std::string& dir) {
   Reader reader(dir);
   Value root = Value::dict();
   for (const auto& e : reader.metadata().entries) {
-    Value v;
-    if (e.is_tensor) {
-      at::Tensor full = at::empty(e.size, at::TensorOptions().dtype(e.dtype));
-      reader.fill(e, full, std::vector<int64_t>(e.size.size(), 0));
-      v = Value(full);
-    } else {
-      v = reader.read_item(e.storage, e.key);
-    }
+    Value v = read_entry(reader, e);
     if (e.path.empty()) {
       root.set(e.key, std::move(v));
     } else {
@@ -898,6 +1002,43 @@ Value load_sharded_full(const std::string& dir) {
     for (const auto& [k, v] : extra.items()) root.set(k, v);
   }
   return root;
+}
+
+Value load_sharded_full(const std::string& dir, const std::vector<std::string>& prefix) {
+  Reader reader(dir);
+  Value root = Value::dict();
+  bool any = false;
+  for (const auto& e : reader.metadata().entries) {
+    const std::vector<std::string> names = path_strings(e);
+    if (names.size() < prefix.size() || !std::equal(prefix.begin(), prefix.end(), names.begin()))
+      continue;
+    any = true;
+    Value v = read_entry(reader, e);
+    if (e.path.empty()) {
+      root.set(e.key, std::move(v));
+    } else {
+      set_element(root, e.path, std::move(v), e.key);
+    }
+  }
+  if (!any)
+    throw std::runtime_error(fmt::format("The sharded checkpoint {} has nothing under '{}'",
+                                         reader.dir(), join_key(prefix)));
+  const Value* node = &root;
+  for (const auto& name : prefix) {
+    const Value* next = nullptr;
+    if (node->is_dict()) {
+      next = node->find(Value(name));
+    } else if (node->kind() == Value::Kind::List &&
+               name.find_first_not_of("0123456789") == std::string::npos && !name.empty() &&
+               std::stoull(name) < node->elements().size()) {
+      next = &node->elements()[std::stoull(name)];
+    }
+    if (next == nullptr)
+      throw std::runtime_error(fmt::format("The sharded checkpoint {} has nothing under '{}'",
+                                           reader.dir(), join_key(prefix)));
+    node = next;
+  }
+  return *node;
 }
 
 bool is_sharded_checkpoint(const std::string& path) {

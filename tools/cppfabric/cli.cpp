@@ -1,6 +1,7 @@
 #include "cli.hpp"
 
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -15,11 +16,13 @@
 #include "connector.hpp"
 #include "cppfabric/accelerators/cpu.hpp"
 #include "cppfabric/accelerators/cuda.hpp"
+#include "cppfabric/checkpoint/sharded.hpp"
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/strategies/registry.hpp"
 #include "launchers/num_threads.hpp"
 #include "launchers/process_supervisor.hpp"
 #include "utilities/env.hpp"
+#include "utilities/filesystem.hpp"
 
 namespace cppfabric::cli {
 
@@ -93,6 +96,9 @@ std::optional<RunConfig> parse_args(int argc, const char* const* argv) {
   run->prefix_command();
   run->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   run->footer("PROGRAM [ARGS]...  the program to run and its arguments");
+  app.footer(
+      "Also: cppfabric consolidate CHECKPOINT_FOLDER [-o FILE]  (see `cppfabric consolidate "
+      "--help`)");
 
   add_choice(*run, "--accelerator", config.accelerator, kAccelerators,
              "The hardware accelerator to run on.");
@@ -134,7 +140,9 @@ std::optional<RunConfig> parse_args(int argc, const char* const* argv) {
                                               first.substr(0, first.find('='))));
     }
     throw std::invalid_argument(fmt::format(
-        "No such command '{}'. Valid commands: 'run' (see `cppfabric run --help`).", first));
+        "No such command '{}'. Valid commands: 'run', 'consolidate' (see `cppfabric run --help`, "
+        "`cppfabric consolidate --help`).",
+        first));
   }
   config.command = run->remaining();
   if (!config.command.empty() && config.command[0].size() > 1 && config.command[0][0] == '-') {
@@ -173,6 +181,62 @@ std::optional<RunConfig> parse_args(int argc, const char* const* argv) {
         strategies::StrategyRegistry::Availability::Available) {
       registry.create(*config.strategy);
     }
+  }
+  return config;
+}
+
+std::optional<ConsolidateConfig> parse_consolidate_args(int argc, const char* const* argv) {
+  ConsolidateConfig config;
+  std::optional<std::string> output;
+  CLI::App app(
+      "Converts a distributed/sharded checkpoint (a folder in torch.distributed.checkpoint's "
+      "layout: .metadata + __<rank>_0.distcp files, plus Lightning's meta.pt) into a single file "
+      "that can be loaded with `torch.load()` (weights_only=True works).",
+      "cppfabric consolidate");
+  app.add_option("checkpoint_folder", config.checkpoint_folder,
+                 "Path to a checkpoint folder, containing the sharded checkpoint files.")
+      ->required();
+  app.add_option("-o,--output-file,--output_file", output,
+                 "Path to the file where the converted checkpoint should be saved. The file should "
+                 "not already exist. Default: the folder's path with a '.consolidated' suffix.");
+  // argv[1] is "consolidate": parse what follows it.
+  std::vector<std::string> args;
+  for (int k = argc - 1; k >= 2; --k) args.emplace_back(argv[k]);
+  try {
+    app.parse(args);
+  } catch (const CLI::Success&) {  // --help
+    print_help(app);
+    return std::nullopt;
+  } catch (const CLI::RequiredError&) {
+    throw std::invalid_argument(
+        "Missing argument 'CHECKPOINT_FOLDER': give the sharded checkpoint folder to convert, "
+        "e.g. `cppfabric consolidate checkpoints/step-100 -o step-100.pt`.");
+  } catch (const CLI::ParseError& e) {
+    throw std::invalid_argument(e.what());
+  }
+  std::string folder = config.checkpoint_folder;
+  while (folder.size() > 1 && folder.back() == '/') folder.pop_back();
+  struct stat info {};
+  if (::stat(folder.c_str(), &info) != 0) {
+    throw std::invalid_argument(
+        fmt::format("The provided checkpoint folder does not exist: {}", folder));
+  }
+  if (!detail::is_directory(folder)) {
+    throw std::invalid_argument(fmt::format(
+        "The provided checkpoint path must be a folder, containing the checkpoint shards: {}",
+        folder));
+  }
+  if (!checkpoint::is_sharded_checkpoint(folder)) {
+    throw std::invalid_argument(fmt::format(
+        "The provided folder is not a sharded checkpoint (it has no .metadata file): {}", folder));
+  }
+  config.checkpoint_folder = folder;
+  config.output_file = output.value_or(folder + ".consolidated");
+  if (::stat(config.output_file.c_str(), &info) == 0) {
+    throw std::invalid_argument(fmt::format(
+        "The path for the converted checkpoint already exists. Choose a different path by "
+        "providing `--output-file` or move/delete the file first: {}",
+        config.output_file));
   }
   return config;
 }
@@ -237,7 +301,29 @@ constexpr std::chrono::seconds kStopGrace{10};
 constexpr std::chrono::seconds kFailureGrace{5};
 }  // namespace
 
+namespace {
+int consolidate_main(int argc, const char* const* argv) {
+  std::optional<ConsolidateConfig> config;
+  try {
+    config = parse_consolidate_args(argc, argv);
+    if (!config) return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "Error: %s\n", e.what());
+    return 2;
+  }
+  try {
+    checkpoint::consolidate(config->checkpoint_folder, config->output_file);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "Error: %s\n", e.what());
+    return 1;
+  }
+  std::printf("Wrote %s\n", config->output_file.c_str());
+  return 0;
+}
+}  // namespace
+
 int tool_main(int argc, const char* const* argv) {
+  if (argc >= 2 && std::string(argv[1]) == "consolidate") return consolidate_main(argc, argv);
   std::optional<RunConfig> config;
   int processes = 0;
   try {

@@ -1,4 +1,6 @@
-// `cppfabric run`: Python's `fabric run` for compiled programs. Parses the options (CLI11),
+// `cppfabric run`: Python's `fabric run` for compiled programs.
+// `cppfabric consolidate DIR -o FILE`: Python's `fabric consolidate` (a sharded checkpoint folder
+// into one torch.save file). Parses the options (CLI11),
 // computes the torchrun-style environment of every local process, starts them and supervises them.
 // Built as the static library cppfabric_cli_lib: main.cpp is a one-line wrapper, and the unit tests
 // call these functions directly. See docs/cli.md.
@@ -40,6 +42,18 @@ int num_processes(const RunConfig& config);
 /// (`restart_count`: TORCHELASTIC_RESTART_COUNT, how often the processes have been restarted).
 std::map<std::string, std::string> process_environment(const RunConfig& config, int num_processes,
                                                        int local_rank, int restart_count = 0);
+
+/// `cppfabric consolidate`'s arguments (Python: `fabric consolidate` /
+/// lightning.fabric.utilities.consolidate_checkpoint).
+struct ConsolidateConfig {
+  std::string checkpoint_folder;  // a sharded (torch.distributed.checkpoint) folder
+  std::string output_file;        // default: the folder's name + ".consolidated"
+};
+
+/// Parses `cppfabric consolidate DIR [-o FILE]` (argv[0] is the tool, argv[1] "consolidate").
+/// Throws std::invalid_argument naming the bad argument (a missing folder, a folder that is not a
+/// sharded checkpoint, an output that exists). Returns nullopt after printing the help text.
+std::optional<ConsolidateConfig> parse_consolidate_args(int argc, const char* const* argv);
 
 /// Runs the tool: starts and supervises the processes; returns its exit code (0; 2 for bad
 /// arguments; the first failure's code after stopping the others; 128 + signal when stopped).

@@ -74,7 +74,10 @@ struct ShardedMetadata {
 /// item is passed by one rank. Every rank writes `__<rank>_0.distcp`; rank 0 writes `.metadata`
 /// and, when `meta` is given, `meta.pt`. Everything is written into a temporary sibling folder
 /// and committed by rename once every rank has finished, so a crash never leaves a partial
-/// checkpoint under `dir`; an existing `dir` is replaced. Errors on any rank fail every rank.
+/// checkpoint under `dir`; an existing `dir` is replaced when it is a sharded checkpoint, an empty
+/// folder or a file (another folder is refused). Every rank must pass the same `dir`. Errors on
+/// any rank fail every rank (the failing rank rethrows its own error; the others throw
+/// std::runtime_error naming that rank and its message).
 void save_sharded(const std::string& dir, const std::vector<ShardedItem>& items, const Value* meta,
                   collectives::ProcessGroup* group);
 
@@ -92,6 +95,12 @@ ShardedMetadata read_sharded_metadata(const std::string& dir);
 /// entries at the top level (what `cppfabric consolidate` writes).
 Value load_sharded_full(const std::string& dir);
 
+/// Only the part of the checkpoint under `prefix` (path elements, list positions as decimal
+/// strings), nested as load_sharded_full nests it, without `meta.pt`: e.g. {"optimizer",
+/// "param_groups"} gives the list of param groups that DCP flattened to
+/// "optimizer.param_groups.0.lr" ... std::runtime_error naming the prefix when nothing is there.
+Value load_sharded_full(const std::string& dir, const std::vector<std::string>& prefix);
+
 /// True when `path` is a directory holding a `.metadata` file.
 bool is_sharded_checkpoint(const std::string& path);
 
@@ -102,6 +111,14 @@ bool is_sharded_checkpoint(const std::string& path);
 /// item. Empty dicts disappear, as in Python. std::invalid_argument when `state` is not a dict
 /// or two paths flatten to the same key.
 std::vector<ShardedItem> flatten_state(const Value& state);
+
+/// The pieces of a tensor of `global_shape` (row-major) whose elements [begin, begin +
+/// flat.numel()) are held by `flat` (a 1-D contiguous tensor, e.g. one parameter's part of an
+/// FSDP/ZeRO flat shard): at most 2 * dims - 1 rectangles, in order, whose `local`s are views of
+/// `flat`. save_sharded writes them, and load_sharded fills `flat` in place through them.
+/// std::invalid_argument when `flat` is not 1-D contiguous or the range does not fit.
+std::vector<TensorShard> shard_flat_range(const at::Tensor& flat, int64_t begin,
+                                          const std::vector<int64_t>& global_shape);
 
 /// DCP's flattened key of an item: its path joined with '.'.
 std::string flattened_key(const ShardedItem& item);
