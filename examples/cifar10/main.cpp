@@ -5,7 +5,8 @@
 // metrics to CSV and TensorBoard, a checkpoint per epoch and `--resume` from one.
 //
 //   cifar10 [--data-dir data] [--no-download] [--epochs 20] [--batch-size 128]
-//           [--precision 16-mixed] [--accelerator auto] [--devices auto] [--workers 4]
+//           [--precision 16-mixed] [--accelerator auto] [--devices auto] [--strategy auto]
+//           [--workers 4]
 //           [--synthetic] [--synthetic-size 50000] [--max-steps N] [--seed 42] [--log-dir logs]
 //           [--checkpoint-dir checkpoints] [--resume checkpoints/epoch_3.ckpt]
 //           [--require-accuracy A] [--profile] [--device-data]
@@ -65,7 +66,8 @@ namespace data = cppfabric::data;
 namespace T = cppfabric::data::transforms;
 
 int main(int argc, char** argv) {
-  std::string data_dir = "data", precision = "16-mixed", accelerator = "auto", devices = "auto";
+  std::string data_dir = "data", precision = "16-mixed", accelerator = "auto", devices = "auto",
+              strategy = "auto";
   std::string log_dir = "logs";
   std::string checkpoint_dir = "checkpoints", resume;
   bool download = true, synthetic = false, device_data = false;
@@ -83,6 +85,8 @@ int main(int argc, char** argv) {
   app.add_option("--precision", precision, "Fabric precision: 16-mixed, bf16-mixed, 32-true, ...");
   app.add_option("--accelerator", accelerator, "cpu, cuda or auto");
   app.add_option("--devices", devices, "Devices, as Fabric takes them");
+  app.add_option("--strategy", strategy,
+                 "Fabric strategy: auto, ddp, fsdp, deepspeed_stage_2, ... (docs/sharding.md)");
   app.add_option("--workers", workers, "DataLoader worker threads")->check(CLI::NonNegativeNumber);
   app.add_flag("--synthetic", synthetic, "Train on SyntheticCIFAR10 instead of CIFAR-10");
   app.add_option("--synthetic-size", synthetic_size,
@@ -108,6 +112,7 @@ int main(int argc, char** argv) {
   auto tensorboard =
       std::make_shared<cppfabric::loggers::TensorBoardLogger>(log_dir + "/tensorboard", "cifar10");
   Fabric fabric({.accelerator = accelerator,
+                 .strategy = strategy,
                  .devices = devices_arg,
                  .precision = precision,
                  .loggers = {csv, tensorboard}});

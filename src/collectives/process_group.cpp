@@ -380,6 +380,7 @@ struct CollectiveWork::Impl {
   int64_t divisor = 1;  // world size for ReduceKind::Avg
   std::chrono::milliseconds timeout{0};
   std::string what;  // "all_reduce on rank 0 of 2 (...)", for errors
+  at::Tensor input;  // kept alive until the collective is done (reduce_scatter, all_gather_into)
   bool done = false;
   std::string failure;          // set once a wait failed; later waits throw it again
   bool stream_ordered = false;  // NCCL: wait() orders streams instead of blocking
@@ -677,6 +678,78 @@ void ProcessGroup::barrier(std::chrono::milliseconds timeout) {
                                  .append(error_text(e))
                                  .append(". Another rank may have exited, crashed or stalled."));
   }
+}
+
+namespace {
+// Checks the shapes of a flat-tensor collective: `full` has world * shard.numel() elements.
+void check_flat_pair(const at::Tensor& shard, const at::Tensor& full, int world, const char* op) {
+  check_defined(shard, op);
+  check_defined(full, op);
+  if (!shard.is_contiguous() || !full.is_contiguous()) {
+    throw std::invalid_argument(std::string("cppfabric: ") + op +
+                                " needs contiguous tensors (got shard " + tensor_signature(shard) +
+                                ", full " + tensor_signature(full) + ")");
+  }
+  if (full.numel() != shard.numel() * world || full.scalar_type() != shard.scalar_type() ||
+      full.device() != shard.device()) {
+    throw std::invalid_argument(std::string("cppfabric: ") + op + ": the full tensor (" +
+                                tensor_signature(full) + ") must hold world_size (" +
+                                std::to_string(world) + ") times the shard's elements (" +
+                                tensor_signature(shard) + "), with the same dtype and device");
+  }
+}
+}  // namespace
+
+CollectiveWork ProcessGroup::reduce_scatter_async(at::Tensor& shard, const at::Tensor& full,
+                                                  ReduceKind op) {
+  check_flat_pair(shard, full, impl_->options.world_size, "reduce_scatter");
+  impl_->check_sequence("reduce_scatter", std::string(to_string(op)) + ", " +
+                                              tensor_signature(full) + " -> " +
+                                              tensor_signature(shard));
+  auto pending = std::make_unique<CollectiveWork::Impl>();
+  pending->target = shard;
+  pending->buffer = shard;
+  pending->input = full;
+  pending->divisor = op == ReduceKind::Avg ? impl_->options.world_size : 1;
+  pending->timeout = impl_->options.timeout;
+  pending->what = impl_->what("reduce_scatter");
+  pending->stream_ordered = impl_->options.backend == "nccl";
+  c10d::ReduceScatterOptions opts;
+  opts.reduceOp = to_c10d(op);
+  opts.timeout = impl_->options.timeout;
+  at::Tensor output = shard;
+  at::Tensor input = full;
+  pending->work = impl_->launch(
+      "reduce_scatter", [&] { return impl_->backend->_reduce_scatter_base(output, input, opts); });
+  return CollectiveWork(std::move(pending));
+}
+
+void ProcessGroup::reduce_scatter(at::Tensor& shard, const at::Tensor& full, ReduceKind op) {
+  reduce_scatter_async(shard, full, op).wait();
+}
+
+CollectiveWork ProcessGroup::all_gather_into_async(at::Tensor& full, const at::Tensor& shard) {
+  check_flat_pair(shard, full, impl_->options.world_size, "all_gather_into");
+  impl_->check_sequence("all_gather_into",
+                        tensor_signature(shard) + " -> " + tensor_signature(full));
+  auto pending = std::make_unique<CollectiveWork::Impl>();
+  pending->target = full;
+  pending->buffer = full;
+  pending->input = shard;
+  pending->timeout = impl_->options.timeout;
+  pending->what = impl_->what("all_gather_into");
+  pending->stream_ordered = impl_->options.backend == "nccl";
+  c10d::AllgatherOptions opts;
+  opts.timeout = impl_->options.timeout;
+  at::Tensor output = full;
+  at::Tensor input = shard;
+  pending->work = impl_->launch(
+      "all_gather_into", [&] { return impl_->backend->_allgather_base(output, input, opts); });
+  return CollectiveWork(std::move(pending));
+}
+
+void ProcessGroup::all_gather_into(at::Tensor& full, const at::Tensor& shard) {
+  all_gather_into_async(full, shard).wait();
 }
 
 }  // namespace cppfabric::collectives

@@ -5,7 +5,9 @@
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/strategies/ddp.hpp"
+#include "cppfabric/strategies/fsdp.hpp"
 #include "cppfabric/strategies/single_device.hpp"
+#include "cppfabric/strategies/zero.hpp"
 #include "cppfabric/utilities/errors.hpp"
 
 namespace cppfabric::strategies {
@@ -38,9 +40,6 @@ const std::vector<KnownName>& known_names() {
       "DeepSpeed's CPU/NVMe offload engine is a Python and CUDA extension with no C++ interface. "
       "Use strategy='fsdp_cpu_offload' to keep parameters and optimizer state on the CPU";
   const std::string deepspeed = "DeepSpeed is a Python engine with no C++ interface. ";
-  const std::string next =
-      "the sharding strategies are the next step of cppfabric. Use strategy='ddp' (or 'auto') "
-      "for now";
   using A = Availability;
   static const std::vector<KnownName> names = {
       {"ddp_spawn", A::Unsupported, "DDP strategy with `start_method='spawn'`",
@@ -52,15 +51,8 @@ const std::vector<KnownName>& known_names() {
       {"dp", A::Unsupported, "DataParallelStrategy",
        "DataParallel (one process driving several GPUs through Python threads) has no C++ "
        "counterpart and is slower than DDP. Use strategy='ddp', one process per device"},
-      {"deepspeed", A::Unsupported, "Default DeepSpeed Strategy",
-       deepspeed + "Use strategy='deepspeed_stage_2' (cppfabric's own ZeRO stage 2) or 'fsdp'"},
-      {"deepspeed_stage_1", A::Unsupported, "DeepSpeed with ZeRO Stage 1 enabled",
-       deepspeed + "Use strategy='deepspeed_stage_2' (cppfabric's own ZeRO stage 2, which shards "
-                   "optimizer state and gradients)"},
       {"deepspeed_stage_1_offload", A::Unsupported,
        "DeepSpeed with ZeRO Stage 1 and optimizer CPU Offload", offload},
-      {"deepspeed_stage_2", A::Upcoming,
-       "ZeRO stage 2: optimizer state and gradients sharded across processes", next},
       {"deepspeed_stage_2_offload", A::Unsupported, "DeepSpeed ZeRO Stage 2 and CPU Offload",
        offload},
       {"deepspeed_stage_3", A::Unsupported, "DeepSpeed ZeRO Stage 3",
@@ -69,9 +61,6 @@ const std::vector<KnownName>& known_names() {
        offload},
       {"deepspeed_stage_3_offload_nvme", A::Unsupported, "DeepSpeed ZeRO Stage 3 and NVMe Offload",
        offload},
-      {"fsdp", A::Upcoming, "Fully Sharded Data Parallel (FSDP) training", next},
-      {"fsdp_cpu_offload", A::Upcoming,
-       "Fully Sharded Data Parallel (FSDP) training with Full Sharding and CPU Offloading", next},
       {"single_tpu", A::Unsupported, "Legacy name of 'single_xla'", xla},
       {"single_xla", A::Unsupported, "SingleDeviceXLAStrategy", xla},
       {"xla", A::Unsupported, "XLAStrategy", xla},
@@ -99,6 +88,8 @@ StrategyRegistry& StrategyRegistry::global() {
     auto* r = new StrategyRegistry();
     SingleDeviceStrategy::register_strategies(*r);
     DDPStrategy::register_strategies(*r);
+    FSDPStrategy::register_strategies(*r);
+    ZeROStrategy::register_strategies(*r);
     register_known_names(*r);
     return r;
   }();

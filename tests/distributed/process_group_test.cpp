@@ -237,6 +237,40 @@ TEST(ProcessGroupTest, ThreeRanks) {
   EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
 }
 
+// The flat-tensor collectives of the sharding strategies: rank r's chunk of the sum, and every
+// rank's shard concatenated in rank order; async forms; shape checks.
+TEST(ProcessGroupTest, ReduceScatterAndAllGatherIntoFlatTensors) {
+  const auto codes = run_ranks(3, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 3, port));
+    // full[i] = i + 10 * rank; the sum over ranks is 3 i + 30.
+    auto full = torch::arange(6, torch::kFloat32) + 10.0 * rank;
+    auto shard = torch::empty({2});
+    pg->reduce_scatter(shard, full);
+    const auto expected = torch::tensor({6.0f * rank + 30, 6.0f * rank + 33});
+    EXPECT_TRUE(torch::equal(shard, expected)) << shard;
+    auto avg = torch::empty({2});
+    auto work = pg->reduce_scatter_async(avg, full, ReduceKind::Avg);
+    work.wait();
+    EXPECT_TRUE(torch::allclose(avg, expected / 3)) << avg;
+    auto gathered = torch::empty({6});
+    pg->all_gather_into(gathered, torch::full({2}, static_cast<float>(rank)));
+    EXPECT_TRUE(torch::equal(gathered, torch::tensor({0.f, 0.f, 1.f, 1.f, 2.f, 2.f}))) << gathered;
+    auto gathered_async = torch::empty({6}, torch::kInt64);
+    auto g = pg->all_gather_into_async(gathered_async, torch::full({2}, rank, torch::kInt64));
+    g.wait();
+    EXPECT_EQ(gathered_async.sum().item<int64_t>(), 6);
+    auto wrong = torch::empty({5});
+    try {
+      pg->reduce_scatter(shard, wrong);
+      ADD_FAILURE() << "a full tensor of 5 elements for shards of 2 on 3 ranks was accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("world_size (3)"), std::string::npos) << e.what();
+    }
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
 TEST(ProcessGroupTest, SingleRankCollectivesAreIdentities) {
   const auto codes = run_ranks(1, [](int rank, int port) {
     auto pg = ProcessGroup::create(loopback(rank, 1, port));

@@ -94,7 +94,9 @@ TEST(StrategyRegistry, KnowsEveryPythonName) {
   std::sort(expected.begin(), expected.end());
   EXPECT_EQ(registry.names(), expected);
   EXPECT_EQ(registry.available_strategies(),
-            (std::vector<std::string>{"ddp", "ddp_find_unused_parameters_true", "single_device"}));
+            (std::vector<std::string>{"ddp", "ddp_find_unused_parameters_true", "deepspeed",
+                                      "deepspeed_stage_1", "deepspeed_stage_2", "fsdp",
+                                      "fsdp_cpu_offload", "single_device"}));
 }
 
 TEST(StrategyRegistry, MatchesPythonRegistry) {
@@ -196,17 +198,32 @@ TEST_F(StrategiesTest, DdpByName) {
   EXPECT_EQ(unused.strategy()->name(), "ddp_find_unused_parameters_true");
 }
 
-TEST_F(StrategiesTest, RecognisedStrategiesAreNotYetAvailable) {
-  for (const char* name : {"deepspeed_stage_2"}) {
-    EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .strategy = name}),
-                      cppfabric::NotYetAvailableError, std::string("strategy='") + name + "'",
-                      "not yet available");
+TEST_F(StrategiesTest, ShardingStrategiesByNameRunOnCpu) {
+  // Python refuses FSDP on CPUs; cppfabric runs it over Gloo (docs/sharding.md).
+  for (const char* name : {"fsdp", "fsdp_cpu_offload", "deepspeed_stage_1", "deepspeed_stage_2"}) {
+    Fabric fabric({.accelerator = "cpu", .strategy = name});
+    EXPECT_EQ(fabric.strategy()->name(), name);
+    EXPECT_TRUE(fabric.strategy()->is_parallel());
   }
+  Fabric deepspeed({.accelerator = "cpu", .strategy = "deepspeed"});
+  EXPECT_EQ(deepspeed.strategy()->name(), "deepspeed_stage_2") << "DeepSpeed's default stage";
 }
 
-TEST_F(StrategiesTest, FsdpNeedsAGpu) {
-  EXPECT_THROW_WITH(Fabric({.accelerator = "cpu", .strategy = "fsdp"}), std::invalid_argument,
-                    "FSDP is only available on GPU");
+TEST_F(StrategiesTest, ShardingOptionsAreValidated) {
+  using namespace cppfabric::strategies;
+  EXPECT_THROW_WITH(FSDPStrategy(FSDPOptions{.sharding_strategy = "FULL"}), std::invalid_argument,
+                    "'FULL'", "SHARD_GRAD_OP");
+  EXPECT_THROW_WITH(FSDPStrategy(FSDPOptions{.sharding_strategy = "HYBRID_SHARD"}),
+                    cppfabric::NotYetAvailableError, "HYBRID_SHARD");
+  EXPECT_THROW_WITH(FSDPStrategy(FSDPOptions{.state_dict_type = "local"}), std::invalid_argument,
+                    "'local'", "'full'");
+  EXPECT_THROW_WITH(ZeROStrategy(ZeROOptions{.stage = 3}), cppfabric::NotSupportedError,
+                    "strategy='fsdp'");
+  EXPECT_THROW_WITH(ZeROStrategy(ZeROOptions{.stage = 0}), std::invalid_argument, "stage 0");
+  EXPECT_THROW_WITH(ZeROStrategy(ZeROOptions{.config = "ds_config.json"}),
+                    cppfabric::NotSupportedError, "not the DeepSpeed library");
+  EXPECT_THROW_WITH(ZeROStrategy(ZeROOptions{.offload_optimizer = true}),
+                    cppfabric::NotSupportedError, "not the DeepSpeed library");
 }
 
 TEST_F(StrategiesTest, SingleDeviceRejectsSeveralDevices) {

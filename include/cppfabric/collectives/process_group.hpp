@@ -120,6 +120,22 @@ class ProcessGroup {
   /// rank 0's store goes away). Throws std::runtime_error naming the rank and the timeout.
   void barrier(std::chrono::milliseconds timeout);
 
+  // Flat-tensor collectives for sharding (FSDP, ZeRO). `input`/`output` must be contiguous, of
+  // one dtype and device; `full` holds world_size() * shard.numel() elements and rank r's chunk
+  // is elements [r * n, (r + 1) * n). Both map to the backend's native tensor collectives
+  // (c10d _reduce_scatter_base / _allgather_base, which Gloo implements since PyTorch 2.x and
+  // NCCL natively): no all_reduce-then-slice fallback is needed.
+
+  /// Reduces `full` across ranks and writes this rank's chunk of the result into `shard`.
+  void reduce_scatter(at::Tensor& shard, const at::Tensor& full, ReduceKind op = ReduceKind::Sum);
+  /// The same, without waiting: call `wait()` before reading `shard` or touching `full`.
+  CollectiveWork reduce_scatter_async(at::Tensor& shard, const at::Tensor& full,
+                                      ReduceKind op = ReduceKind::Sum);
+  /// Concatenates every rank's `shard` into `full`, in rank order.
+  void all_gather_into(at::Tensor& full, const at::Tensor& shard);
+  /// The same, without waiting: call `wait()` before reading `full` or touching `shard`.
+  CollectiveWork all_gather_into_async(at::Tensor& full, const at::Tensor& shard);
+
   struct Impl;  // private; defined in process_group.cpp
 
  private:

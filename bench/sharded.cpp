@@ -1,0 +1,239 @@
+// FSDP and ZeRO against DDP at 2 processes on CPU (Gloo, loopback): per-rank memory between steps
+// and step time, printed as ratios to DDP.
+//
+//   bench_sharded [--rounds 3] [--steps 10] [--batch 32] [--width 2048] [--layers 8]
+//                 [--threads 1]
+//
+// Runs, round by round in rotating order, separate 2-process invocations of itself (--mode M) for
+// M in ddp, fsdp (FULL_SHARD, every layer an FSDPUnit), fsdp-outer (FULL_SHARD, one unit),
+// zero2 (deepspeed_stage_2). Each times `steps` AdamW steps after a warm-up and reports, for rank 0,
+// the bytes of parameters + gradients + optimizer state it holds between steps (distinct
+// storages, counted from the tensors) and microseconds per step. The driver prints each mode's
+// median and the ratios mode/ddp (memory target for FULL_SHARD: <= 1/2 + 10%; time: <= 1.3x).
+#include <stdio.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cppfabric/cppfabric.hpp>
+#include <cppfabric/strategies/fsdp_unit.hpp>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using cppfabric::strategies::FSDPUnit;
+
+struct Args {
+  int rounds = 3, steps = 10, threads = 1, layers = 8;
+  int64_t batch = 32, width = 2048;
+  std::string mode;
+};
+
+struct NetImpl : torch::nn::Module {
+  NetImpl(int layers, int64_t width) {
+    for (int l = 0; l < layers; ++l) {
+      body.push_back(
+          register_module("l" + std::to_string(l), FSDPUnit<torch::nn::LinearImpl>(width, width)));
+    }
+    head = register_module("head", torch::nn::Linear(width, 10));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& layer : body) x = torch::relu(layer(x));
+    return head(x);
+  }
+  std::vector<FSDPUnit<torch::nn::LinearImpl>> body;
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(Net);
+
+// The same layers without units (fsdp-outer: the whole model is one unit).
+struct PlainImpl : torch::nn::Module {
+  PlainImpl(int layers, int64_t width) {
+    for (int l = 0; l < layers; ++l) {
+      body.push_back(register_module("l" + std::to_string(l), torch::nn::Linear(width, width)));
+    }
+    head = register_module("head", torch::nn::Linear(width, 10));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& layer : body) x = torch::relu(layer(x));
+    return head(x);
+  }
+  std::vector<torch::nn::Linear> body;
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(Plain);
+
+int64_t held_bytes(torch::nn::Module& model, torch::optim::Optimizer& optimizer) {
+  std::set<const void*> seen;
+  int64_t total = 0;
+  auto add = [&](const at::Tensor& t) {
+    if (!t.defined()) return;
+    if (seen.insert(t.storage().unsafeGetStorageImpl()).second) {
+      total += static_cast<int64_t>(t.storage().nbytes());
+    }
+  };
+  for (const auto& p : model.parameters()) {
+    add(p);
+    add(p.grad());
+  }
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& p : group.params()) {
+      add(p);
+      add(p.grad());
+    }
+  }
+  for (const auto& [key, state] : optimizer.state()) {
+    if (auto* s = dynamic_cast<torch::optim::AdamWParamState*>(state.get())) {
+      add(s->exp_avg());
+      add(s->exp_avg_sq());
+    }
+  }
+  return total;
+}
+
+template <typename Holder>
+int train(const Args& a, cppfabric::Fabric& fabric, Holder model) {
+  auto optimizer =
+      std::make_shared<torch::optim::AdamW>(model->parameters(), torch::optim::AdamWOptions(1e-4));
+  auto [net, opt] = fabric.setup(model, optimizer);
+  auto x = torch::randn({a.batch, a.width});
+  auto y = torch::randint(0, 10, {a.batch}, torch::kLong);
+  auto step = [&] {
+    opt.zero_grad();
+    auto loss = torch::nn::functional::cross_entropy(net(x), y);
+    fabric.backward(loss);
+    opt.step();
+  };
+  for (int s = 0; s < 2; ++s) step();
+  fabric.barrier();
+  const auto start = std::chrono::steady_clock::now();
+  for (int s = 0; s < a.steps; ++s) step();
+  fabric.barrier();
+  const double us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() /
+      a.steps;
+  const int64_t bytes = held_bytes(*model.ptr(), *optimizer);
+  if (fabric.global_rank() == 0) {
+    std::printf("bytes=%lld\nus_per_step=%.1f\n", static_cast<long long>(bytes), us);
+  }
+  return 0;
+}
+
+int child(const Args& a) {
+  cppfabric::FabricOptions options{.accelerator = "cpu", .devices = 2};
+  if (a.mode == "ddp") {
+    options.strategy = "ddp";
+  } else if (a.mode == "fsdp" || a.mode == "fsdp-outer") {
+    options.strategy = "fsdp";
+  } else {
+    options.strategy = "deepspeed_stage_2";
+  }
+  torch::set_num_threads(a.threads);
+  cppfabric::Fabric fabric(options);
+  fabric.launch();
+  torch::manual_seed(0);
+  if (a.mode == "fsdp-outer") return train(a, fabric, Plain(a.layers, a.width));
+  return train(a, fabric, Net(a.layers, a.width));
+}
+
+std::string command_for(const std::string& self, const Args& a, const std::string& mode) {
+  return self + " --mode " + mode + " --steps " + std::to_string(a.steps) + " --batch " +
+         std::to_string(a.batch) + " --width " + std::to_string(a.width) + " --layers " +
+         std::to_string(a.layers) + " --threads " + std::to_string(a.threads) + " 2>&1";
+}
+
+// One child run: (microseconds per step, bytes held by rank 0).
+std::pair<double, double> run_once(const std::string& command, const std::string& mode) {
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
+  std::string output;
+  char buffer[512];
+  while (std::fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
+  const int status = ::pclose(pipe);
+  const auto t = output.find("us_per_step="), b = output.find("bytes=");
+  if (status != 0 || t == std::string::npos || b == std::string::npos) {
+    throw std::runtime_error("mode " + mode + " failed:\n" + output);
+  }
+  return {std::stod(output.substr(t + 12)), std::stod(output.substr(b + 6))};
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--rounds")
+      a.rounds = std::stoi(value);
+    else if (flag == "--steps")
+      a.steps = std::stoi(value);
+    else if (flag == "--batch")
+      a.batch = std::stoll(value);
+    else if (flag == "--width")
+      a.width = std::stoll(value);
+    else if (flag == "--layers")
+      a.layers = std::stoi(value);
+    else if (flag == "--threads")
+      a.threads = std::stoi(value);
+    else if (flag == "--mode")
+      a.mode = value;
+    else {
+      std::fprintf(stderr,
+                   "unknown flag %s (valid: --rounds --steps --batch --width --layers "
+                   "--threads)\n",
+                   flag.c_str());
+      return 2;
+    }
+  }
+  const std::vector<std::string> modes = {"ddp", "fsdp", "fsdp-outer", "zero2"};
+  try {
+    if (!a.mode.empty()) {
+      if (std::find(modes.begin(), modes.end(), a.mode) == modes.end()) {
+        std::fprintf(stderr, "--mode %s: valid choices are ddp, fsdp, fsdp-outer, zero2\n",
+                     a.mode.c_str());
+        return 2;
+      }
+      return child(a);
+    }
+    char self[4096];
+    const auto n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0) throw std::runtime_error("cannot find this executable (/proc/self/exe)");
+    self[n] = '\0';
+    std::printf(
+        "Sharded vs DDP on CPU (Gloo, loopback, 2 processes): %d x Linear(%ld, %ld) + head, AdamW, "
+        "batch %ld per rank, %d thread(s) per rank, %d rounds x %d steps\n",
+        a.layers, static_cast<long>(a.width), static_cast<long>(a.width),
+        static_cast<long>(a.batch), a.threads, a.rounds, a.steps);
+    std::map<std::string, std::vector<double>> times, bytes;
+    for (int r = 0; r < a.rounds; ++r) {
+      for (std::size_t k = 0; k < modes.size(); ++k) {
+        const auto& mode = modes[(k + r) % modes.size()];
+        const auto [us, held] = run_once(command_for(self, a, mode), mode);
+        times[mode].push_back(us);
+        bytes[mode].push_back(held);
+      }
+    }
+    const double ddp_t = median(times["ddp"]), ddp_b = median(bytes["ddp"]);
+    for (const auto& mode : modes) {
+      const double t = median(times[mode]), b = median(bytes[mode]);
+      std::printf("%-11s %10.1f ms/step  %8.1f MB/rank   time %.2fx ddp   memory %.3fx ddp\n",
+                  mode.c_str(), t / 1000.0, b / 1e6, t / ddp_t, b / ddp_b);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_sharded: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,642 @@
+#include "strategies/sharding.hpp"
+
+#include <c10/core/StorageImpl.h>
+#include <c10/util/strides.h>
+#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+
+#include "cppfabric/detail/fmt.hpp"
+
+namespace cppfabric::detail {
+
+namespace {
+
+struct Member {
+  at::Tensor param;  // the user's parameter
+  std::string name;
+  std::vector<int64_t> sizes;
+  int64_t offset = 0;  // in the flat buffer
+  int64_t numel = 0;
+  // This rank's piece of the parameter: elements [piece_from, piece_from + piece_len) of the
+  // flattened parameter, stored at [piece_begin, piece_begin + piece_len) of the shard.
+  int64_t piece_begin = 0;
+  int64_t piece_from = 0;
+  int64_t piece_len = 0;
+  at::Tensor shard_var;  // what the optimizer holds: `param` (Swap) or a leaf view (Replicated)
+};
+
+// A tensor sharing `base`'s storage without being an autograd view (LibTorch's zero_grad calls
+// detach_() on gradients, which views refuse).
+at::Tensor storage_view(const at::Tensor& base, int64_t offset, c10::IntArrayRef sizes) {
+  return torch::empty({0}, base.options())
+      .set_(base.storage(), base.storage_offset() + offset, sizes, c10::contiguous_strides(sizes));
+}
+
+bool same_view(const at::Tensor& a, const at::Tensor& b) {
+  return a.defined() && b.defined() && a.data_ptr() == b.data_ptr() && a.sizes() == b.sizes() &&
+         a.strides() == b.strides();
+}
+
+struct Unit {
+  std::vector<Member> members;
+  int64_t total = 0, padded = 0, shard_numel = 0;
+  int shards = 1;
+  int rank = 0;
+  ParamLayout layout = ParamLayout::Swap;
+  at::Tensor shard;       // shard_numel elements, this rank's parameters
+  at::Tensor full;        // padded elements; Swap + sharded: storage freed while resharded
+  at::Tensor shard_grad;  // shard_numel elements
+  bool shard_grad_live = false;
+  at::Tensor accum;  // full-size gradients accumulated while sync is off
+  bool gathered = false;
+  // Per backward pass.
+  std::vector<char> ready;
+  int64_t ready_count = 0;
+  bool in_pass = false;
+  bool reduced = false;
+  std::optional<collectives::CollectiveWork> work;
+  at::Tensor reduce_in, reduce_out;
+
+  int64_t bytes(int64_t numel) const { return numel * static_cast<int64_t>(shard.element_size()); }
+  bool frees_full() const { return layout == ParamLayout::Swap && shards > 1; }
+
+  at::Tensor piece_view(const Member& m) const {
+    if (shards == 1) return storage_view(shard, m.offset, m.sizes);  // NO_SHARD: own shape
+    return storage_view(shard, m.piece_begin, {m.piece_len});
+  }
+  at::Tensor grad_piece_view(const Member& m) const {
+    if (shards == 1) return storage_view(shard_grad, m.offset, m.sizes);
+    return storage_view(shard_grad, m.piece_begin, {m.piece_len});
+  }
+  at::Tensor flat_piece(const at::Tensor& shard_like, const Member& m) const {
+    return shard_like.narrow(0, shards == 1 ? m.offset : m.piece_begin,
+                             shards == 1 ? m.numel : m.piece_len);
+  }
+};
+
+void free_storage(const at::Tensor& t) {
+  auto* impl = t.storage().unsafeGetStorageImpl();
+  if (impl->nbytes() == 0) return;
+  impl->set_data_ptr_noswap(at::DataPtr(nullptr, t.device()));
+  impl->set_nbytes(0);
+}
+
+void alloc_storage(const at::Tensor& t, int64_t nbytes) {
+  auto* impl = t.storage().unsafeGetStorageImpl();
+  if (static_cast<int64_t>(impl->nbytes()) == nbytes) return;
+  impl->set_data_ptr_noswap(impl->allocator()->allocate(static_cast<size_t>(nbytes)));
+  impl->set_nbytes(static_cast<size_t>(nbytes));
+}
+
+}  // namespace
+
+struct ShardedModule::State {
+  std::recursive_mutex mutex;
+  std::shared_ptr<collectives::ProcessGroup> group;
+  ShardingConfig config;
+  std::vector<Unit> units;
+  bool require_sync = true;
+  bool callback_queued = false;
+  std::weak_ptr<void> pass_token;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  std::vector<uintptr_t> hook_keys;
+  int64_t full_bytes = 0;
+  int64_t peak_full_bytes = 0;
+
+  int world() const { return group->world_size(); }
+
+  void account(int64_t delta) {
+    full_bytes += delta;
+    peak_full_bytes = std::max(peak_full_bytes, full_bytes);
+  }
+
+  // ---------------------------------------------------------------- parameters
+
+  // Swap: the shard's gradient leaves the parameters (they are about to take their full shape);
+  // Replicated: the shard tensors' gradients are folded into shard_grad. Sets shard_grad_live.
+  void stash_grads(Unit& unit) {
+    bool live = false;
+    for (auto& m : unit.members) live = live || m.shard_var.grad().defined();
+    unit.shard_grad_live = live;
+    torch::NoGradGuard no_grad;
+    for (auto& m : unit.members) {
+      const auto& grad = m.shard_var.grad();
+      auto piece = unit.flat_piece(unit.shard_grad, m);
+      if (!live) continue;
+      if (!grad.defined()) {
+        piece.zero_();
+      } else if (!same_view(grad, unit.grad_piece_view(m))) {
+        piece.copy_(grad.reshape({-1}));
+      }
+      if (unit.layout == ParamLayout::Swap) m.param.mutable_grad().reset();
+    }
+  }
+
+  void restore_grads(Unit& unit) {
+    if (!unit.shard_grad_live) return;
+    for (auto& m : unit.members) m.shard_var.mutable_grad() = unit.grad_piece_view(m);
+  }
+
+  void gather(Unit& unit) {
+    if (unit.gathered || unit.layout == ParamLayout::Replicated) return;
+    torch::NoGradGuard no_grad;
+    stash_grads(unit);
+    if (unit.frees_full()) {
+      alloc_storage(unit.full, unit.bytes(unit.padded));
+      account(unit.bytes(unit.padded));
+      group->all_gather_into(unit.full, unit.shard);
+    }
+    for (auto& m : unit.members) {
+      m.param.set_data(storage_view(unit.full, m.offset, m.sizes));
+    }
+    unit.gathered = true;
+  }
+
+  void reshard(Unit& unit) {
+    if (!unit.gathered) return;
+    torch::NoGradGuard no_grad;
+    for (auto& m : unit.members) {
+      m.param.mutable_grad().reset();
+      m.param.set_data(unit.piece_view(m));
+    }
+    if (unit.frees_full()) {
+      free_storage(unit.full);
+      account(-unit.bytes(unit.padded));
+    }
+    unit.gathered = false;
+    restore_grads(unit);
+  }
+
+  // ---------------------------------------------------------------- gradients
+
+  void launch_reduce(Unit& unit) {
+    if (unit.reduced) return;
+    unit.reduced = true;
+    if (unit.layout == ParamLayout::Replicated) stash_grads(unit);
+    torch::NoGradGuard no_grad;
+    at::Tensor flat =
+        unit.accum.defined() ? unit.accum : torch::zeros({unit.padded}, unit.shard.options());
+    unit.accum = at::Tensor();
+    for (auto& m : unit.members) {
+      const auto& grad = m.param.grad();
+      if (grad.defined()) flat.narrow(0, m.offset, m.numel).add_(grad.reshape({-1}));
+      m.param.mutable_grad().reset();
+    }
+    if (!require_sync) {
+      unit.accum = flat;
+      return;
+    }
+    const int n = world();
+    if (n > 1) flat.div_(n);
+    unit.reduce_in = flat;
+    if (n > 1 && unit.shards > 1 && config.reduce == GradReduce::ReduceScatter) {
+      unit.reduce_out = torch::empty({unit.shard_numel}, flat.options());
+      unit.work.emplace(group->reduce_scatter_async(unit.reduce_out, flat));
+    } else {
+      if (n > 1) unit.work.emplace(group->all_reduce_async(flat, collectives::ReduceKind::Sum));
+      unit.reduce_out =
+          unit.shards > 1 ? flat.narrow(0, unit.rank * unit.shard_numel, unit.shard_numel) : flat;
+    }
+  }
+
+  void finish_reduce(Unit& unit) {
+    if (unit.work) {
+      unit.work->wait();
+      unit.work.reset();
+    }
+    if (!unit.reduce_out.defined()) return;
+    torch::NoGradGuard no_grad;
+    if (unit.shard_grad_live) {
+      unit.shard_grad.add_(unit.reduce_out);
+    } else {
+      unit.shard_grad.copy_(unit.reduce_out);
+    }
+    unit.shard_grad_live = true;
+    unit.reduce_in = at::Tensor();
+    unit.reduce_out = at::Tensor();
+    if (unit.layout == ParamLayout::Replicated) restore_grads(unit);
+  }
+
+  void post_backward(Unit& unit) {
+    launch_reduce(unit);
+    if (config.overlap) return;
+    finish_reduce(unit);
+    if (unit.layout == ParamLayout::Swap) reshard(unit);
+  }
+
+  void reset_pass() {
+    for (auto& unit : units) {
+      std::fill(unit.ready.begin(), unit.ready.end(), 0);
+      unit.ready_count = 0;
+      unit.in_pass = false;
+      unit.reduced = false;
+    }
+    callback_queued = false;
+    pass_token.reset();
+  }
+
+  // A backward pass that threw midway never ran its final callback: wait for what it launched,
+  // drop the pass (as the DDP reducer does).
+  void recover_if_interrupted() {
+    if (!(callback_queued && pass_token.expired())) return;
+    for (auto& unit : units) {
+      if (unit.work) {
+        try {
+          unit.work->wait();
+        } catch (...) {
+        }
+        unit.work.reset();
+      }
+      unit.reduce_in = unit.reduce_out = at::Tensor();
+    }
+    reset_pass();
+  }
+
+  void queue_final_callback(const std::weak_ptr<State>& self) {
+    if (callback_queued) return;
+    callback_queued = true;
+    auto token = std::make_shared<char>(0);
+    pass_token = token;
+    torch::autograd::Engine::get_default_engine().queue_callback([self, token] {
+      if (auto state = self.lock()) state->finalize();
+    });
+  }
+
+  void on_grad_ready(std::size_t u, std::size_t i, const std::weak_ptr<State>& self) {
+    std::lock_guard<std::recursive_mutex> lock(mutex);
+    recover_if_interrupted();
+    queue_final_callback(self);
+    auto& unit = units[u];
+    unit.in_pass = true;
+    if (unit.reduced || unit.ready[i]) return;
+    unit.ready[i] = 1;
+    if (++unit.ready_count == static_cast<int64_t>(unit.members.size())) post_backward(unit);
+  }
+
+  void on_pre_backward(std::size_t u, const std::weak_ptr<State>& self) {
+    std::lock_guard<std::recursive_mutex> lock(mutex);
+    recover_if_interrupted();
+    queue_final_callback(self);
+    units[u].in_pass = true;
+    gather(units[u]);
+  }
+
+  void finalize() {
+    std::lock_guard<std::recursive_mutex> lock(mutex);
+    try {
+      // In unit order on every rank: units whose parameters got no gradient (or only some) are
+      // reduced with zeros for the missing ones, so every rank runs the same collectives.
+      for (auto& unit : units) {
+        if (unit.members.empty()) continue;
+        if (unit.in_pass || unit.gathered || unit.ready_count > 0) launch_reduce(unit);
+      }
+      for (auto& unit : units) {
+        finish_reduce(unit);
+        if (unit.layout == ParamLayout::Swap) reshard(unit);
+      }
+    } catch (...) {
+      reset_pass();
+      throw;
+    }
+    reset_pass();
+  }
+};
+
+namespace {
+
+class ShardGradReadyHook : public torch::autograd::FunctionPostHook {
+ public:
+  ShardGradReadyHook(std::weak_ptr<ShardedModule::State> state, std::size_t unit, std::size_t index)
+      : state_(std::move(state)), unit_(unit), index_(index) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list&) override {
+    if (auto state = state_.lock()) state->on_grad_ready(unit_, index_, state_);
+    return outputs;
+  }
+
+ private:
+  std::weak_ptr<ShardedModule::State> state_;
+  std::size_t unit_, index_;
+};
+
+// Identity in forward; its backward gathers the unit's parameters again before the unit's own
+// backward functions run (they follow this node in the graph).
+class PreBackward : public torch::autograd::Function<PreBackward> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            std::shared_ptr<ShardedModule::State>* state, int64_t unit) {
+    ctx->saved_data["state"] = reinterpret_cast<int64_t>(state);
+    ctx->saved_data["unit"] = unit;
+    return input;  // returned inputs become aliases with this node as grad_fn
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* holder =
+        reinterpret_cast<std::shared_ptr<ShardedModule::State>*>(ctx->saved_data["state"].toInt());
+    const auto unit = static_cast<std::size_t>(ctx->saved_data["unit"].toInt());
+    std::weak_ptr<ShardedModule::State> weak = *holder;
+    (*holder)->on_pre_backward(unit, weak);
+    return {grads[0], at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+ShardedModule::ShardedModule(std::vector<UnitParams> units,
+                             std::shared_ptr<collectives::ProcessGroup> group,
+                             ShardingConfig config)
+    : state_(std::make_shared<State>()) {
+  auto& s = *state_;
+  s.group = std::move(group);
+  s.config = std::move(config);
+  const int world = s.group->world_size();
+  const int rank = s.group->rank();
+  torch::NoGradGuard no_grad;
+  for (auto& params : units) {
+    Unit unit;
+    unit.layout = s.config.layout;
+    unit.shards = s.config.shard_params ? world : 1;
+    unit.rank = rank;
+    for (auto& [name, param] : params) {
+      if (!unit.members.empty()) {
+        const auto& first = unit.members.front();
+        if (param.scalar_type() != first.param.scalar_type() ||
+            param.device() != first.param.device()) {
+          throw std::invalid_argument(fmt::format(
+              "{}: the parameters of one sharding unit must share dtype and device, but '{}' is "
+              "{} on {} and '{}' is {} on {}. Convert the module to one dtype, or put these "
+              "parameters into separate units.",
+              s.config.strategy_name, first.name, c10::toString(first.param.scalar_type()),
+              first.param.device().str(), name, c10::toString(param.scalar_type()),
+              param.device().str()));
+        }
+      }
+      Member m;
+      m.param = param;
+      m.name = name;
+      m.sizes = param.sizes().vec();
+      m.numel = param.numel();
+      m.offset = unit.total;
+      unit.total += m.numel;
+      unit.members.push_back(std::move(m));
+    }
+    if (unit.members.empty()) {
+      s.units.push_back(std::move(unit));
+      continue;
+    }
+    unit.padded = (unit.total + unit.shards - 1) / unit.shards * unit.shards;
+    unit.shard_numel = unit.padded / unit.shards;
+    const auto options = unit.members.front().param.options().requires_grad(false);
+    unit.full = torch::zeros({unit.padded}, options);
+    for (auto& m : unit.members) {
+      unit.full.narrow(0, m.offset, m.numel).copy_(m.param.detach().reshape({-1}));
+    }
+    const int64_t lo_shard = unit.shards > 1 ? rank * unit.shard_numel : 0;
+    unit.shard = unit.shards > 1 ? unit.full.narrow(0, lo_shard, unit.shard_numel).clone()
+                                 : unit.full;  // NO_SHARD: one buffer
+    unit.shard_grad = torch::zeros({unit.shard_numel}, options);
+    for (auto& m : unit.members) {
+      const int64_t lo = std::max(m.offset, lo_shard);
+      const int64_t hi = std::min(m.offset + m.numel, lo_shard + unit.shard_numel);
+      m.piece_len = std::max<int64_t>(0, hi - lo);
+      m.piece_begin = m.piece_len > 0 ? lo - lo_shard : 0;
+      m.piece_from = m.piece_len > 0 ? lo - m.offset : 0;
+    }
+    unit.ready.assign(unit.members.size(), 0);
+    s.units.push_back(std::move(unit));
+  }
+
+  // Hooks first, while every parameter has its full shape (the accumulator records it).
+  std::weak_ptr<State> weak = state_;
+  for (std::size_t u = 0; u < s.units.size(); ++u) {
+    for (std::size_t i = 0; i < s.units[u].members.size(); ++i) {
+      auto& m = s.units[u].members[i];
+      auto accumulator = torch::autograd::impl::grad_accumulator(m.param);
+      if (!accumulator) {
+        throw std::invalid_argument(fmt::format(
+            "{}: parameter '{}' is not a leaf tensor that requires grad; it cannot be sharded.",
+            s.config.strategy_name, m.name));
+      }
+      s.hook_keys.push_back(
+          accumulator->add_post_hook(std::make_unique<ShardGradReadyHook>(weak, u, i)));
+      s.accumulators.push_back(std::move(accumulator));
+    }
+  }
+
+  for (auto& unit : s.units) {
+    if (unit.members.empty()) continue;
+    if (unit.layout == ParamLayout::Replicated) {
+      for (auto& m : unit.members) {
+        m.param.set_data(storage_view(unit.full, m.offset, m.sizes));
+        m.shard_var = unit.piece_view(m);
+        m.shard_var.set_requires_grad(true);
+      }
+    } else {
+      for (auto& m : unit.members) m.shard_var = m.param;
+      unit.gathered = true;
+      s.account(unit.frees_full() ? unit.bytes(unit.padded) : 0);
+      for (auto& m : unit.members) m.param.set_data(storage_view(unit.full, m.offset, m.sizes));
+      s.reshard(unit);
+    }
+  }
+  s.peak_full_bytes = s.full_bytes;
+}
+
+ShardedModule::~ShardedModule() {
+  for (std::size_t i = 0; i < state_->accumulators.size(); ++i) {
+    state_->accumulators[i]->del_post_hook(state_->hook_keys[i]);
+  }
+}
+
+void ShardedModule::before_outer_forward() {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  state_->recover_if_interrupted();
+  if (!state_->units.empty()) state_->gather(state_->units[0]);
+}
+
+void ShardedModule::after_outer_forward(bool grad_enabled) {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  // The outer unit keeps its parameters for backward (they are needed at once); without a
+  // backward to come, free them now.
+  if (!grad_enabled && !state_->units.empty()) state_->reshard(state_->units[0]);
+}
+
+void ShardedModule::before_unit_forward(std::size_t u) {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  state_->gather(state_->units.at(u));
+}
+
+at::Tensor ShardedModule::after_unit_forward(std::size_t u, const at::Tensor& output) {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  auto& unit = state_->units.at(u);
+  const bool grad = torch::GradMode::is_enabled();
+  if (!grad) {
+    state_->reshard(unit);
+    return output;
+  }
+  if (!output.defined() || !output.requires_grad()) return output;
+  at::Tensor wrapped = PreBackward::apply(output, &state_, static_cast<int64_t>(u));
+  if (state_->config.reshard_after_forward) state_->reshard(unit);
+  return wrapped;
+}
+
+void ShardedModule::after_unit_forward_untracked(std::size_t u) {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  if (!torch::GradMode::is_enabled()) state_->reshard(state_->units.at(u));
+}
+
+void ShardedModule::set_require_sync(bool require) {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  state_->require_sync = require;
+}
+
+bool ShardedModule::require_sync() const {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  return state_->require_sync;
+}
+
+void ShardedModule::after_optimizer_step() {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  if (state_->config.layout != ParamLayout::Replicated) return;
+  torch::NoGradGuard no_grad;
+  for (auto& unit : state_->units) {
+    if (unit.members.empty() || unit.shards == 1) continue;
+    state_->group->all_gather_into(unit.full, unit.shard);
+  }
+}
+
+Guard ShardedModule::summon_full_params() {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  std::vector<std::size_t> gathered_here;
+  for (std::size_t u = 0; u < state_->units.size(); ++u) {
+    if (!state_->units[u].gathered && state_->units[u].layout == ParamLayout::Swap &&
+        !state_->units[u].members.empty()) {
+      state_->gather(state_->units[u]);
+      gathered_here.push_back(u);
+    }
+  }
+  std::weak_ptr<State> weak = state_;
+  return Guard([weak, gathered_here] {
+    auto state = weak.lock();
+    if (!state) return;
+    std::lock_guard<std::recursive_mutex> lock(state->mutex);
+    for (auto u : gathered_here) state->reshard(state->units[u]);
+  });
+}
+
+at::Tensor ShardedModule::shard_variable_for(const at::Tensor& param) const {
+  for (const auto& unit : state_->units) {
+    for (const auto& m : unit.members) {
+      if (m.param.unsafeGetTensorImpl() == param.unsafeGetTensorImpl() ||
+          (m.shard_var.defined() &&
+           m.shard_var.unsafeGetTensorImpl() == param.unsafeGetTensorImpl())) {
+        return m.shard_var;
+      }
+    }
+  }
+  return at::Tensor();
+}
+
+std::vector<at::Tensor> ShardedModule::shard_variables() const {
+  std::vector<at::Tensor> out;
+  for (const auto& unit : state_->units) {
+    for (const auto& m : unit.members) out.push_back(m.shard_var);
+  }
+  return out;
+}
+
+bool ShardedModule::sharded() const {
+  return state_->config.shard_params && state_->group->world_size() > 1;
+}
+
+std::size_t ShardedModule::num_units() const { return state_->units.size(); }
+
+ShardingMemory ShardedModule::memory() const {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  ShardingMemory out;
+  out.full_bytes = state_->full_bytes;
+  out.peak_full_bytes = state_->peak_full_bytes;
+  for (const auto& unit : state_->units) {
+    if (unit.members.empty()) continue;
+    out.shard_bytes += unit.bytes(unit.shard_numel);
+    out.total_param_bytes += unit.bytes(unit.total);
+    out.largest_unit_bytes = std::max(out.largest_unit_bytes, unit.bytes(unit.padded));
+  }
+  return out;
+}
+
+std::vector<ShardedModule::MemberInfo> ShardedModule::members() const {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  std::vector<MemberInfo> out;
+  for (const auto& unit : state_->units) {
+    for (const auto& m : unit.members) {
+      MemberInfo info;
+      info.name = m.name;
+      info.sizes = m.sizes;
+      info.piece_from = unit.shards == 1 ? 0 : m.piece_from;
+      info.piece_len = unit.shards == 1 ? m.numel : m.piece_len;
+      info.piece = unit.flat_piece(unit.shard, m);
+      info.shard_var = m.shard_var;
+      out.push_back(std::move(info));
+    }
+  }
+  return out;
+}
+
+std::vector<at::Tensor> ShardedModule::gather_pieces(const std::vector<at::Tensor>& pieces) const {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> out;
+  std::size_t k = 0;
+  for (const auto& unit : state_->units) {
+    if (unit.members.empty()) continue;
+    // The dtype of the first defined piece (optimizer states may differ from the parameters').
+    auto options = unit.shard.options();
+    for (std::size_t i = 0; i < unit.members.size(); ++i) {
+      if (pieces.at(k + i).defined()) {
+        options = options.dtype(pieces[k + i].scalar_type());
+        break;
+      }
+    }
+    auto flat = torch::zeros({unit.shard_numel}, options);
+    for (const auto& m : unit.members) {
+      const auto& piece = pieces.at(k++);
+      if (piece.defined()) unit.flat_piece(flat, m).copy_(piece.reshape({-1}));
+    }
+    at::Tensor full = flat;
+    if (unit.shards > 1) {
+      full = torch::empty({unit.padded}, options);
+      state_->group->all_gather_into(full, flat);
+    }
+    for (const auto& m : unit.members) {
+      out.push_back(full.narrow(0, m.offset, m.numel).view(m.sizes).clone());
+    }
+  }
+  return out;
+}
+
+void ShardedModule::refresh_full() {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  torch::NoGradGuard no_grad;
+  for (auto& unit : state_->units) {
+    if (unit.members.empty() || unit.layout != ParamLayout::Replicated) continue;
+    if (unit.shards > 1) {
+      state_->group->all_gather_into(unit.full, unit.shard);
+    }
+  }
+}
+
+void ShardedModule::reset_peak_memory() {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  state_->peak_full_bytes = state_->full_bytes;
+}
+
+}  // namespace cppfabric::detail

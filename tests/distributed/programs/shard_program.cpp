@@ -1,0 +1,324 @@
+// The sharded-training program the distributed tests start as real processes: trains a small
+// model with AdamW under DDP, FSDP (three sharding strategies) or ZeRO (stages 1 and 2) and writes
+// each rank's full parameters to OUT/params_rank<R>.bin, so the test can compare strategies.
+//
+//   shard_program --strategy fsdp --devices 2 --steps 4 --out DIR [--sharding SHARD_GRAD_OP]
+//                 [--precision bf16-mixed] [--accumulate 3] [--clip 0.5] [--inner]
+//                 [--bucket N] [--memory] [--global-batch G] [--save-dir D --save-step K]
+//                 [--load-dir D] [--form sharded|full] [--scaler [--inf-step K]]
+// --inner: the model declares two FSDPUnit submodules (inner units). --bucket N: ZeRO's
+// reduce_bucket_size in elements (several buckets, overlapped). --memory: a 52M-parameter model of
+// 8 inner units; prints per-rank byte counts ("MEM ...") taken from the tensors between steps.
+// --global-batch G: each rank takes G/N rows, so runs at different world sizes train alike (for
+// checkpoints saved at one world size and resumed at another). --save-dir/--save-step: fabric.save
+// of model, optimizer and step into D/ckpt after step K; --load-dir: fabric.load from D/ckpt and
+// continue from the saved step. --form: FSDP's state_dict_type. --scaler: "16-mixed" on the CPU
+// with a GradScaler; --inf-step K: at step K element 0 of the first parameter's gradient is inf on
+// every rank (after sharding only its owner sees it: the ranks must still agree to skip).
+#include <torch/torch.h>
+
+#include <cppfabric/cppfabric.hpp>
+#include <cppfabric/strategies/fsdp_unit.hpp>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+using cppfabric::strategies::FSDPUnit;
+
+struct Args {
+  std::string strategy = "ddp";
+  std::string sharding = "FULL_SHARD";
+  std::string devices = "2";
+  std::string precision = "32-true";
+  int steps = 4;
+  int batch = 4;
+  int accumulate = 1;
+  double clip = 0;
+  bool inner = false;
+  int64_t bucket = 0;
+  bool memory = false;
+  int global_batch = 0;  // > 0: rows per step over all ranks (each rank takes its 1/N)
+  std::string save_dir;  // set: save model + optimizer + step after step `save_step`
+  int save_step = 0;
+  std::string load_dir;  // set: resume from it before training
+  std::string form = "sharded";
+  bool scaler = false;  // "16-mixed" on the CPU with a GradScaler("cpu")
+  int inf_step = -1;    // at this step the first element of the first parameter's grad is inf
+  std::string out = ".";
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string key = argv[i];
+    if (key == "--inner") {
+      a.inner = true;
+      continue;
+    }
+    if (key == "--memory") {
+      a.memory = true;
+      continue;
+    }
+    if (key == "--scaler") {
+      a.scaler = true;
+      continue;
+    }
+    if (i + 1 >= argc) throw std::invalid_argument("missing value for " + key);
+    const std::string v = argv[++i];
+    if (key == "--strategy")
+      a.strategy = v;
+    else if (key == "--sharding")
+      a.sharding = v;
+    else if (key == "--devices")
+      a.devices = v;
+    else if (key == "--precision")
+      a.precision = v;
+    else if (key == "--steps")
+      a.steps = std::stoi(v);
+    else if (key == "--batch")
+      a.batch = std::stoi(v);
+    else if (key == "--accumulate")
+      a.accumulate = std::stoi(v);
+    else if (key == "--clip")
+      a.clip = std::stod(v);
+    else if (key == "--bucket")
+      a.bucket = std::stoll(v);
+    else if (key == "--out")
+      a.out = v;
+    else if (key == "--global-batch")
+      a.global_batch = std::stoi(v);
+    else if (key == "--save-dir")
+      a.save_dir = v;
+    else if (key == "--save-step")
+      a.save_step = std::stoi(v);
+    else if (key == "--load-dir")
+      a.load_dir = v;
+    else if (key == "--form")
+      a.form = v;
+    else if (key == "--inf-step")
+      a.inf_step = std::stoi(v);
+    else
+      throw std::invalid_argument("unknown flag " + key);
+  }
+  return a;
+}
+
+// 8 -> 15 -> 15 -> 4: 199 + 240 = 439 parameters with the middle layer (prime: never divisible
+// by the world size); without --inner the same layers are plain Linear modules.
+struct NetImpl : torch::nn::Module {
+  explicit NetImpl(bool inner) : inner(inner) {
+    if (inner) {
+      u1 = register_module("fc1", FSDPUnit<torch::nn::LinearImpl>(8, 15));
+      u2 = register_module("mid", FSDPUnit<torch::nn::LinearImpl>(15, 15));
+    } else {
+      fc1 = register_module("fc1", torch::nn::Linear(8, 15));
+      mid = register_module("mid", torch::nn::Linear(15, 15));
+    }
+    fc2 = register_module("fc2", torch::nn::Linear(15, 4));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto h = torch::tanh(inner ? u1(x) : fc1(x));
+    h = torch::relu(inner ? u2(h) : mid(h));
+    return fc2(h);
+  }
+  bool inner;
+  torch::nn::Linear fc1{nullptr}, mid{nullptr}, fc2{nullptr};
+  FSDPUnit<torch::nn::LinearImpl> u1{nullptr}, u2{nullptr};
+};
+TORCH_MODULE(Net);
+
+// 8 units of 2560 x 2560 (+ bias): 52.5M parameters; a small outer head.
+struct BigImpl : torch::nn::Module {
+  BigImpl() {
+    for (int i = 0; i < 8; ++i) {
+      blocks.push_back(register_module("block" + std::to_string(i),
+                                       FSDPUnit<torch::nn::LinearImpl>(2560, 2560)));
+    }
+    head = register_module("head", torch::nn::Linear(2560, 4));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& b : blocks) x = torch::tanh(b(x));
+    return head(x);
+  }
+  std::vector<FSDPUnit<torch::nn::LinearImpl>> blocks;
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(Big);
+
+std::shared_ptr<cppfabric::strategies::Strategy> make_strategy(const Args& a) {
+  using namespace cppfabric::strategies;
+  if (a.strategy == "fsdp") {
+    return std::make_shared<FSDPStrategy>(
+        FSDPOptions{.sharding_strategy = a.sharding, .state_dict_type = a.form});
+  }
+  if (a.strategy.rfind("deepspeed", 0) == 0 && a.bucket > 0) {
+    ZeROOptions z;
+    z.stage = a.strategy == "deepspeed_stage_1" ? 1 : 2;
+    z.reduce_bucket_size = a.bucket;
+    return std::make_shared<ZeROStrategy>(z);
+  }
+  return nullptr;
+}
+
+// Bytes of distinct storages reached from `tensors`, skipping those already in `seen`.
+int64_t storage_bytes(const std::vector<at::Tensor>& tensors, std::set<const void*>& seen) {
+  int64_t total = 0;
+  for (const auto& t : tensors) {
+    if (!t.defined()) continue;
+    const void* key = t.storage().unsafeGetStorageImpl();
+    if (!seen.insert(key).second) continue;
+    total += static_cast<int64_t>(t.storage().nbytes());
+  }
+  return total;
+}
+
+template <typename Holder>
+int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
+  const int world = fabric.world_size();
+  const int rank = fabric.global_rank();
+  auto optimizer = std::make_shared<torch::optim::AdamW>(
+      model->parameters(), torch::optim::AdamWOptions(1e-2).weight_decay(1e-2));
+  auto [net, opt] = fabric.setup(model, optimizer);
+  auto* sharding = dynamic_cast<cppfabric::strategies::ShardingStrategy*>(fabric.strategy().get());
+  const int in_features = args.memory ? 2560 : 8;
+  const int out_features = 4;
+  double last_loss = 0;
+  int start = 0;
+  if (!args.load_dir.empty()) {
+    auto remainder = fabric.load(args.load_dir + "/ckpt", {{"model", net}, {"optimizer", opt}});
+    start = static_cast<int>(remainder.template get<int64_t>("step"));
+    if (rank == 0) std::printf("resumed at step %d\n", start);
+  }
+  int current_step = -1;
+  if (args.inf_step >= 0) {
+    // Before accumulation and reduction: only the rank whose shard holds element 0 sees the inf
+    // after a reduce-scatter; DDP's all-reduce gives it to every rank.
+    model->parameters()[0].register_hook([&current_step, &args](torch::Tensor grad) {
+      if (current_step != args.inf_step) return grad;
+      auto poisoned = grad.clone();
+      poisoned.view({-1})[0] = std::numeric_limits<float>::infinity();
+      return poisoned;
+    });
+  }
+  const int rows = args.global_batch > 0 ? args.global_batch / world : args.batch;
+  const int global_rows = args.global_batch > 0 ? args.global_batch : world * args.batch;
+  for (int step = start; step < args.steps; ++step) {
+    current_step = step;
+    if (sharding && args.memory) sharding->reset_peak_memory(*net.module());
+    opt.zero_grad();
+    for (int micro = 0; micro < args.accumulate; ++micro) {
+      torch::manual_seed(1000 + step * 10 + micro);
+      auto x = torch::randn({global_rows, in_features});
+      auto y = torch::randn({global_rows, out_features});
+      x = fabric.to_device(x.narrow(0, rank * rows, rows));
+      y = fabric.to_device(y.narrow(0, rank * rows, rows));
+      const bool last = micro + 1 == args.accumulate;
+      auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
+      auto loss = torch::mse_loss(net(x), y);
+      fabric.backward(loss);
+      const at::Tensor mean_loss = fabric.all_reduce(loss.detach().clone());
+      last_loss = mean_loss.item().toDouble();
+    }
+    if (args.clip > 0) {
+      auto norm = fabric.clip_gradients(net, opt, {.max_norm = args.clip});
+      if (rank == 0) std::printf("step %d grad norm %.8f\n", step, norm.template item<double>());
+    }
+    opt.step();
+    if (!args.save_dir.empty() && step + 1 == args.save_step) {
+      fabric.save(args.save_dir + "/ckpt",
+                  {{"model", net}, {"optimizer", opt}, {"step", static_cast<int64_t>(step + 1)}});
+    }
+  }
+  if (args.memory) {
+    // Between steps: what this rank holds, counted from the tensors themselves.
+    std::set<const void*> seen;
+    std::vector<at::Tensor> params, grads, states;
+    for (const auto& p : model->parameters()) params.push_back(p);
+    for (auto& group : optimizer->param_groups()) {
+      for (auto& p : group.params()) {
+        params.push_back(p);
+        grads.push_back(p.grad());
+      }
+    }
+    for (const auto& p : model->parameters()) grads.push_back(p.grad());
+    for (const auto& [key, state] : optimizer->state()) {
+      if (auto* s = dynamic_cast<torch::optim::AdamWParamState*>(state.get())) {
+        states.push_back(s->exp_avg());
+        states.push_back(s->exp_avg_sq());
+        if (s->max_exp_avg_sq().defined()) states.push_back(s->max_exp_avg_sq());
+      }
+    }
+    const int64_t pb = storage_bytes(params, seen);
+    const int64_t gb = storage_bytes(grads, seen);
+    const int64_t sb = storage_bytes(states, seen);
+    int64_t peak = 0, total = 0, unit = 0;
+    if (sharding) {
+      const auto m = sharding->memory_stats(*net.module());
+      peak = m.peak_full_bytes;
+      total = m.total_param_bytes;
+      unit = m.largest_unit_bytes;
+    }
+    std::printf(
+        "MEM rank=%d params=%lld grads=%lld optim=%lld peak_full=%lld total_params=%lld "
+        "largest_unit=%lld\n",
+        rank, static_cast<long long>(pb), static_cast<long long>(gb), static_cast<long long>(sb),
+        static_cast<long long>(peak), static_cast<long long>(total), static_cast<long long>(unit));
+    std::fflush(stdout);
+  }
+  std::vector<torch::Tensor> parts;
+  {
+    cppfabric::Guard full;
+    if (sharding) full = sharding->summon_full_params(*net.module());
+    for (const auto& p : model->parameters()) parts.push_back(p.detach().reshape({-1}).clone());
+  }
+  auto flat = torch::cat(parts).to(torch::kCPU, torch::kFloat64).contiguous();
+  std::ofstream out(args.out + "/params_rank" + std::to_string(rank) + ".bin", std::ios::binary);
+  out.write(reinterpret_cast<const char*>(flat.data_ptr<double>()),
+            static_cast<std::streamsize>(flat.numel() * sizeof(double)));
+  if (rank == 0) std::printf("final loss %.10f\n", last_loss);
+  if (args.scaler) {
+    auto* mixed =
+        dynamic_cast<cppfabric::precision::MixedPrecision*>(fabric.strategy()->precision().get());
+    std::printf("rank %d scale %.1f\n", rank, mixed->scaler()->get_scale());
+  }
+  fabric.barrier();
+  return 0;
+}
+
+int run(cppfabric::Fabric& fabric, const Args& args) {
+  torch::manual_seed(42 + fabric.global_rank());  // different per rank: setup must broadcast
+  if (args.memory) return train(fabric, args, Big());
+  return train(fabric, args, Net(args.inner));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args args = parse(argc, argv);
+    cppfabric::FabricOptions options{.accelerator = "cpu"};
+    options.devices = cppfabric::DevicesArg(args.devices);
+    if (!args.scaler) options.precision = args.precision;
+    if (args.scaler) {
+      options.plugins = {std::make_shared<cppfabric::precision::MixedPrecision>(
+          "16-mixed", "cpu", std::make_shared<cppfabric::precision::GradScaler>("cpu"))};
+    }
+    if (auto strategy = make_strategy(args)) {
+      options.strategy = strategy;
+    } else {
+      options.strategy = args.strategy;
+    }
+    cppfabric::Fabric fabric(options);
+    fabric.launch();
+    return run(fabric, args);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shard_program error: %s\n", e.what());
+    return 1;
+  }
+}
