@@ -396,6 +396,23 @@ OptimizerMap map_optimizer(torch::optim::Optimizer& optimizer, const std::vector
   return map;
 }
 
+// The optimizer's param_groups with parameter names in place of indices (Python FSDP's
+// optim_state_dict layout).
+Value groups_by_name(const Value& sd, const OptimizerMap& map, const std::vector<Member>& members) {
+  Value groups = Value::list();
+  for (const auto& g : sd.at(Value("param_groups")).elements()) {
+    Value copy = g;
+    Value names = Value::list();
+    for (const auto& id : g.at(Value("params")).elements()) {
+      const int64_t m = map.member_of.at(static_cast<std::size_t>(id.to_int()));
+      names.elements().push_back(m >= 0 ? Value(members[m].name) : id);
+    }
+    copy.set(Value("params"), names);
+    groups.elements().push_back(std::move(copy));
+  }
+  return groups;
+}
+
 // An optimizer state shaped like the optimizer's tensor for `m` (a 1-D piece, or the whole
 // parameter when unsharded), as opposed to a scalar such as "step".
 bool is_piece_state(const Value& v, const Member& m) {
@@ -509,17 +526,7 @@ void ShardingStrategy::save_checkpoint(const std::string& path, const State& sta
         }
       }
       for (auto& [m, v] : per_member) named_state.set(Value(members[m].name), v);
-      Value groups = Value::list();
-      for (const auto& g : sd.at(Value("param_groups")).elements()) {
-        Value copy = g;
-        Value names = Value::list();
-        for (const auto& id : g.at(Value("params")).elements()) {
-          const int64_t m = map.member_of.at(static_cast<std::size_t>(id.to_int()));
-          names.elements().push_back(m >= 0 ? Value(members[m].name) : id);
-        }
-        copy.set(Value("params"), names);
-        groups.elements().push_back(std::move(copy));
-      }
+      const Value groups = groups_by_name(sd, map, members);
       if (rank == 0) {
         checkpoint.set(Value(f.key), Value::dict({{Value("state"), named_state},
                                                   {Value("param_groups"), groups}}));
@@ -586,21 +593,11 @@ void ShardingStrategy::save_checkpoint(const std::string& path, const State& sta
       }
     }
     if (rank == 0) {
-      Value groups = Value::list();
-      for (const auto& g : sd.at(Value("param_groups")).elements()) {
-        Value copy = g;
-        Value names = Value::list();
-        for (const auto& id : g.at(Value("params")).elements()) {
-          const int64_t m = map.member_of.at(static_cast<std::size_t>(id.to_int()));
-          names.elements().push_back(m >= 0 ? Value(members[m].name) : id);
-        }
-        copy.set(Value("params"), names);
-        groups.elements().push_back(std::move(copy));
-      }
-      ShardedItem item;
-      item.path = {f.key, "param_groups"};
-      item.value = groups;
-      items.push_back(std::move(item));
+      const Value groups = groups_by_name(sd, map, members);
+      // DCP's flattened keys (`optimizer.param_groups.0.lr`, ...), as Python FSDP writes them.
+      auto flat = checkpoint::flatten_state(
+          Value::dict({{Value(f.key), Value::dict({{Value("param_groups"), groups}})}}));
+      for (auto& item : flat) items.push_back(std::move(item));
     }
   }
   checkpoint::save_sharded(path, items, &meta, process_group().get());
@@ -627,12 +624,6 @@ State ShardingStrategy::load_checkpoint(const std::string& path, State& state, b
       if (t.path == p) return t.global_shape;
     }
     return std::nullopt;
-  };
-  auto has_value = [&](const std::vector<std::string>& p) {
-    for (const auto& v : metadata->values) {
-      if (v == p) return true;
-    }
-    return false;
   };
   torch::NoGradGuard no_grad;
   State rest;
@@ -806,17 +797,15 @@ State ShardingStrategy::load_checkpoint(const std::string& path, State& state, b
           }
         }
       }
-      const std::vector<std::string> groups_path = {key, "param_groups"};
-      if (!has_value(groups_path)) {
+      // param_groups: DCP's flattened keys (Python FSDP's form, and ours) or one value item.
+      Value saved_groups;
+      try {
+        saved_groups = checkpoint::load_sharded_full(path, {key, "param_groups"});
+      } catch (const std::runtime_error&) {
         throw std::runtime_error(fmt::format(
             "The sharded checkpoint {} has no '{}.param_groups': it holds no optimizer under '{}'.",
             path, key, key));
       }
-      ShardedItem groups_item;
-      groups_item.path = groups_path;
-      groups_item.value = Value();
-      items.push_back(std::move(groups_item));
-      dests.emplace_back();
       checkpoint::load_sharded(path, items);
       copy_loaded(items, dests);
       for (auto& target : targets) {
@@ -836,7 +825,7 @@ State ShardingStrategy::load_checkpoint(const std::string& path, State& state, b
         }
         entry->set(Value(target.state_key), v);
       }
-      groups = rename_groups(*items.back().value);
+      groups = rename_groups(saved_groups);
     } else {
       const Value& sd = file.at(Value(key));
       for (const auto& [name_value, st] : sd.at(Value("state")).items()) {

@@ -186,6 +186,9 @@ TEST(ShardingCheckpoint, PythonReadsTheShardedDirectory) {
       "assert not missing, missing\n"
       "worst = max(float((fa[k].double() - fb[k].double()).abs().max()) for k in keys)\n"
       "assert fa['optimizer.param_groups'] == fb['optimizer.param_groups']\n"
+      "from torch.distributed.checkpoint import FileSystemReader\n"
+      "md = FileSystemReader(sys.argv[1]).read_metadata().state_dict_metadata\n"
+      "assert 'optimizer.param_groups.0.lr' in md, sorted(md)[:20]  # DCP's flattened keys\n"
       "print('tensors', len(keys), 'worst', worst)\n"
       "assert worst == 0.0\n";
   const std::string script_path = sharded + "/check.py";
