@@ -15,14 +15,7 @@
 #include "cppfabric/utilities/rank_zero.hpp"
 #include "strategies/ddp_reducer.hpp"
 
-namespace cppfabric::strategies {
-
-struct DDPStrategy::Wrapped {
-  std::shared_ptr<torch::nn::Module> module;
-  std::unique_ptr<detail::Reducer> reducer;
-};
-
-namespace {
+namespace cppfabric::detail {
 
 // Broadcasts `tensors` from `src` in place, packed into one flat buffer per dtype and device.
 void broadcast_coalesced(collectives::ProcessGroup& group, const std::vector<at::Tensor>& tensors,
@@ -55,6 +48,17 @@ std::vector<at::Tensor> module_states(torch::nn::Module& module) {
   for (const auto& b : module.buffers()) states.push_back(b);
   return states;
 }
+
+}  // namespace cppfabric::detail
+
+namespace cppfabric::strategies {
+
+struct DDPStrategy::Wrapped {
+  std::shared_ptr<torch::nn::Module> module;
+  std::unique_ptr<detail::Reducer> reducer;
+};
+
+namespace {
 
 // all_gather that lets gradients flow back: each rank's gradient is the sum, over ranks, of the
 // gradient arriving at its own slice (torch.distributed.nn.functional.all_gather).
@@ -191,7 +195,7 @@ std::shared_ptr<torch::nn::Module> DDPStrategy::setup_module(
   if (find(*module)) {
     throw std::invalid_argument("This module is already set up with the DDP strategy.");
   }
-  if (distributed()) broadcast_coalesced(*group_, module_states(*module), 0);
+  if (distributed()) detail::broadcast_coalesced(*group_, detail::module_states(*module), 0);
   std::vector<at::Tensor> params;
   std::vector<std::string> names;
   for (const auto& item : module->named_parameters()) {
@@ -227,7 +231,7 @@ Guard DDPStrategy::forward_context(torch::nn::Module& module) {
   if (wrapped && wrapped->reducer) wrapped->reducer->prepare_for_forward();
   if (options_.broadcast_buffers && distributed() && wrapped) {
     const auto buffers = module.buffers();
-    if (!buffers.empty()) broadcast_coalesced(*group_, buffers, 0);
+    if (!buffers.empty()) detail::broadcast_coalesced(*group_, buffers, 0);
   }
   return {};
 }

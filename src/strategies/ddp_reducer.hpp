@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cppfabric/collectives/process_group.hpp"
+#include "cppfabric/detail/fwd.hpp"
 
 namespace cppfabric::detail {
 
@@ -32,6 +33,12 @@ struct ReducerOptions {
   bool find_unused_parameters = false;
   bool gradient_as_bucket_view = true;
 };
+
+/// Broadcasts `tensors` from `src` in place, packed into one flat buffer per dtype and device.
+void broadcast_coalesced(collectives::ProcessGroup& group, const std::vector<at::Tensor>& tensors,
+                         int src);
+/// The module's parameters, then its buffers.
+std::vector<at::Tensor> module_states(torch::nn::Module& module);
 
 class Reducer {
  public:

@@ -18,6 +18,7 @@
 #include "cppfabric/state.hpp"
 #include "cppfabric/strategies/sharding.hpp"
 #include "cppfabric/utilities/errors.hpp"
+#include "strategies/ddp_reducer.hpp"
 #include "strategies/sharding.hpp"
 
 namespace cppfabric::strategies {
@@ -26,35 +27,6 @@ struct ShardingStrategy::Entry {
   std::shared_ptr<torch::nn::Module> module;
   std::unique_ptr<detail::ShardedModule> sharded;
 };
-
-namespace {
-
-// Rank 0's parameters and buffers to every rank, packed per dtype and device.
-void broadcast_states(collectives::ProcessGroup& group, torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
-  std::map<std::tuple<int, int, int>, std::vector<at::Tensor>> groups;
-  std::vector<at::Tensor> tensors = module.parameters();
-  for (const auto& b : module.buffers()) tensors.push_back(b);
-  for (const auto& t : tensors) {
-    if (!t.defined() || t.numel() == 0) continue;
-    groups[{static_cast<int>(t.scalar_type()), static_cast<int>(t.device().type()),
-            static_cast<int>(t.device().index())}]
-        .push_back(t);
-  }
-  for (auto& [key, members] : groups) {
-    std::vector<at::Tensor> parts;
-    for (const auto& t : members) parts.push_back(t.reshape({-1}));
-    auto flat = torch::cat(parts);
-    group.broadcast(flat, 0);
-    int64_t offset = 0;
-    for (auto& t : members) {
-      t.copy_(flat.narrow(0, offset, t.numel()).view(t.sizes()));
-      offset += t.numel();
-    }
-  }
-}
-
-}  // namespace
 
 ShardingStrategy::ShardingStrategy(DDPOptions ddp) : DDPStrategy(std::move(ddp)) {}
 ShardingStrategy::~ShardingStrategy() = default;
@@ -77,7 +49,9 @@ std::shared_ptr<torch::nn::Module> ShardingStrategy::setup_module(
     throw std::invalid_argument(
         fmt::format("This module is already set up with the {} strategy.", name()));
   }
-  if (group->world_size() > 1) broadcast_states(*group, *module);
+  if (group->world_size() > 1) {
+    cppfabric::detail::broadcast_coalesced(*group, cppfabric::detail::module_states(*module), 0);
+  }
   detail::ShardingConfig config;
   config.strategy_name = name();
   configure(config);
