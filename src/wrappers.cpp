@@ -86,7 +86,7 @@ Guard FabricModuleBase::begin_forward() const {
 }
 
 at::Tensor FabricModuleBase::convert_input(const at::Tensor& tensor) const {
-  return strategy_->precision()->convert_input(tensor);
+  return strategy_->convert_input(*forward_module_, strategy_->precision()->convert_input(tensor));
 }
 
 at::Tensor FabricModuleBase::finish_output(const at::Tensor& tensor) const {

@@ -48,6 +48,16 @@ DDPOptions ddp_options(const FSDPOptions& o) {
   return d;
 }
 
+void check_float_dtype(const char* field, const std::optional<c10::ScalarType>& dtype) {
+  if (!dtype) return;
+  const auto t = *dtype;
+  if (t == c10::kFloat || t == c10::kDouble || t == c10::kHalf || t == c10::kBFloat16) return;
+  throw std::invalid_argument(fmt::format(
+      "FSDPMixedPrecision: {} is {}, which is not a floating-point dtype. Valid choices: "
+      "torch::kFloat32, torch::kFloat64, torch::kFloat16, torch::kBFloat16 (or leave it unset).",
+      field, c10::toString(t)));
+}
+
 // The discovered inner units of the module being set up, in module order.
 thread_local std::vector<FSDPUnitBase*> pending_units;
 }  // namespace
@@ -67,6 +77,11 @@ FSDPStrategy::FSDPStrategy(FSDPOptions options)
         "FSDPOptions: sharding_strategy '{}' is not valid. Valid choices: 'FULL_SHARD' (default), "
         "'SHARD_GRAD_OP', 'NO_SHARD' ('HYBRID_SHARD' is recognised but not yet available).",
         s));
+  }
+  if (const auto& mp = options_.mixed_precision) {
+    check_float_dtype("param_dtype", mp->param_dtype);
+    check_float_dtype("reduce_dtype", mp->reduce_dtype);
+    check_float_dtype("buffer_dtype", mp->buffer_dtype);
   }
   if (options_.state_dict_type != "sharded" && options_.state_dict_type != "full") {
     throw std::invalid_argument(fmt::format(
@@ -138,6 +153,24 @@ void FSDPStrategy::configure(detail::ShardingConfig& config) const {
       s == "NO_SHARD" ? detail::GradReduce::AllReduce : detail::GradReduce::ReduceScatter;
   config.reshard_after_forward = s == "FULL_SHARD";
   config.overlap = false;
+  if (const auto& mp = options_.mixed_precision) {
+    config.param_dtype = mp->param_dtype;
+    config.reduce_dtype = mp->reduce_dtype;
+  }
+}
+
+std::optional<c10::ScalarType> FSDPStrategy::buffer_dtype() const {
+  return options_.mixed_precision ? options_.mixed_precision->buffer_dtype : std::nullopt;
+}
+
+at::Tensor FSDPStrategy::convert_input(torch::nn::Module& module, const at::Tensor& input) {
+  const auto& mp = options_.mixed_precision;
+  if (!mp || !mp->param_dtype || !mp->cast_root_forward_inputs || !input.defined() ||
+      !input.is_floating_point() || input.scalar_type() == *mp->param_dtype ||
+      !sharded_for(module)) {
+    return input;
+  }
+  return input.to(*mp->param_dtype);
 }
 
 void FSDPStrategy::after_sharding(torch::nn::Module&, detail::ShardedModule& sharded) {

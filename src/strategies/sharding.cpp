@@ -50,9 +50,18 @@ struct Unit {
   int64_t total = 0, padded = 0, shard_numel = 0;
   int shards = 1;
   int rank = 0;
+  std::size_t index = 0;
   ParamLayout layout = ParamLayout::Swap;
+  // Mixed precision: `full` (and so forward, backward and the parameters' gradients) is in
+  // compute_dtype, the gradient collective in reduce_dtype; `cast` when compute_dtype is not the
+  // shard's dtype (then `full` is a separate buffer, freed while resharded, even for NO_SHARD).
+  c10::ScalarType compute_dtype = c10::ScalarType::Float;
+  c10::ScalarType reduce_dtype = c10::ScalarType::Float;
+  bool cast = false;
+  double post_divide = 1;  // applied to the reduced gradient (low-precision reductions)
   at::Tensor shard;       // shard_numel elements, this rank's parameters
   at::Tensor full;        // padded elements; Swap + sharded: storage freed while resharded
+  at::Tensor precise;     // summon_full_params under mixed precision: a full-precision gather
   at::Tensor shard_grad;  // shard_numel elements
   bool shard_grad_live = false;
   at::Tensor accum;  // full-size gradients accumulated while sync is off
@@ -66,7 +75,10 @@ struct Unit {
   at::Tensor reduce_in, reduce_out;
 
   int64_t bytes(int64_t numel) const { return numel * static_cast<int64_t>(shard.element_size()); }
-  bool frees_full() const { return layout == ParamLayout::Swap && shards > 1; }
+  int64_t full_bytes() const {
+    return padded * static_cast<int64_t>(c10::elementSize(compute_dtype));
+  }
+  bool frees_full() const { return layout == ParamLayout::Swap && (shards > 1 || cast); }
 
   at::Tensor piece_view(const Member& m) const {
     if (shards == 1) return storage_view(shard, m.offset, m.sizes);  // NO_SHARD: own shape
@@ -81,6 +93,17 @@ struct Unit {
                              shards == 1 ? m.numel : m.piece_len);
   }
 };
+
+// Gradients are averaged by dividing before the sum (as DDP does). A low-precision collective
+// divides in two steps, by `pre` before and `post` after, so the sum neither overflows nor
+// underflows (Python FSDP's gradient pre- and post-divide factors).
+std::pair<double, double> divide_factors(int world, c10::ScalarType dtype) {
+  if (world <= 1) return {1, 1};
+  if (dtype != c10::ScalarType::Half && dtype != c10::ScalarType::BFloat16) return {world, 1};
+  int pre = 1;
+  while (world % pre == 0 && world / pre > pre) pre *= 2;
+  return {pre, static_cast<double>(world) / pre};
+}
 
 void free_storage(const at::Tensor& t) {
   auto* impl = t.storage().unsafeGetStorageImpl();
@@ -98,7 +121,7 @@ void alloc_storage(const at::Tensor& t, int64_t nbytes) {
 
 }  // namespace
 
-struct ShardedModule::State {
+struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State> {
   std::recursive_mutex mutex;
   std::shared_ptr<collectives::ProcessGroup> group;
   ShardingConfig config;
@@ -108,6 +131,13 @@ struct ShardedModule::State {
   std::weak_ptr<void> pass_token;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
   std::vector<uintptr_t> hook_keys;
+  // Mixed precision: changing a parameter's dtype (set_data) makes autograd create a new
+  // gradient accumulator, so the hook is added again to each one a gather creates.
+  struct LateHook {
+    std::shared_ptr<torch::autograd::Node> accumulator;
+    uintptr_t key = 0;
+  };
+  std::vector<std::vector<LateHook>> late_hooks;  // per unit, per member: the latest one
   int64_t full_bytes = 0;
   int64_t peak_full_bytes = 0;
 
@@ -145,20 +175,39 @@ struct ShardedModule::State {
     for (auto& m : unit.members) m.shard_var.mutable_grad() = unit.grad_piece_view(m);
   }
 
-  void gather(Unit& unit) {
+  // `full_precision`: under mixed precision, gather in the shard's dtype instead (summon).
+  void gather(Unit& unit, bool full_precision = false) {
     if (unit.gathered || unit.layout == ParamLayout::Replicated) return;
     torch::NoGradGuard no_grad;
     stash_grads(unit);
-    if (unit.frees_full()) {
-      alloc_storage(unit.full, unit.bytes(unit.padded));
+    at::Tensor target = unit.full;
+    if (unit.cast && full_precision) {
+      unit.precise = torch::empty({unit.padded}, unit.shard.options());
+      target = unit.precise;
       account(unit.bytes(unit.padded));
-      group->all_gather_into(unit.full, unit.shard);
+      if (unit.shards > 1) {
+        group->all_gather_into(target, unit.shard);
+      } else {
+        target.copy_(unit.shard);
+      }
+    } else if (unit.frees_full()) {
+      alloc_storage(unit.full, unit.full_bytes());
+      account(unit.full_bytes());
+      if (unit.shards == 1) {
+        unit.full.copy_(unit.shard);  // NO_SHARD: only the cast
+      } else {
+        group->all_gather_into(unit.full,
+                               unit.cast ? unit.shard.to(unit.compute_dtype) : unit.shard);
+      }
     }
     for (auto& m : unit.members) {
-      m.param.set_data(storage_view(unit.full, m.offset, m.sizes));
+      m.param.set_data(storage_view(target, m.offset, m.sizes));
     }
     unit.gathered = true;
+    if (unit.cast && !full_precision) hook_late(unit);
   }
+
+  void hook_late(Unit& unit);
 
   void reshard(Unit& unit) {
     if (!unit.gathered) return;
@@ -167,9 +216,12 @@ struct ShardedModule::State {
       m.param.mutable_grad().reset();
       m.param.set_data(unit.piece_view(m));
     }
-    if (unit.frees_full()) {
-      free_storage(unit.full);
+    if (unit.precise.defined()) {
+      unit.precise = at::Tensor();
       account(-unit.bytes(unit.padded));
+    } else if (unit.frees_full()) {
+      free_storage(unit.full);
+      account(-unit.full_bytes());
     }
     unit.gathered = false;
     restore_grads(unit);
@@ -182,9 +234,15 @@ struct ShardedModule::State {
     unit.reduced = true;
     if (unit.layout == ParamLayout::Replicated) stash_grads(unit);
     torch::NoGradGuard no_grad;
-    at::Tensor flat =
-        unit.accum.defined() ? unit.accum : torch::zeros({unit.padded}, unit.shard.options());
+    // Packed straight into the collective's dtype, unless gradients are being accumulated
+    // (no_backward_sync): those are kept in the shard's dtype.
+    at::Tensor flat = unit.accum;
     unit.accum = at::Tensor();
+    if (!flat.defined()) {
+      flat = torch::zeros({unit.padded}, unit.shard.options().dtype(
+                                             require_sync ? unit.reduce_dtype
+                                                          : unit.shard.scalar_type()));
+    }
     for (auto& m : unit.members) {
       const auto& grad = m.param.grad();
       if (grad.defined()) flat.narrow(0, m.offset, m.numel).add_(grad.reshape({-1}));
@@ -194,8 +252,11 @@ struct ShardedModule::State {
       unit.accum = flat;
       return;
     }
+    if (flat.scalar_type() != unit.reduce_dtype) flat = flat.to(unit.reduce_dtype);
     const int n = world();
-    if (n > 1) flat.div_(n);
+    const auto [pre, post] = divide_factors(n, unit.reduce_dtype);
+    if (pre > 1) flat.div_(pre);
+    unit.post_divide = post;
     unit.reduce_in = flat;
     if (n > 1 && unit.shards > 1 && config.reduce == GradReduce::ReduceScatter) {
       unit.reduce_out = torch::empty({unit.shard_numel}, flat.options());
@@ -214,6 +275,7 @@ struct ShardedModule::State {
     }
     if (!unit.reduce_out.defined()) return;
     torch::NoGradGuard no_grad;
+    if (unit.post_divide > 1) unit.reduce_out.div_(unit.post_divide);
     if (unit.shard_grad_live) {
       unit.shard_grad.add_(unit.reduce_out);
     } else {
@@ -327,6 +389,23 @@ class ShardGradReadyHook : public torch::autograd::FunctionPostHook {
   std::size_t unit_, index_;
 };
 
+}  // namespace
+
+void ShardedModule::State::hook_late(Unit& unit) {
+  if (late_hooks.size() < units.size()) late_hooks.resize(units.size());
+  auto& hooks = late_hooks[unit.index];
+  hooks.resize(unit.members.size());
+  for (std::size_t i = 0; i < unit.members.size(); ++i) {
+    auto accumulator = torch::autograd::impl::grad_accumulator(unit.members[i].param);
+    if (!accumulator || accumulator == hooks[i].accumulator) continue;
+    hooks[i].key = accumulator->add_post_hook(
+        std::make_unique<ShardGradReadyHook>(weak_from_this(), unit.index, i));
+    hooks[i].accumulator = accumulator;
+  }
+}
+
+namespace {
+
 // Identity in forward; its backward gathers the unit's parameters again before the unit's own
 // backward functions run (they follow this node in the graph).
 class PreBackward : public torch::autograd::Function<PreBackward> {
@@ -362,6 +441,7 @@ ShardedModule::ShardedModule(std::vector<UnitParams> units,
   torch::NoGradGuard no_grad;
   for (auto& params : units) {
     Unit unit;
+    unit.index = s.units.size();
     unit.layout = s.config.layout;
     unit.shards = s.config.shard_params ? world : 1;
     unit.rank = rank;
@@ -395,13 +475,21 @@ ShardedModule::ShardedModule(std::vector<UnitParams> units,
     unit.padded = (unit.total + unit.shards - 1) / unit.shards * unit.shards;
     unit.shard_numel = unit.padded / unit.shards;
     const auto options = unit.members.front().param.options().requires_grad(false);
-    unit.full = torch::zeros({unit.padded}, options);
+    at::Tensor packed = torch::zeros({unit.padded}, options);
     for (auto& m : unit.members) {
-      unit.full.narrow(0, m.offset, m.numel).copy_(m.param.detach().reshape({-1}));
+      packed.narrow(0, m.offset, m.numel).copy_(m.param.detach().reshape({-1}));
     }
     const int64_t lo_shard = unit.shards > 1 ? rank * unit.shard_numel : 0;
-    unit.shard = unit.shards > 1 ? unit.full.narrow(0, lo_shard, unit.shard_numel).clone()
-                                 : unit.full;  // NO_SHARD: one buffer
+    unit.shard = unit.shards > 1 ? packed.narrow(0, lo_shard, unit.shard_numel).clone()
+                                 : packed;  // NO_SHARD: one buffer
+    const auto own = packed.scalar_type();
+    unit.compute_dtype =
+        unit.layout == ParamLayout::Swap ? s.config.param_dtype.value_or(own) : own;
+    unit.reduce_dtype = unit.layout == ParamLayout::Swap
+                            ? s.config.reduce_dtype.value_or(unit.compute_dtype)
+                            : own;
+    unit.cast = unit.compute_dtype != own;
+    unit.full = unit.cast ? torch::empty({unit.padded}, options.dtype(unit.compute_dtype)) : packed;
     unit.shard_grad = torch::zeros({unit.shard_numel}, options);
     for (auto& m : unit.members) {
       const int64_t lo = std::max(m.offset, lo_shard);
@@ -442,7 +530,7 @@ ShardedModule::ShardedModule(std::vector<UnitParams> units,
     } else {
       for (auto& m : unit.members) m.shard_var = m.param;
       unit.gathered = true;
-      s.account(unit.frees_full() ? unit.bytes(unit.padded) : 0);
+      s.account(unit.frees_full() ? unit.full_bytes() : 0);
       for (auto& m : unit.members) m.param.set_data(storage_view(unit.full, m.offset, m.sizes));
       s.reshard(unit);
     }
@@ -453,6 +541,11 @@ ShardedModule::ShardedModule(std::vector<UnitParams> units,
 ShardedModule::~ShardedModule() {
   for (std::size_t i = 0; i < state_->accumulators.size(); ++i) {
     state_->accumulators[i]->del_post_hook(state_->hook_keys[i]);
+  }
+  for (const auto& unit : state_->late_hooks) {
+    for (const auto& hook : unit) {
+      if (hook.accumulator) hook.accumulator->del_post_hook(hook.key);
+    }
   }
 }
 
@@ -519,7 +612,7 @@ Guard ShardedModule::summon_full_params() {
   for (std::size_t u = 0; u < state_->units.size(); ++u) {
     if (!state_->units[u].gathered && state_->units[u].layout == ParamLayout::Swap &&
         !state_->units[u].members.empty()) {
-      state_->gather(state_->units[u]);
+      state_->gather(state_->units[u], /*full_precision=*/true);
       gathered_here.push_back(u);
     }
   }
@@ -568,7 +661,7 @@ ShardingMemory ShardedModule::memory() const {
     if (unit.members.empty()) continue;
     out.shard_bytes += unit.bytes(unit.shard_numel);
     out.total_param_bytes += unit.bytes(unit.total);
-    out.largest_unit_bytes = std::max(out.largest_unit_bytes, unit.bytes(unit.padded));
+    out.largest_unit_bytes = std::max(out.largest_unit_bytes, unit.full_bytes());
   }
   return out;
 }

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,6 +53,11 @@ struct ShardingConfig {
   bool reshard_after_forward = true;
   /// Launch the gradient collectives asynchronously; wait for them at the end of backward.
   bool overlap = false;
+  /// FSDP mixed precision (Swap layout only): the gathered parameters' dtype and the gradient
+  /// collectives' dtype; unset: the parameters' own. Shards and shard gradients keep the
+  /// parameters' dtype.
+  std::optional<c10::ScalarType> param_dtype;
+  std::optional<c10::ScalarType> reduce_dtype;
   /// For messages: "fsdp", "deepspeed_stage_2", ...
   std::string strategy_name;
 };
@@ -84,7 +90,8 @@ class ShardedModule {
   bool require_sync() const;
   /// ZeRO: all-gathers every unit's updated shard into its full buffer.
   void after_optimizer_step();
-  /// Gathers every unit (collective); the guard reshards them.
+  /// Gathers every unit (collective), in the parameters' own dtype even under mixed precision
+  /// (as Python's summon_full_params); the guard reshards them.
   Guard summon_full_params();
   /// The tensor the optimizer must hold for `param` (itself for Swap), or undefined if `param`
   /// is not sharded here.

@@ -26,6 +26,9 @@ namespace cppfabric::strategies {
 struct ShardingStrategy::Entry {
   std::shared_ptr<torch::nn::Module> module;
   std::unique_ptr<detail::ShardedModule> sharded;
+  /// Buffers cast by buffer_dtype(), with their original dtypes.
+  std::vector<std::pair<at::Tensor, c10::ScalarType>> cast_buffers;
+  c10::ScalarType buffer_dtype = c10::ScalarType::Float;
 };
 
 ShardingStrategy::ShardingStrategy(DDPOptions ddp) : DDPStrategy(std::move(ddp)) {}
@@ -67,6 +70,15 @@ std::shared_ptr<torch::nn::Module> ShardingStrategy::setup_module(
   entry->module = module;
   entry->sharded = std::make_unique<detail::ShardedModule>(partition(*module), group, config);
   after_sharding(*module, *entry->sharded);
+  if (const auto dtype = buffer_dtype()) {
+    torch::NoGradGuard no_grad;
+    entry->buffer_dtype = *dtype;
+    for (auto& b : module->buffers()) {
+      if (!b.is_floating_point() || b.scalar_type() == *dtype) continue;
+      entry->cast_buffers.emplace_back(b, b.scalar_type());
+      b.set_data(b.to(*dtype));
+    }
+  }
   entries_.push_back(std::move(entry));
   return module;
 }
@@ -397,6 +409,26 @@ bool is_piece_state(const Value& v, const Member& m) {
 
 }  // namespace
 
+Guard ShardingStrategy::original_buffer_dtypes() {
+  torch::NoGradGuard no_grad;
+  std::vector<std::pair<at::Tensor, c10::ScalarType>> restore;
+  for (const auto& e : entries_) {
+    for (const auto& [buffer, original] : e->cast_buffers) {
+      auto b = buffer;
+      b.set_data(b.to(original));
+      restore.emplace_back(buffer, e->buffer_dtype);
+    }
+  }
+  if (restore.empty()) return {};
+  return Guard([restore] {
+    torch::NoGradGuard no_grad;
+    for (const auto& [buffer, dtype] : restore) {
+      auto b = buffer;
+      b.set_data(b.to(dtype));
+    }
+  });
+}
+
 void ShardingStrategy::save_checkpoint(const std::string& path, const State& state,
                                        const SaveFilter& filter) {
   struct Found {
@@ -441,6 +473,7 @@ void ShardingStrategy::save_checkpoint(const std::string& path, const State& sta
   const bool full = checkpoint_form() == "full";
   const int rank = global_rank();
   torch::NoGradGuard no_grad;
+  const Guard buffers = original_buffer_dtypes();
 
   if (full) {
     Value checkpoint = Value::dict();
@@ -600,6 +633,7 @@ State ShardingStrategy::load_checkpoint(const std::string& path, State& state, b
     return std::nullopt;
   };
   torch::NoGradGuard no_grad;
+  const Guard buffers = original_buffer_dtypes();
   State rest;
   std::vector<std::string> rest_keys;
   for (auto& [key, item] : state) {

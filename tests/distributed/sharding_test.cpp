@@ -253,4 +253,50 @@ TEST(Sharding, MemoryPerRankAgainstDdp) {
   }
 }
 
+// FSDP's mixed_precision against a DDP run whose layers compute with their weights and input cast
+// the same way and whose averaged gradients are rounded to the reduce dtype (shard_program's
+// reference): module-level casting, not autocast.
+TEST(ShardingMixedPrecision, Bf16ParamsEqualCastingDdp) {
+  const std::string mp = " --param-dtype bf16 --reduce-dtype f32";
+  for (const char* s : {"FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"}) {
+    expect_equal_to_ddp(std::string("fsdp --sharding ") + s, 2, mp);
+  }
+  expect_equal_to_ddp("fsdp --sharding FULL_SHARD", 3, "--inner" + mp);
+  expect_equal_to_ddp("fsdp --sharding FULL_SHARD", 2, "--inner --accumulate 3" + mp);
+}
+
+TEST(ShardingMixedPrecision, Bf16ReductionEqualsRoundedDdp) {
+  expect_equal_to_ddp("fsdp --sharding FULL_SHARD", 2,
+                      "--inner --param-dtype bf16 --reduce-dtype bf16");
+  // reduce_dtype unset: the reduction runs in param_dtype (Python's rule).
+  expect_equal_to_ddp("fsdp --sharding NO_SHARD", 2, "--param-dtype bf16");
+}
+
+TEST(ShardingMixedPrecision, GatheredInParamDtypeWhileShardsStayFloat) {
+  const auto mixed = run_program("--strategy fsdp --devices 2 --inner --param-dtype bf16");
+  ASSERT_EQ(mixed.code, 0) << mixed.output;
+  EXPECT_NE(mixed.output.find("DTYPES forward BFloat16 shard Float grad Float"), std::string::npos)
+      << mixed.output;
+  const auto plain = run_program("--strategy fsdp --devices 2 --inner");
+  ASSERT_EQ(plain.code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("DTYPES forward Float shard Float grad Float"), std::string::npos)
+      << plain.output;
+  // The casts change the result: bf16 compute is not float32 compute.
+  const auto a = read_params(mixed.dir + "/params_rank0.bin");
+  const auto b = read_params(plain.dir + "/params_rank0.bin");
+  ASSERT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  EXPECT_GT(worst, 1e-4);
+}
+
+TEST(ShardingMixedPrecision, BuffersAreCastButCheckpointedInTheirOwnDtype) {
+  const auto r = run_program(
+      "--strategy fsdp --devices 2 --bn --param-dtype bf16 --buffer-dtype bf16 --form full");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("BUFFERS setup BFloat16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("BUFFERS saved Float loaded BFloat16 equal 1"), std::string::npos)
+      << r.output;
+}
+
 }  // namespace

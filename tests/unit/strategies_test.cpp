@@ -217,6 +217,10 @@ TEST_F(StrategiesTest, ShardingOptionsAreValidated) {
                     cppfabric::NotYetAvailableError, "HYBRID_SHARD");
   EXPECT_THROW_WITH(FSDPStrategy(FSDPOptions{.state_dict_type = "local"}), std::invalid_argument,
                     "'local'", "'full'");
+  EXPECT_THROW_WITH(
+      FSDPStrategy(FSDPOptions{
+          .mixed_precision = FSDPMixedPrecision{.reduce_dtype = c10::ScalarType::Int}}),
+      std::invalid_argument, "reduce_dtype is Int", "torch::kBFloat16");
   EXPECT_THROW_WITH(ZeROStrategy(ZeROOptions{.stage = 3}), cppfabric::NotSupportedError,
                     "strategy='fsdp'");
   EXPECT_THROW_WITH(ZeROStrategy(ZeROOptions{.stage = 0}), std::invalid_argument, "stage 0");

@@ -27,11 +27,35 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "cppfabric/strategies/sharding.hpp"
 
 namespace cppfabric::strategies {
+
+/// Python FSDP's MixedPrecision: the dtypes FSDP itself casts to, per unit, around forward and
+/// backward (module-level mixed precision, unlike autocast's per-op casts). The shards, and so the
+/// optimizer and checkpoints, stay in the parameters' own dtype.
+///
+///   FSDPOptions{.mixed_precision = FSDPMixedPrecision{.param_dtype = torch::kBFloat16,
+///                                                     .reduce_dtype = torch::kFloat32}}
+struct FSDPMixedPrecision {
+  /// The dtype of the gathered parameters, so of forward and backward computation and of the
+  /// parameters' gradients. The shard is cast before the all-gather (half the traffic for bf16).
+  /// Unset: the parameters' own dtype.
+  std::optional<c10::ScalarType> param_dtype;
+  /// The dtype gradients are reduced in. Unset: param_dtype's (Python: "still running gradient
+  /// reduction in low precision"). The reduced shard gradient is cast back to the shard's dtype.
+  std::optional<c10::ScalarType> reduce_dtype;
+  /// Floating-point buffers (e.g. BatchNorm running statistics) are cast to this dtype at
+  /// setup_module and stay so; checkpoints save and load them in their original dtype. Unset:
+  /// buffers are left alone.
+  std::optional<c10::ScalarType> buffer_dtype;
+  /// Cast the floating-point tensor arguments of the set-up module's forward to param_dtype
+  /// (Python's cast_root_forward_inputs, default true).
+  bool cast_root_forward_inputs = true;
+};
 
 struct FSDPOptions {
   /// "FULL_SHARD" (Python's default; inner units freed after forward), "SHARD_GRAD_OP" (kept
@@ -43,6 +67,10 @@ struct FSDPOptions {
   bool cpu_offload = false;
   /// "sharded" (Python's default) or "full": the checkpoint form fabric.save writes.
   std::string state_dict_type = "sharded";
+  /// Module-level mixed precision (Python's `mixed_precision`). Unset, as with Lightning's
+  /// "bf16-mixed"/"16-mixed" (autocast) and "*-true" precisions: FSDP casts nothing. Set, it
+  /// applies on top of (and independently of) Fabric's precision.
+  std::optional<FSDPMixedPrecision> mixed_precision;
   /// How long any collective may wait for the other ranks (Fabric's default, 30 minutes).
   std::chrono::milliseconds timeout = std::chrono::minutes(30);
   /// "" picks "nccl" for CUDA devices and "gloo" for CPUs.
@@ -64,6 +92,8 @@ class FSDPStrategy : public ShardingStrategy {
   std::vector<UnitParams> partition(torch::nn::Module& module) override;
   void configure(detail::ShardingConfig& config) const override;
   void after_sharding(torch::nn::Module& module, detail::ShardedModule& sharded) override;
+  std::optional<c10::ScalarType> buffer_dtype() const override;
+  at::Tensor convert_input(torch::nn::Module& module, const at::Tensor& input) override;
 
  private:
   FSDPOptions options_;

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -90,6 +91,9 @@ class ShardingStrategy : public DDPStrategy {
   virtual void configure(detail::ShardingConfig& config) const = 0;
   /// Called once the module is sharded (FSDP binds its declared inner units here).
   virtual void after_sharding(torch::nn::Module& module, detail::ShardedModule& sharded) {}
+  /// The dtype floating-point buffers are cast to at setup_module (FSDP's mixed_precision
+  /// buffer_dtype); checkpoints still save and load them in their original dtype.
+  virtual std::optional<c10::ScalarType> buffer_dtype() const { return std::nullopt; }
   detail::ShardedModule* sharded_for(const torch::nn::Module& module) const;
 
  private:
@@ -98,6 +102,9 @@ class ShardingStrategy : public DDPStrategy {
   /// one of their gradients non-finite: every rank's scaler then skips the step and backs off
   /// together (Python's ShardedGradScaler agrees the same way). Once per optimizer step.
   void agree_on_infs(torch::optim::Optimizer& optimizer);
+  /// While the guard lives, buffers cast by buffer_dtype() are back in their original dtype (for
+  /// saving and loading checkpoints).
+  Guard original_buffer_dtypes();
 
   struct Entry;
   std::vector<std::unique_ptr<Entry>> entries_;

@@ -118,6 +118,11 @@ class Strategy {
 
   /// Called around every FabricModule forward.
   virtual Guard forward_context(torch::nn::Module& module) { return {}; }
+  /// Casts one tensor argument of a set-up module's forward, after the precision's
+  /// convert_input (FSDP's mixed_precision casts floating-point inputs to its param_dtype).
+  virtual at::Tensor convert_input(torch::nn::Module& module, const at::Tensor& input) {
+    return input;
+  }
 
   virtual void backward(const at::Tensor& tensor, const at::Tensor& gradient,
                         std::optional<bool> retain_graph, bool create_graph);

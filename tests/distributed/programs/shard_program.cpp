@@ -6,6 +6,7 @@
 //                 [--precision bf16-mixed] [--accumulate 3] [--clip 0.5] [--inner]
 //                 [--bucket N] [--memory] [--global-batch G] [--save-dir D --save-step K]
 //                 [--load-dir D] [--form sharded|full] [--scaler [--inf-step K]]
+//                 [--param-dtype bf16] [--reduce-dtype f32|bf16] [--buffer-dtype bf16 --bn]
 // --inner: the model declares two FSDPUnit submodules (inner units). --bucket N: ZeRO's
 // reduce_bucket_size in elements (several buckets, overlapped). --memory: a 52M-parameter model of
 // 8 inner units; prints per-rank byte counts ("MEM ...") taken from the tensors between steps.
@@ -15,6 +16,12 @@
 // continue from the saved step. --form: FSDP's state_dict_type. --scaler: "16-mixed" on the CPU
 // with a GradScaler; --inf-step K: at step K element 0 of the first parameter's gradient is inf on
 // every rank (after sharding only its owner sees it: the ranks must still agree to skip).
+// --param-dtype/--reduce-dtype: under fsdp, FSDPOptions::mixed_precision; under any other strategy
+// the reference FSDP must equal: the Linear layers compute with their weights (and the input)
+// cast to the param dtype, and the averaged gradients are rounded to the reduce dtype.
+// --bn adds a BatchNorm1d (buffers) after fc1; --buffer-dtype sets mixed_precision's
+// buffer_dtype; the program prints the buffers' dtypes after setup, in a "full" checkpoint and
+// after loading it ("BUFFERS ...").
 #include <torch/torch.h>
 
 #include <cppfabric/cppfabric.hpp>
@@ -23,9 +30,11 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace {
 
@@ -50,8 +59,18 @@ struct Args {
   std::string form = "sharded";
   bool scaler = false;  // "16-mixed" on the CPU with a GradScaler("cpu")
   int inf_step = -1;    // at this step the first element of the first parameter's grad is inf
+  std::string param_dtype, reduce_dtype, buffer_dtype;  // "", "f32", "bf16", "f16"
+  bool bn = false;
   std::string out = ".";
 };
+
+std::optional<c10::ScalarType> dtype_arg(const std::string& v) {
+  if (v.empty()) return std::nullopt;
+  if (v == "f32") return torch::kFloat32;
+  if (v == "bf16") return torch::kBFloat16;
+  if (v == "f16") return torch::kFloat16;
+  throw std::invalid_argument("dtype '" + v + "': valid choices are f32, bf16, f16");
+}
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -67,6 +86,10 @@ Args parse(int argc, char** argv) {
     }
     if (key == "--scaler") {
       a.scaler = true;
+      continue;
+    }
+    if (key == "--bn") {
+      a.bn = true;
       continue;
     }
     if (i + 1 >= argc) throw std::invalid_argument("missing value for " + key);
@@ -103,6 +126,12 @@ Args parse(int argc, char** argv) {
       a.form = v;
     else if (key == "--inf-step")
       a.inf_step = std::stoi(v);
+    else if (key == "--param-dtype")
+      a.param_dtype = v;
+    else if (key == "--reduce-dtype")
+      a.reduce_dtype = v;
+    else if (key == "--buffer-dtype")
+      a.buffer_dtype = v;
     else
       throw std::invalid_argument("unknown flag " + key);
   }
@@ -112,7 +141,8 @@ Args parse(int argc, char** argv) {
 // 8 -> 15 -> 15 -> 4: 199 + 240 = 439 parameters with the middle layer (prime: never divisible
 // by the world size); without --inner the same layers are plain Linear modules.
 struct NetImpl : torch::nn::Module {
-  explicit NetImpl(bool inner) : inner(inner) {
+  NetImpl(bool inner, bool bn, std::optional<c10::ScalarType> emulate)
+      : inner(inner), emulate(emulate) {
     if (inner) {
       u1 = register_module("fc1", FSDPUnit<torch::nn::LinearImpl>(8, 15));
       u2 = register_module("mid", FSDPUnit<torch::nn::LinearImpl>(15, 15));
@@ -120,15 +150,35 @@ struct NetImpl : torch::nn::Module {
       fc1 = register_module("fc1", torch::nn::Linear(8, 15));
       mid = register_module("mid", torch::nn::Linear(15, 15));
     }
+    if (bn) norm = register_module("norm", torch::nn::BatchNorm1d(15));
     fc2 = register_module("fc2", torch::nn::Linear(15, 4));
   }
+  // The reference for FSDP's mixed precision: the layer computes in `emulate`.
+  torch::Tensor linear(torch::nn::LinearImpl& layer, const torch::Tensor& x) {
+    return torch::nn::functional::linear(x.to(*emulate), layer.weight.to(*emulate),
+                                         layer.bias.to(*emulate));
+  }
   torch::Tensor forward(const torch::Tensor& x) {
-    auto h = torch::tanh(inner ? u1(x) : fc1(x));
-    h = torch::relu(inner ? u2(h) : mid(h));
-    return fc2(h);
+    torch::Tensor h;
+    if (emulate) {
+      h = torch::tanh(linear(inner ? *u1 : *fc1, x));
+    } else {
+      h = torch::tanh(inner ? u1(x) : fc1(x));
+    }
+    if (norm) h = norm(h);
+    if (emulate) {
+      h = torch::relu(linear(inner ? *u2 : *mid, h));
+    } else {
+      h = torch::relu(inner ? u2(h) : mid(h));
+    }
+    forward_dtype = fc2->weight.scalar_type();
+    return emulate ? linear(*fc2, h) : fc2(h);
   }
   bool inner;
+  std::optional<c10::ScalarType> emulate;
+  c10::ScalarType forward_dtype = torch::kFloat32;  // fc2's weight during the last forward
   torch::nn::Linear fc1{nullptr}, mid{nullptr}, fc2{nullptr};
+  torch::nn::BatchNorm1d norm{nullptr};
   FSDPUnit<torch::nn::LinearImpl> u1{nullptr}, u2{nullptr};
 };
 TORCH_MODULE(Net);
@@ -154,8 +204,13 @@ TORCH_MODULE(Big);
 std::shared_ptr<cppfabric::strategies::Strategy> make_strategy(const Args& a) {
   using namespace cppfabric::strategies;
   if (a.strategy == "fsdp") {
-    return std::make_shared<FSDPStrategy>(
-        FSDPOptions{.sharding_strategy = a.sharding, .state_dict_type = a.form});
+    FSDPOptions o{.sharding_strategy = a.sharding, .state_dict_type = a.form};
+    if (!a.param_dtype.empty() || !a.reduce_dtype.empty() || !a.buffer_dtype.empty()) {
+      o.mixed_precision = FSDPMixedPrecision{.param_dtype = dtype_arg(a.param_dtype),
+                                             .reduce_dtype = dtype_arg(a.reduce_dtype),
+                                             .buffer_dtype = dtype_arg(a.buffer_dtype)};
+    }
+    return std::make_shared<FSDPStrategy>(o);
   }
   if (a.strategy.rfind("deepspeed", 0) == 0 && a.bucket > 0) {
     ZeROOptions z;
@@ -186,6 +241,11 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
       model->parameters(), torch::optim::AdamWOptions(1e-2).weight_decay(1e-2));
   auto [net, opt] = fabric.setup(model, optimizer);
   auto* sharding = dynamic_cast<cppfabric::strategies::ShardingStrategy*>(fabric.strategy().get());
+  if constexpr (std::is_same_v<Holder, Net>) {
+    if (model->norm && rank == 0) {
+      std::printf("BUFFERS setup %s\n", c10::toString(model->norm->running_mean.scalar_type()));
+    }
+  }
   const int in_features = args.memory ? 2560 : 8;
   const int out_features = 4;
   double last_loss = 0;
@@ -220,8 +280,16 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
       y = fabric.to_device(y.narrow(0, rank * rows, rows));
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
-      auto loss = torch::mse_loss(net(x), y);
+      auto loss = torch::mse_loss(net(x).to(torch::kFloat32), y);
       fabric.backward(loss);
+      const auto reduce_dtype =
+          dtype_arg(args.reduce_dtype.empty() ? args.param_dtype : args.reduce_dtype);
+      if (last && args.strategy != "fsdp" && reduce_dtype) {
+        // The reference: FSDP reduces in the reduce dtype (param_dtype's unless set), which is
+        // exactly this rounding of the average with 2 ranks.
+        torch::NoGradGuard no_grad;
+        for (auto& p : model->parameters()) p.mutable_grad().copy_(p.grad().to(*reduce_dtype));
+      }
       const at::Tensor mean_loss = fabric.all_reduce(loss.detach().clone());
       last_loss = mean_loss.item().toDouble();
     }
@@ -233,6 +301,32 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
     if (!args.save_dir.empty() && step + 1 == args.save_step) {
       fabric.save(args.save_dir + "/ckpt",
                   {{"model", net}, {"optimizer", opt}, {"step", static_cast<int64_t>(step + 1)}});
+    }
+  }
+  if constexpr (std::is_same_v<Holder, Net>) {
+    if (rank == 0) {
+      std::printf("DTYPES forward %s shard %s grad %s\n", c10::toString(model->forward_dtype),
+                  c10::toString(model->fc2->weight.scalar_type()),
+                  c10::toString(optimizer->param_groups()[0].params()[0].grad().scalar_type()));
+    }
+    if (model->norm) {
+      // Saved in the buffers' original dtype; loading keeps buffer_dtype.
+      torch::NoGradGuard no_grad;
+      const auto before = model->norm->running_mean.to(torch::kFloat32);
+      fabric.save(args.out + "/buffers_ckpt", {{"model", net}});
+      model->norm->running_mean.fill_(7);
+      fabric.load(args.out + "/buffers_ckpt", {{"model", net}});
+      if (rank == 0) {
+        const auto saved =
+            cppfabric::checkpoint::TorchCheckpointIO().load_checkpoint(args.out + "/buffers_ckpt");
+        const auto mean = saved.at(cppfabric::Value("model"))
+                              .at(cppfabric::Value("norm.running_mean"))
+                              .to_tensor();
+        std::printf("BUFFERS saved %s loaded %s equal %d\n", c10::toString(mean.scalar_type()),
+                    c10::toString(model->norm->running_mean.scalar_type()),
+                    static_cast<int>(torch::equal(model->norm->running_mean.to(torch::kFloat32),
+                                                  before)));
+      }
     }
   }
   if (args.memory) {
@@ -294,7 +388,8 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
 int run(cppfabric::Fabric& fabric, const Args& args) {
   torch::manual_seed(42 + fabric.global_rank());  // different per rank: setup must broadcast
   if (args.memory) return train(fabric, args, Big());
-  return train(fabric, args, Net(args.inner));
+  const auto emulate = args.strategy == "fsdp" ? std::nullopt : dtype_arg(args.param_dtype);
+  return train(fabric, args, Net(args.inner, args.bn, emulate));
 }
 
 }  // namespace
