@@ -59,10 +59,10 @@ struct Unit {
   c10::ScalarType reduce_dtype = c10::ScalarType::Float;
   bool cast = false;
   double post_divide = 1;  // applied to the reduced gradient (low-precision reductions)
-  at::Tensor shard;       // shard_numel elements, this rank's parameters
-  at::Tensor full;        // padded elements; Swap + sharded: storage freed while resharded
-  at::Tensor precise;     // summon_full_params under mixed precision: a full-precision gather
-  at::Tensor shard_grad;  // shard_numel elements
+  at::Tensor shard;        // shard_numel elements, this rank's parameters
+  at::Tensor full;         // padded elements; Swap + sharded: storage freed while resharded
+  at::Tensor precise;      // summon_full_params under mixed precision: a full-precision gather
+  at::Tensor shard_grad;   // shard_numel elements
   bool shard_grad_live = false;
   at::Tensor accum;  // full-size gradients accumulated while sync is off
   bool gathered = false;
@@ -239,9 +239,9 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     at::Tensor flat = unit.accum;
     unit.accum = at::Tensor();
     if (!flat.defined()) {
-      flat = torch::zeros({unit.padded}, unit.shard.options().dtype(
-                                             require_sync ? unit.reduce_dtype
-                                                          : unit.shard.scalar_type()));
+      flat = torch::zeros(
+          {unit.padded},
+          unit.shard.options().dtype(require_sync ? unit.reduce_dtype : unit.shard.scalar_type()));
     }
     for (auto& m : unit.members) {
       const auto& grad = m.param.grad();
@@ -485,9 +485,8 @@ ShardedModule::ShardedModule(std::vector<UnitParams> units,
     const auto own = packed.scalar_type();
     unit.compute_dtype =
         unit.layout == ParamLayout::Swap ? s.config.param_dtype.value_or(own) : own;
-    unit.reduce_dtype = unit.layout == ParamLayout::Swap
-                            ? s.config.reduce_dtype.value_or(unit.compute_dtype)
-                            : own;
+    unit.reduce_dtype =
+        unit.layout == ParamLayout::Swap ? s.config.reduce_dtype.value_or(unit.compute_dtype) : own;
     unit.cast = unit.compute_dtype != own;
     unit.full = unit.cast ? torch::empty({unit.padded}, options.dtype(unit.compute_dtype)) : packed;
     unit.shard_grad = torch::zeros({unit.shard_numel}, options);

@@ -56,8 +56,8 @@ struct ShardingConfig {
   /// FSDP mixed precision (Swap layout only): the gathered parameters' dtype and the gradient
   /// collectives' dtype; unset: the parameters' own. Shards and shard gradients keep the
   /// parameters' dtype.
-  std::optional<c10::ScalarType> param_dtype;
-  std::optional<c10::ScalarType> reduce_dtype;
+  std::optional<c10::ScalarType> param_dtype{};
+  std::optional<c10::ScalarType> reduce_dtype{};
   /// For messages: "fsdp", "deepspeed_stage_2", ...
   std::string strategy_name;
 };

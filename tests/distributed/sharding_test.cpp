@@ -299,4 +299,22 @@ TEST(ShardingMixedPrecision, BuffersAreCastButCheckpointedInTheirOwnDtype) {
       << r.output;
 }
 
+TEST(ShardingMixedPrecision, PeakGatheredStaysAtOneUnit) {
+  // bf16 gathers change the parameters' dtype, which gives them new gradient accumulators every
+  // gather: each unit must still be reduced and freed as soon as its backward is done.
+  const auto r = run_program(
+      "--strategy fsdp --devices 2 --memory --steps 2 --batch 2 "
+      "--param-dtype bf16",
+      600);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int rank = 0; rank < 2; ++rank) {
+    auto f = parse_mem(r.output, rank);
+    ASSERT_FALSE(f.empty()) << r.output;
+    // largest_unit is a bf16 full buffer: half of the float32 parameters' bytes per unit.
+    EXPECT_LT(f["largest_unit"] * 4, f["total_params"]) << r.output;
+    EXPECT_GT(f["peak_full"], 0);
+    EXPECT_LE(f["peak_full"], 2 * f["largest_unit"]) << r.output;
+  }
+}
+
 }  // namespace

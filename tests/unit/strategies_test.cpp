@@ -218,8 +218,8 @@ TEST_F(StrategiesTest, ShardingOptionsAreValidated) {
   EXPECT_THROW_WITH(FSDPStrategy(FSDPOptions{.state_dict_type = "local"}), std::invalid_argument,
                     "'local'", "'full'");
   EXPECT_THROW_WITH(
-      FSDPStrategy(FSDPOptions{
-          .mixed_precision = FSDPMixedPrecision{.reduce_dtype = c10::ScalarType::Int}}),
+      FSDPStrategy(
+          FSDPOptions{.mixed_precision = FSDPMixedPrecision{.reduce_dtype = c10::ScalarType::Int}}),
       std::invalid_argument, "reduce_dtype is Int", "torch::kBFloat16");
   EXPECT_THROW_WITH(ZeROStrategy(ZeROOptions{.stage = 3}), cppfabric::NotSupportedError,
                     "strategy='fsdp'");

@@ -44,14 +44,14 @@ struct FSDPMixedPrecision {
   /// The dtype of the gathered parameters, so of forward and backward computation and of the
   /// parameters' gradients. The shard is cast before the all-gather (half the traffic for bf16).
   /// Unset: the parameters' own dtype.
-  std::optional<c10::ScalarType> param_dtype;
+  std::optional<c10::ScalarType> param_dtype{};
   /// The dtype gradients are reduced in. Unset: param_dtype's (Python: "still running gradient
   /// reduction in low precision"). The reduced shard gradient is cast back to the shard's dtype.
-  std::optional<c10::ScalarType> reduce_dtype;
+  std::optional<c10::ScalarType> reduce_dtype{};
   /// Floating-point buffers (e.g. BatchNorm running statistics) are cast to this dtype at
   /// setup_module and stay so; checkpoints save and load them in their original dtype. Unset:
   /// buffers are left alone.
-  std::optional<c10::ScalarType> buffer_dtype;
+  std::optional<c10::ScalarType> buffer_dtype{};
   /// Cast the floating-point tensor arguments of the set-up module's forward to param_dtype
   /// (Python's cast_root_forward_inputs, default true).
   bool cast_root_forward_inputs = true;
@@ -70,7 +70,7 @@ struct FSDPOptions {
   /// Module-level mixed precision (Python's `mixed_precision`). Unset, as with Lightning's
   /// "bf16-mixed"/"16-mixed" (autocast) and "*-true" precisions: FSDP casts nothing. Set, it
   /// applies on top of (and independently of) Fabric's precision.
-  std::optional<FSDPMixedPrecision> mixed_precision;
+  std::optional<FSDPMixedPrecision> mixed_precision{};
   /// How long any collective may wait for the other ranks (Fabric's default, 30 minutes).
   std::chrono::milliseconds timeout = std::chrono::minutes(30);
   /// "" picks "nccl" for CUDA devices and "gloo" for CPUs.

@@ -322,10 +322,10 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
         const auto mean = saved.at(cppfabric::Value("model"))
                               .at(cppfabric::Value("norm.running_mean"))
                               .to_tensor();
-        std::printf("BUFFERS saved %s loaded %s equal %d\n", c10::toString(mean.scalar_type()),
-                    c10::toString(model->norm->running_mean.scalar_type()),
-                    static_cast<int>(torch::equal(model->norm->running_mean.to(torch::kFloat32),
-                                                  before)));
+        std::printf(
+            "BUFFERS saved %s loaded %s equal %d\n", c10::toString(mean.scalar_type()),
+            c10::toString(model->norm->running_mean.scalar_type()),
+            static_cast<int>(torch::equal(model->norm->running_mean.to(torch::kFloat32), before)));
       }
     }
   }
