@@ -493,6 +493,15 @@ void ShardedModule::after_unit_forward_untracked(std::size_t u) {
   if (!torch::GradMode::is_enabled()) state_->reshard(state_->units.at(u));
 }
 
+void ShardedModule::after_unit_checkpointed_forward(std::size_t u) {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  if (state_->config.reshard_after_forward) state_->reshard(state_->units.at(u));
+}
+
+void ShardedModule::before_unit_recompute(std::size_t u) {
+  state_->on_pre_backward(u, std::weak_ptr<State>(state_));
+}
+
 void ShardedModule::set_require_sync(bool require) {
   std::lock_guard<std::recursive_mutex> lock(state_->mutex);
   state_->require_sync = require;

@@ -15,14 +15,25 @@
 // continue from the saved step. --form: FSDP's state_dict_type. --scaler: "16-mixed" on the CPU
 // with a GradScaler; --inf-step K: at step K element 0 of the first parameter's gradient is inf on
 // every rank (after sharding only its owner sees it: the ranks must still agree to skip).
+// Activation checkpointing: --ac-model trains 3 residual MLP units (8 -> --hidden -> 8, dropout
+// --dropout) and an outer head; --ac all|types|NAME[,NAME]: FSDP's activation_checkpointing_policy
+// (every unit, checkpoint_module_types<MlpBlockImpl>(), or the named units "block0".."block2");
+// --act-memory: prints "ACT rank=R bytes=N", the CPU bytes still allocated right after the first
+// forward minus those before it (what the graph keeps); --ac-bad: a unit whose forward returns a
+// tuple, with --ac all (must fail with a clear error).
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
 #include <cstdio>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -51,6 +62,12 @@ struct Args {
   bool scaler = false;  // "16-mixed" on the CPU with a GradScaler("cpu")
   int inf_step = -1;    // at this step the first element of the first parameter's grad is inf
   std::string out = ".";
+  bool ac_model = false;  // residual MLP units (activation checkpointing tests)
+  std::string ac;         // "" (off), "all", "types" or unit names, comma-separated
+  int hidden = 47;
+  double dropout = 0;
+  bool act_memory = false;
+  bool ac_bad = false;
 };
 
 Args parse(int argc, char** argv) {
@@ -67,6 +84,10 @@ Args parse(int argc, char** argv) {
     }
     if (key == "--scaler") {
       a.scaler = true;
+      continue;
+    }
+    if (key == "--ac-model" || key == "--act-memory" || key == "--ac-bad") {
+      (key == "--ac-model" ? a.ac_model : key == "--act-memory" ? a.act_memory : a.ac_bad) = true;
       continue;
     }
     if (i + 1 >= argc) throw std::invalid_argument("missing value for " + key);
@@ -103,6 +124,12 @@ Args parse(int argc, char** argv) {
       a.form = v;
     else if (key == "--inf-step")
       a.inf_step = std::stoi(v);
+    else if (key == "--ac")
+      a.ac = v;
+    else if (key == "--hidden")
+      a.hidden = std::stoi(v);
+    else if (key == "--dropout")
+      a.dropout = std::stod(v);
     else
       throw std::invalid_argument("unknown flag " + key);
   }
@@ -151,11 +178,124 @@ struct BigImpl : torch::nn::Module {
 };
 TORCH_MODULE(Big);
 
+// x + fc2(dropout(gelu(fc1(x)))): GELU's input and fc2's input (batch x hidden each) are what
+// autograd keeps per unit without checkpointing.
+struct MlpBlockImpl : torch::nn::Module {
+  MlpBlockImpl(int64_t dim, int64_t hidden, double p) {
+    fc1 = register_module("fc1", torch::nn::Linear(dim, hidden));
+    fc2 = register_module("fc2", torch::nn::Linear(hidden, dim));
+    drop = register_module("drop", torch::nn::Dropout(p));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x + fc2(drop(torch::gelu(fc1(x)))); }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  torch::nn::Dropout drop{nullptr};
+};
+
+// A unit returning two tensors: cannot be checkpointed.
+struct PairImpl : torch::nn::Module {
+  PairImpl() { fc = register_module("fc", torch::nn::Linear(8, 8)); }
+  std::tuple<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) {
+    auto h = fc(x);
+    return {h, torch::tanh(h)};
+  }
+  torch::nn::Linear fc{nullptr};
+};
+
+// The first unit takes the data batch (no input requires grad): its parameters must still get
+// gradients through the checkpoint.
+struct AcNetImpl : torch::nn::Module {
+  AcNetImpl(int64_t hidden, double p, bool bad) {
+    for (int i = 0; i < 3; ++i) {
+      blocks.push_back(
+          register_module("block" + std::to_string(i), FSDPUnit<MlpBlockImpl>(8, hidden, p)));
+    }
+    if (bad) pair = register_module("pair", FSDPUnit<PairImpl>());
+    head = register_module("head", torch::nn::Linear(8, 4));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& b : blocks) x = b(x);
+    if (pair) {
+      auto [a, b] = pair(x);
+      x = a + b;
+    }
+    return head(x);
+  }
+  std::vector<FSDPUnit<MlpBlockImpl>> blocks;
+  FSDPUnit<PairImpl> pair{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(AcNet);
+
+// Counts the bytes the CPU allocator has handed out and not yet had back (--act-memory). The
+// context is the data pointer itself, as LibTorch's raw_allocate needs.
+class CountingAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    void* data = c10::alloc_cpu(n);
+    {
+      std::lock_guard<std::mutex> lock(mutex());
+      sizes()[data] = n;
+    }
+    live() += static_cast<int64_t>(n);
+    return {data, data, &CountingAllocator::release, c10::Device(c10::kCPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &CountingAllocator::release; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+  static std::atomic<int64_t>& live() {
+    static std::atomic<int64_t> bytes{0};
+    return bytes;
+  }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::map<void*, size_t>& sizes() {
+    static std::map<void*, size_t> m;
+    return m;
+  }
+  static void release(void* data) {
+    if (data == nullptr) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex());
+      auto it = sizes().find(data);
+      if (it != sizes().end()) {
+        live() -= static_cast<int64_t>(it->second);
+        sizes().erase(it);
+      }
+    }
+    c10::free_cpu(data);
+  }
+};
+CountingAllocator* counting_allocator = nullptr;
+
+cppfabric::strategies::ActivationCheckpointingPolicy ac_policy(const std::string& spec) {
+  using namespace cppfabric::strategies;
+  if (spec.empty()) return nullptr;
+  if (spec == "all") return checkpoint_all_units();
+  if (spec == "types") return checkpoint_module_types<MlpBlockImpl>();
+  std::set<std::string> names;
+  std::size_t from = 0;
+  while (from <= spec.size()) {
+    const auto comma = spec.find(',', from);
+    names.insert(spec.substr(from, comma == std::string::npos ? std::string::npos : comma - from));
+    if (comma == std::string::npos) break;
+    from = comma + 1;
+  }
+  return
+      [names](const std::string& name, const torch::nn::Module&) { return names.count(name) > 0; };
+}
+
 std::shared_ptr<cppfabric::strategies::Strategy> make_strategy(const Args& a) {
   using namespace cppfabric::strategies;
   if (a.strategy == "fsdp") {
     return std::make_shared<FSDPStrategy>(
-        FSDPOptions{.sharding_strategy = a.sharding, .state_dict_type = a.form});
+        FSDPOptions{.sharding_strategy = a.sharding,
+                    .state_dict_type = a.form,
+                    .activation_checkpointing_policy = ac_policy(a.ac)});
   }
   if (a.strategy.rfind("deepspeed", 0) == 0 && a.bucket > 0) {
     ZeROOptions z;
@@ -220,7 +360,14 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
       y = fabric.to_device(y.narrow(0, rank * rows, rows));
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
-      auto loss = torch::mse_loss(net(x), y);
+      const int64_t live_before = counting_allocator ? counting_allocator->live().load() : 0;
+      auto pred = net(x);
+      if (counting_allocator && step == start && micro == 0) {
+        std::printf("ACT rank=%d bytes=%lld\n", rank,
+                    static_cast<long long>(counting_allocator->live().load() - live_before));
+        std::fflush(stdout);
+      }
+      auto loss = torch::mse_loss(pred, y);
       fabric.backward(loss);
       const at::Tensor mean_loss = fabric.all_reduce(loss.detach().clone());
       last_loss = mean_loss.item().toDouble();
@@ -294,6 +441,9 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
 int run(cppfabric::Fabric& fabric, const Args& args) {
   torch::manual_seed(42 + fabric.global_rank());  // different per rank: setup must broadcast
   if (args.memory) return train(fabric, args, Big());
+  if (args.ac_model || args.ac_bad) {
+    return train(fabric, args, AcNet(args.hidden, args.dropout, args.ac_bad));
+  }
   return train(fabric, args, Net(args.inner));
 }
 
@@ -302,6 +452,11 @@ int run(cppfabric::Fabric& fabric, const Args& args) {
 int main(int argc, char** argv) {
   try {
     const Args args = parse(argc, argv);
+    if (args.act_memory) {
+      static CountingAllocator allocator;
+      c10::SetCPUAllocator(&allocator, /*priority=*/100);
+      counting_allocator = &allocator;
+    }
     cppfabric::FabricOptions options{.accelerator = "cpu"};
     options.devices = cppfabric::DevicesArg(args.devices);
     if (!args.scaler) options.precision = args.precision;
