@@ -18,8 +18,8 @@
 // Activation checkpointing: --ac-model trains 3 residual MLP units (8 -> --hidden -> 8, dropout
 // --dropout) and an outer head; --ac all|types|NAME[,NAME]: FSDP's activation_checkpointing_policy
 // (every unit, checkpoint_module_types<MlpBlockImpl>(), or the named units "block0".."block2");
-// --act-memory: prints "ACT rank=R bytes=N", the CPU bytes still allocated right after the first
-// forward minus those before it (what the graph keeps); --ac-bad: a unit whose forward returns a
+// --act-memory: prints "ACT rank=R bytes=N", the CPU bytes the first forward allocated that are
+// still allocated when it returns (what the graph keeps); --ac-bad: a unit whose forward returns a
 // tuple, with --ac all (must fail with a clear error).
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
@@ -37,6 +37,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -226,49 +227,54 @@ struct AcNetImpl : torch::nn::Module {
 };
 TORCH_MODULE(AcNet);
 
-// Counts the bytes the CPU allocator has handed out and not yet had back (--act-memory). The
-// context is the data pointer itself, as LibTorch's raw_allocate needs.
+// Counts the bytes the calling thread allocates from the CPU allocator between open() and
+// close() and that are still allocated at close() (--act-memory): what a forward leaves behind,
+// untouched by other threads (Gloo's) allocating or freeing meanwhile. The context is the data
+// pointer itself, as LibTorch's raw_allocate needs.
 class CountingAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
     void* data = c10::alloc_cpu(n);
-    {
-      std::lock_guard<std::mutex> lock(mutex());
-      sizes()[data] = n;
+    const bool counted = open_.load() && std::this_thread::get_id() == thread_;
+    if (data != nullptr) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      sizes_[data] = counted ? static_cast<int64_t>(n) : 0;
     }
-    live() += static_cast<int64_t>(n);
+    if (counted) kept_ += static_cast<int64_t>(n);
     return {data, data, &CountingAllocator::release, c10::Device(c10::kCPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &CountingAllocator::release; }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
   }
-  static std::atomic<int64_t>& live() {
-    static std::atomic<int64_t> bytes{0};
-    return bytes;
+  static void open() {
+    thread_ = std::this_thread::get_id();
+    kept_ = 0;
+    open_ = true;
+  }
+  static int64_t close() {
+    open_ = false;
+    return kept_.load();
   }
 
  private:
-  static std::mutex& mutex() {
-    static std::mutex m;
-    return m;
-  }
-  static std::map<void*, size_t>& sizes() {
-    static std::map<void*, size_t> m;
-    return m;
-  }
   static void release(void* data) {
     if (data == nullptr) return;
     {
-      std::lock_guard<std::mutex> lock(mutex());
-      auto it = sizes().find(data);
-      if (it != sizes().end()) {
-        live() -= static_cast<int64_t>(it->second);
-        sizes().erase(it);
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = sizes_.find(data);
+      if (it != sizes_.end()) {
+        kept_ -= it->second;
+        sizes_.erase(it);
       }
     }
     c10::free_cpu(data);
   }
+  static inline std::mutex mutex_;
+  static inline std::map<void*, int64_t> sizes_;
+  static inline std::atomic<int64_t> kept_{0};
+  static inline std::atomic<bool> open_{false};
+  static inline std::thread::id thread_;
 };
 CountingAllocator* counting_allocator = nullptr;
 
@@ -360,11 +366,12 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
       y = fabric.to_device(y.narrow(0, rank * rows, rows));
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
-      const int64_t live_before = counting_allocator ? counting_allocator->live().load() : 0;
+      const bool measure = counting_allocator && step == start && micro == 0;
+      if (measure) CountingAllocator::open();
       auto pred = net(x);
-      if (counting_allocator && step == start && micro == 0) {
+      if (measure) {
         std::printf("ACT rank=%d bytes=%lld\n", rank,
-                    static_cast<long long>(counting_allocator->live().load() - live_before));
+                    static_cast<long long>(CountingAllocator::close()));
         std::fflush(stdout);
       }
       auto loss = torch::mse_loss(pred, y);
