@@ -5,7 +5,8 @@
 // processes, gradient accumulation and bf16-mixed (the replay must draw the same dropout masks and
 // run under the same autocast state). The bytes the graph keeps after forward drop by at least the
 // selected units' intermediates (so a checkpoint that keeps them fails), only for the selected
-// units; a unit whose forward returns a tuple is refused with a message naming it.
+// units; nested checkpointed units work; a unit whose forward returns a tuple is refused with a
+// message naming it.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -105,6 +106,14 @@ TEST(ShardingActivationCheckpointing, GradientAccumulationAndBf16Mixed) {
   expect_checkpointing_changes_nothing("FULL_SHARD", 2, "--accumulate 3");
   expect_checkpointing_changes_nothing("FULL_SHARD", 2, "--precision bf16-mixed");
   expect_checkpointing_changes_nothing("SHARD_GRAD_OP", 2, "--precision bf16-mixed");
+}
+
+// Each unit's fc2 an inner unit of its own: a checkpointed unit's replay runs a nested checkpoint
+// (or a nested ordinary unit), whose backward is reentrant once more.
+TEST(ShardingActivationCheckpointing, NestedUnits) {
+  expect_checkpointing_changes_nothing("FULL_SHARD", 2, "--ac-nested");
+  expect_checkpointing_changes_nothing("FULL_SHARD", 2, "--ac-nested", "block0.fc2,block1");
+  expect_checkpointing_changes_nothing("SHARD_GRAD_OP", 2, "--ac-nested", "block1.fc2,block2");
 }
 
 // "ACT rank=R bytes=N" of `output`, or -1.

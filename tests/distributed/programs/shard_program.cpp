@@ -20,7 +20,8 @@
 // (every unit, checkpoint_module_types<MlpBlockImpl>(), or the named units "block0".."block2");
 // --act-memory: prints "ACT rank=R bytes=N", the CPU bytes the first forward allocated that are
 // still allocated when it returns (what the graph keeps); --ac-bad: a unit whose forward returns a
-// tuple, with --ac all (must fail with a clear error).
+// tuple, with --ac all (must fail with a clear error); --ac-nested: like --ac-model with each unit's
+// fc2 an inner unit of its own ("block0.fc2").
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
@@ -69,6 +70,7 @@ struct Args {
   double dropout = 0;
   bool act_memory = false;
   bool ac_bad = false;
+  bool ac_nested = false;
 };
 
 Args parse(int argc, char** argv) {
@@ -87,8 +89,11 @@ Args parse(int argc, char** argv) {
       a.scaler = true;
       continue;
     }
-    if (key == "--ac-model" || key == "--act-memory" || key == "--ac-bad") {
-      (key == "--ac-model" ? a.ac_model : key == "--act-memory" ? a.act_memory : a.ac_bad) = true;
+    if (key == "--ac-model" || key == "--act-memory" || key == "--ac-bad" || key == "--ac-nested") {
+      (key == "--ac-model"     ? a.ac_model
+       : key == "--act-memory" ? a.act_memory
+       : key == "--ac-bad"     ? a.ac_bad
+                               : a.ac_nested) = true;
       continue;
     }
     if (i + 1 >= argc) throw std::invalid_argument("missing value for " + key);
@@ -192,6 +197,20 @@ struct MlpBlockImpl : torch::nn::Module {
   torch::nn::Dropout drop{nullptr};
 };
 
+// The same with fc2 an inner unit of its own (--ac-nested): checkpointed units inside
+// checkpointed units ("block0.fc2").
+struct NestedBlockImpl : torch::nn::Module {
+  NestedBlockImpl(int64_t dim, int64_t hidden, double p) {
+    fc1 = register_module("fc1", torch::nn::Linear(dim, hidden));
+    fc2 = register_module("fc2", FSDPUnit<torch::nn::LinearImpl>(hidden, dim));
+    drop = register_module("drop", torch::nn::Dropout(p));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x + fc2(drop(torch::gelu(fc1(x)))); }
+  torch::nn::Linear fc1{nullptr};
+  FSDPUnit<torch::nn::LinearImpl> fc2{nullptr};
+  torch::nn::Dropout drop{nullptr};
+};
+
 // A unit returning two tensors: cannot be checkpointed.
 struct PairImpl : torch::nn::Module {
   PairImpl() { fc = register_module("fc", torch::nn::Linear(8, 8)); }
@@ -205,16 +224,21 @@ struct PairImpl : torch::nn::Module {
 // The first unit takes the data batch (no input requires grad): its parameters must still get
 // gradients through the checkpoint.
 struct AcNetImpl : torch::nn::Module {
-  AcNetImpl(int64_t hidden, double p, bool bad) {
+  AcNetImpl(int64_t hidden, double p, bool bad, bool nested) {
     for (int i = 0; i < 3; ++i) {
-      blocks.push_back(
-          register_module("block" + std::to_string(i), FSDPUnit<MlpBlockImpl>(8, hidden, p)));
+      const std::string name = "block" + std::to_string(i);
+      if (nested) {
+        nested_blocks.push_back(register_module(name, FSDPUnit<NestedBlockImpl>(8, hidden, p)));
+      } else {
+        blocks.push_back(register_module(name, FSDPUnit<MlpBlockImpl>(8, hidden, p)));
+      }
     }
     if (bad) pair = register_module("pair", FSDPUnit<PairImpl>());
     head = register_module("head", torch::nn::Linear(8, 4));
   }
   torch::Tensor forward(torch::Tensor x) {
     for (auto& b : blocks) x = b(x);
+    for (auto& b : nested_blocks) x = b(x);
     if (pair) {
       auto [a, b] = pair(x);
       x = a + b;
@@ -222,6 +246,7 @@ struct AcNetImpl : torch::nn::Module {
     return head(x);
   }
   std::vector<FSDPUnit<MlpBlockImpl>> blocks;
+  std::vector<FSDPUnit<NestedBlockImpl>> nested_blocks;
   FSDPUnit<PairImpl> pair{nullptr};
   torch::nn::Linear head{nullptr};
 };
@@ -448,8 +473,8 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
 int run(cppfabric::Fabric& fabric, const Args& args) {
   torch::manual_seed(42 + fabric.global_rank());  // different per rank: setup must broadcast
   if (args.memory) return train(fabric, args, Big());
-  if (args.ac_model || args.ac_bad) {
-    return train(fabric, args, AcNet(args.hidden, args.dropout, args.ac_bad));
+  if (args.ac_model || args.ac_bad || args.ac_nested) {
+    return train(fabric, args, AcNet(args.hidden, args.dropout, args.ac_bad, args.ac_nested));
   }
   return train(fabric, args, Net(args.inner));
 }
