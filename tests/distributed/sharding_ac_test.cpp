@@ -9,8 +9,11 @@
 // message naming it.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <torch/torch.h>
 
 #include <cmath>
+#include <cppfabric/cppfabric.hpp>
+#include <cppfabric/strategies/fsdp_unit.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -22,6 +25,8 @@ namespace {
 
 using cppfabric::testing::read_params;
 using cppfabric::testing::run_command;
+using cppfabric::testing::run_ranks;
+using cppfabric::testing::ScopedEnv;
 
 const std::string kProgram = CPPFABRIC_SHARD_PROGRAM;
 
@@ -183,6 +188,100 @@ TEST(ShardingActivationCheckpointing, PolicySelectingNoUnitWarns) {
                           "('block0', 'block1', 'block2')"),
             std::string::npos)
       << r.output;
+}
+
+// ------------------------------------------------------------------ autograd semantics, in-process
+
+struct TinyBlockImpl : torch::nn::Module {
+  TinyBlockImpl() {
+    fc1 = register_module("fc1", torch::nn::Linear(8, 16));
+    fc2 = register_module("fc2", torch::nn::Linear(16, 8));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x + fc2(torch::tanh(fc1(x))); }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+
+struct TinyNetImpl : torch::nn::Module {
+  TinyNetImpl() {
+    b0 = register_module("b0", cppfabric::strategies::FSDPUnit<TinyBlockImpl>());
+    b1 = register_module("b1", cppfabric::strategies::FSDPUnit<TinyBlockImpl>());
+    head = register_module("head", torch::nn::Linear(8, 1));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return head(b1(b0(x))); }
+  cppfabric::strategies::FSDPUnit<TinyBlockImpl> b0{nullptr}, b1{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(TinyNet);
+
+// Both ranks set up TinyNet under FSDP with every unit checkpointed, then run `body`.
+template <typename Body>
+void with_tiny_fsdp(const std::string& sharding, Body body) {
+  auto codes = run_ranks(2, [&](int rank, int port) {
+    ScopedEnv local("LOCAL_RANK", std::to_string(rank));
+    ScopedEnv size("WORLD_SIZE", "2");
+    ScopedEnv master("MASTER_PORT", std::to_string(port));
+    using namespace cppfabric::strategies;
+    auto fsdp = std::make_shared<FSDPStrategy>(FSDPOptions{
+        .sharding_strategy = sharding, .activation_checkpointing_policy = checkpoint_all_units()});
+    cppfabric::Fabric fabric({.accelerator = "cpu", .strategy = fsdp, .devices = 2});
+    fabric.launch();
+    torch::manual_seed(0);
+    TinyNet model;
+    auto net = fabric.setup_module(model);
+    EXPECT_TRUE(model->b0->fsdp_checkpoints_activations());
+    EXPECT_TRUE(model->b1->fsdp_checkpoints_activations());
+    body(model, net);
+    return ::testing::Test::HasFailure() ? 1 : 0;
+  });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0})) << sharding;
+}
+
+// A retained graph replays the checkpointed units again: the second backward adds the same
+// gradients to the inner units' parameters once more. Only the inner units are compared, with
+// NO_SHARD: FSDP itself does not support a second backward through a retained graph for the outer
+// unit (FULL_SHARD and SHARD_GRAD_OP free its weights after the first backward; NO_SHARD loses its
+// gradient, as it is not gathered again), with or without checkpointing.
+TEST(ShardingActivationCheckpointing, RetainedGraphReplaysTheUnitsAgain) {
+  with_tiny_fsdp("NO_SHARD", [](TinyNet& model, auto& net) {
+    auto grads = [&model] {
+      std::vector<at::Tensor> out;
+      for (const auto& p : model->parameters()) {
+        out.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+      }
+      return out;
+    };
+    const auto x = torch::randn({4, 8});
+    auto loss = net(x).pow(2).mean();
+    loss.backward({}, /*retain_graph=*/true);
+    const auto once = grads();
+    loss.backward();
+    const auto twice = grads();
+    int compared = 0;
+    for (std::size_t i = 0; i < 8; ++i) {  // b0's and b1's fc1/fc2 weights and biases
+      if (!once[i].defined() || once[i].numel() == 0) continue;
+      ++compared;
+      EXPECT_TRUE(torch::allclose(twice[i], 2 * once[i], 1e-5, 1e-6)) << "parameter " << i;
+    }
+    EXPECT_EQ(compared, 8);
+  });
+}
+
+// torch::autograd::grad through a checkpointed unit is refused with a message naming the unit,
+// as torch's reentrant checkpoint refuses it (the replay accumulates into .grad).
+TEST(ShardingActivationCheckpointing, AutogradGradIsRefused) {
+  with_tiny_fsdp("FULL_SHARD", [](TinyNet&, auto& net) {
+    const auto x = torch::randn({4, 8}).requires_grad_();
+    auto loss = net(x).sum();
+    try {
+      torch::autograd::grad({loss}, {x});
+      ADD_FAILURE() << "grad() through checkpointed units must throw";
+    } catch (const std::exception& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("FSDP activation checkpointing of unit 'b"), std::string::npos)
+          << message;
+      EXPECT_NE(message.find("torch::autograd::grad()"), std::string::npos) << message;
+    }
+  });
 }
 
 }  // namespace
