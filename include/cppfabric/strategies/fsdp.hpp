@@ -69,7 +69,7 @@ struct FSDPOptions {
   /// inputs from forward and run their forward again in backward (same RNG and autocast state),
   /// trading compute for activation memory. Empty (default): none. Only declared inner units
   /// (FSDPUnit) can be selected; a selected unit's forward must return one at::Tensor.
-  ///   .activation_checkpointing_policy = cppfabric::strategies::checkpoint_module_types<BlockImpl>()
+  ///   .activation_checkpointing_policy = checkpoint_module_types<BlockImpl>()  // fsdp_unit.hpp
   ///   .activation_checkpointing_policy = [](const std::string& name, const torch::nn::Module&) {
   ///     return name != "blocks.0"; }
   ActivationCheckpointingPolicy activation_checkpointing_policy = nullptr;

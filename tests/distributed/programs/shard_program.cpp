@@ -20,8 +20,8 @@
 // (every unit, checkpoint_module_types<MlpBlockImpl>(), or the named units "block0".."block2");
 // --act-memory: prints "ACT rank=R bytes=N", the CPU bytes the first forward allocated that are
 // still allocated when it returns (what the graph keeps); --ac-bad: a unit whose forward returns a
-// tuple, with --ac all (must fail with a clear error); --ac-nested: like --ac-model with each unit's
-// fc2 an inner unit of its own ("block0.fc2").
+// tuple, with --ac all (must fail with a clear error); --ac-nested: like --ac-model with each
+// unit's fc2 an inner unit of its own ("block0.fc2").
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
