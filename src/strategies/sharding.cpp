@@ -146,7 +146,7 @@ struct ShardedModule::State {
   }
 
   void gather(Unit& unit) {
-    if (unit.gathered || unit.layout == ParamLayout::Replicated) return;
+    if (unit.gathered || unit.layout == ParamLayout::Replicated || unit.members.empty()) return;
     torch::NoGradGuard no_grad;
     stash_grads(unit);
     if (unit.frees_full()) {
