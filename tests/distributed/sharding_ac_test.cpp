@@ -284,4 +284,78 @@ TEST(ShardingActivationCheckpointing, AutogradGradIsRefused) {
   });
 }
 
+// A unit whose parameters all belong to nested units (a block wrapping two inner units, the
+// usual level to checkpoint at) has no flat buffer of its own. Without and with checkpointing,
+// one SGD step equals the same step on an unsharded copy (both ranks see the same batch, so the
+// averaged gradient is the local one).
+struct WrapperImpl : torch::nn::Module {
+  WrapperImpl() {
+    first = register_module("first", cppfabric::strategies::FSDPUnit<TinyBlockImpl>());
+    second = register_module("second", cppfabric::strategies::FSDPUnit<TinyBlockImpl>());
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return second(first(x)); }
+  cppfabric::strategies::FSDPUnit<TinyBlockImpl> first{nullptr}, second{nullptr};
+};
+
+struct WrappedNetImpl : torch::nn::Module {
+  WrappedNetImpl() {
+    block = register_module("block", cppfabric::strategies::FSDPUnit<WrapperImpl>());
+    head = register_module("head", torch::nn::Linear(8, 1));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return head(block(x)); }
+  cppfabric::strategies::FSDPUnit<WrapperImpl> block{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(WrappedNet);
+
+TEST(ShardingActivationCheckpointing, UnitWithOnlyNestedUnits) {
+  for (const std::string policy : {"none", "block", "all"}) {
+    auto codes = run_ranks(2, [&](int rank, int port) {
+      ScopedEnv local("LOCAL_RANK", std::to_string(rank));
+      ScopedEnv size("WORLD_SIZE", "2");
+      ScopedEnv master("MASTER_PORT", std::to_string(port));
+      using namespace cppfabric::strategies;
+      FSDPOptions options;
+      if (policy == "all") options.activation_checkpointing_policy = checkpoint_all_units();
+      if (policy == "block") {
+        options.activation_checkpointing_policy = checkpoint_module_types<WrapperImpl>();
+      }
+      cppfabric::Fabric fabric({.accelerator = "cpu",
+                                .strategy = std::make_shared<FSDPStrategy>(options),
+                                .devices = 2});
+      fabric.launch();
+      torch::manual_seed(0);
+      WrappedNet model;
+      WrappedNet reference;
+      {
+        torch::NoGradGuard no_grad;
+        const auto from = model->parameters();
+        const auto to = reference->parameters();
+        for (std::size_t i = 0; i < from.size(); ++i) to[i].copy_(from[i]);
+      }
+      const auto x = torch::randn({4, 8});
+      auto optimizer =
+          std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.1));
+      auto [net, opt] = fabric.setup(model, optimizer);
+      EXPECT_EQ(model->block->fsdp_checkpoints_activations(), policy != "none");
+      fabric.backward(net(x).pow(2).mean());
+      opt.step();
+      reference(x).pow(2).mean().backward();
+      auto* sharding = dynamic_cast<ShardingStrategy*>(fabric.strategy().get());
+      auto full = sharding->summon_full_params(*net.module());
+      const auto actual = model->parameters();
+      const auto expected = reference->parameters();
+      for (std::size_t i = 0; i < actual.size(); ++i) {
+        const auto want = (expected[i] - 0.1 * expected[i].grad()).detach();
+        EXPECT_TRUE(torch::allclose(actual[i].detach(), want, 1e-5, 1e-6))
+            << policy << " parameter " << i;
+        EXPECT_FALSE(torch::equal(actual[i].detach(), expected[i].detach()))
+            << "the step must change parameter " << i;
+      }
+      return ::testing::Test::HasFailure() ? 1 : 0;
+    });
+    EXPECT_EQ(codes, (std::vector<int>{0, 0})) << policy;
+  }
+}
+
 }  // namespace
