@@ -6,7 +6,9 @@
 // run under the same autocast state). The bytes the graph keeps after forward drop by at least the
 // selected units' intermediates (so a checkpoint that keeps them fails), only for the selected
 // units; nested checkpointed units work; a unit whose forward returns a tuple is refused with a
-// message naming it.
+// message naming it. In forked ranks (run_ranks): a retained graph replays the units again,
+// torch::autograd::grad is refused, and a unit holding only nested units steps like an unsharded
+// copy.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
