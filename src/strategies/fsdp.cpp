@@ -9,6 +9,7 @@
 #include "cppfabric/strategies/fsdp_unit.hpp"
 #include "cppfabric/strategies/registry.hpp"
 #include "cppfabric/utilities/errors.hpp"
+#include "cppfabric/utilities/rank_zero.hpp"
 #include "strategies/sharding.hpp"
 
 namespace cppfabric::strategies {
@@ -40,6 +41,24 @@ void FSDPUnitBase::fsdp_after_forward_untracked() {
 // ------------------------------------------------------------------ FSDPStrategy
 
 namespace {
+// Python applies the policy to any submodule; here only declared inner units can be selected, so a
+// policy that selects none of them is most likely a mistake.
+void warn_if_nothing_checkpointed(const std::vector<std::pair<std::string, bool>>& units) {
+  std::string names;
+  for (const auto& [name, selected] : units) {
+    if (selected) return;
+    names.append(names.empty() ? "'" : ", '").append(name).append("'");
+  }
+  utilities::rank_zero_warn(
+      units.empty()
+          ? std::string("FSDPOptions: activation_checkpointing_policy is set, but the module "
+                        "declares no inner units: only FSDPUnit<...> submodules can recompute "
+                        "their activations. Nothing is checkpointed.")
+          : fmt::format("FSDPOptions: activation_checkpointing_policy selected none of the "
+                        "inner units ({}). Nothing is checkpointed.",
+                        names));
+}
+
 DDPOptions ddp_options(const FSDPOptions& o) {
   DDPOptions d;
   d.broadcast_buffers = false;
@@ -58,8 +77,10 @@ void check_float_dtype(const char* field, const std::optional<c10::ScalarType>& 
       field, c10::toString(t)));
 }
 
-// The discovered inner units of the module being set up, in module order.
+// The discovered inner units of the module being set up, in module order, with their names and
+// whether activation_checkpointing_policy selected them.
 thread_local std::vector<FSDPUnitBase*> pending_units;
+thread_local std::vector<std::pair<std::string, bool>> pending_configs;
 }  // namespace
 
 FSDPStrategy::FSDPStrategy(FSDPOptions options)
@@ -117,6 +138,7 @@ std::vector<ShardingStrategy::UnitParams> FSDPStrategy::partition(torch::nn::Mod
   // Each trainable parameter belongs to the innermost declared unit that contains it.
   std::unordered_map<const void*, std::size_t> owner;
   pending_units.clear();
+  pending_configs.clear();
   const auto modules = module.named_modules("", /*include_self=*/false);
   std::vector<std::pair<std::string, torch::nn::Module*>> units;
   for (const auto& item : modules) {
@@ -130,7 +152,10 @@ std::vector<ShardingStrategy::UnitParams> FSDPStrategy::partition(torch::nn::Mod
     }
     pending_units.push_back(unit);
     units.emplace_back(item.key(), item.value().get());
+    const auto& policy = options_.activation_checkpointing_policy;
+    pending_configs.emplace_back(item.key(), policy && policy(item.key(), *item.value()));
   }
+  if (options_.activation_checkpointing_policy) warn_if_nothing_checkpointed(pending_configs);
   // named_modules lists parents before children: later (deeper) units override.
   for (std::size_t u = 0; u < units.size(); ++u) {
     for (const auto& p : units[u].second->parameters()) owner[p.unsafeGetTensorImpl()] = u + 1;
@@ -176,8 +201,10 @@ at::Tensor FSDPStrategy::convert_input(torch::nn::Module& module, const at::Tens
 void FSDPStrategy::after_sharding(torch::nn::Module&, detail::ShardedModule& sharded) {
   for (std::size_t u = 0; u < pending_units.size(); ++u) {
     pending_units[u]->fsdp_bind(&sharded, u + 1, sharded.liveness());
+    pending_units[u]->fsdp_configure(pending_configs.at(u).first, pending_configs.at(u).second);
   }
   pending_units.clear();
+  pending_configs.clear();
 }
 
 }  // namespace cppfabric::strategies

@@ -177,7 +177,7 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
 
   // `full_precision`: under mixed precision, gather in the shard's dtype instead (summon).
   void gather(Unit& unit, bool full_precision = false) {
-    if (unit.gathered || unit.layout == ParamLayout::Replicated) return;
+    if (unit.gathered || unit.layout == ParamLayout::Replicated || unit.members.empty()) return;
     torch::NoGradGuard no_grad;
     stash_grads(unit);
     at::Tensor target = unit.full;
@@ -583,6 +583,15 @@ at::Tensor ShardedModule::after_unit_forward(std::size_t u, const at::Tensor& ou
 void ShardedModule::after_unit_forward_untracked(std::size_t u) {
   std::lock_guard<std::recursive_mutex> lock(state_->mutex);
   if (!torch::GradMode::is_enabled()) state_->reshard(state_->units.at(u));
+}
+
+void ShardedModule::after_unit_checkpointed_forward(std::size_t u) {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  if (state_->config.reshard_after_forward) state_->reshard(state_->units.at(u));
+}
+
+void ShardedModule::before_unit_recompute(std::size_t u) {
+  state_->on_pre_backward(u, std::weak_ptr<State>(state_));
 }
 
 void ShardedModule::set_require_sync(bool require) {

@@ -85,6 +85,10 @@ class ShardedModule {
   void before_unit_forward(std::size_t u);
   at::Tensor after_unit_forward(std::size_t u, const at::Tensor& output);
   void after_unit_forward_untracked(std::size_t u);
+  /// Activation checkpointing (activation_checkpoint.cpp): after inner unit `u`'s no-grad forward,
+  /// frees it if reshard_after_forward; in backward, gathers it again for the recomputation.
+  void after_unit_checkpointed_forward(std::size_t u);
+  void before_unit_recompute(std::size_t u);
 
   void set_require_sync(bool require);
   bool require_sync() const;

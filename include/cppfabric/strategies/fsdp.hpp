@@ -19,6 +19,8 @@
 // Units: the set-up module is always the outer unit. Submodules declared as
 // cppfabric::strategies::FSDPUnit<Impl> (strategies/fsdp_unit.hpp) are inner units, gathered and
 // freed one at a time: that is what lets a model larger than one device's memory train.
+// FSDPOptions::activation_checkpointing_policy makes chosen inner units recompute their
+// activations in backward instead of keeping them (Python's activation checkpointing).
 //
 // Deviations from Python (docs/sharding.md): FSDP runs on CPUs over Gloo (Python refuses);
 // frozen parameters (requires_grad false) are not sharded; between steps a parameter holds a flat
@@ -26,11 +28,16 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "cppfabric/strategies/sharding.hpp"
+
+namespace torch::nn {
+class Module;
+}
 
 namespace cppfabric::strategies {
 
@@ -56,6 +63,16 @@ struct FSDPMixedPrecision {
   /// (Python's cast_root_forward_inputs, default true).
   bool cast_root_forward_inputs = true;
 };
+/// Selects the inner units (FSDPUnit) whose activations are recomputed in backward: called once
+/// per inner unit at setup with the unit's name as named_modules gives it ("blocks.3") and its
+/// module. See FSDPOptions::activation_checkpointing_policy.
+using ActivationCheckpointingPolicy =
+    std::function<bool(const std::string& name, const torch::nn::Module& unit)>;
+
+/// A policy selecting every declared inner unit.
+ActivationCheckpointingPolicy checkpoint_all_units();
+// checkpoint_module_types<BlockImpl, ...>() (strategies/fsdp_unit.hpp): the units whose module is
+// one of these types, as Python's `activation_checkpointing_policy={Block}`.
 
 struct FSDPOptions {
   /// "FULL_SHARD" (Python's default; inner units freed after forward), "SHARD_GRAD_OP" (kept
@@ -75,6 +92,14 @@ struct FSDPOptions {
   std::chrono::milliseconds timeout = std::chrono::minutes(30);
   /// "" picks "nccl" for CUDA devices and "gloo" for CPUs.
   std::string process_group_backend = "";
+  /// Python's `activation_checkpointing_policy`: the inner units it selects keep only their
+  /// inputs from forward and run their forward again in backward (same RNG and autocast state),
+  /// trading compute for activation memory. Empty (default): none. Only declared inner units
+  /// (FSDPUnit) can be selected; a selected unit's forward must return one at::Tensor.
+  ///   .activation_checkpointing_policy = checkpoint_module_types<BlockImpl>()  // fsdp_unit.hpp
+  ///   .activation_checkpointing_policy = [](const std::string& name, const torch::nn::Module&) {
+  ///     return name != "blocks.0"; }
+  ActivationCheckpointingPolicy activation_checkpointing_policy = nullptr;
 };
 
 class FSDPStrategy : public ShardingStrategy {

@@ -22,18 +22,31 @@
 // --bn adds a BatchNorm1d (buffers) after fc1; --buffer-dtype sets mixed_precision's
 // buffer_dtype; the program prints the buffers' dtypes after setup, in a "full" checkpoint and
 // after loading it ("BUFFERS ...").
+// Activation checkpointing: --ac-model trains 3 residual MLP units (8 -> --hidden -> 8, dropout
+// --dropout) and an outer head; --ac all|types|NAME[,NAME]: FSDP's activation_checkpointing_policy
+// (every unit, checkpoint_module_types<MlpBlockImpl>(), or the named units "block0".."block2");
+// --act-memory: prints "ACT rank=R bytes=N", the CPU bytes the first forward allocated that are
+// still allocated when it returns (what the graph keeps); --ac-bad: a unit whose forward returns a
+// tuple, with --ac all (must fail with a clear error); --ac-nested: like --ac-model with each
+// unit's fc2 an inner unit of its own ("block0.fc2").
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
 #include <cstdio>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 
 namespace {
@@ -62,6 +75,13 @@ struct Args {
   std::string param_dtype, reduce_dtype, buffer_dtype;  // "", "f32", "bf16", "f16"
   bool bn = false;
   std::string out = ".";
+  bool ac_model = false;  // residual MLP units (activation checkpointing tests)
+  std::string ac;         // "" (off), "all", "types" or unit names, comma-separated
+  int hidden = 47;
+  double dropout = 0;
+  bool act_memory = false;
+  bool ac_bad = false;
+  bool ac_nested = false;
 };
 
 std::optional<c10::ScalarType> dtype_arg(const std::string& v) {
@@ -90,6 +110,13 @@ Args parse(int argc, char** argv) {
     }
     if (key == "--bn") {
       a.bn = true;
+      continue;
+    }
+    if (key == "--ac-model" || key == "--act-memory" || key == "--ac-bad" || key == "--ac-nested") {
+      (key == "--ac-model"     ? a.ac_model
+       : key == "--act-memory" ? a.act_memory
+       : key == "--ac-bad"     ? a.ac_bad
+                               : a.ac_nested) = true;
       continue;
     }
     if (i + 1 >= argc) throw std::invalid_argument("missing value for " + key);
@@ -132,6 +159,12 @@ Args parse(int argc, char** argv) {
       a.reduce_dtype = v;
     else if (key == "--buffer-dtype")
       a.buffer_dtype = v;
+    else if (key == "--ac")
+      a.ac = v;
+    else if (key == "--hidden")
+      a.hidden = std::stoi(v);
+    else if (key == "--dropout")
+      a.dropout = std::stod(v);
     else
       throw std::invalid_argument("unknown flag " + key);
   }
@@ -201,10 +234,148 @@ struct BigImpl : torch::nn::Module {
 };
 TORCH_MODULE(Big);
 
+// x + fc2(dropout(gelu(fc1(x)))): GELU's input and fc2's input (batch x hidden each) are what
+// autograd keeps per unit without checkpointing.
+struct MlpBlockImpl : torch::nn::Module {
+  MlpBlockImpl(int64_t dim, int64_t hidden, double p) {
+    fc1 = register_module("fc1", torch::nn::Linear(dim, hidden));
+    fc2 = register_module("fc2", torch::nn::Linear(hidden, dim));
+    drop = register_module("drop", torch::nn::Dropout(p));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x + fc2(drop(torch::gelu(fc1(x)))); }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  torch::nn::Dropout drop{nullptr};
+};
+
+// The same with fc2 an inner unit of its own (--ac-nested): checkpointed units inside
+// checkpointed units ("block0.fc2").
+struct NestedBlockImpl : torch::nn::Module {
+  NestedBlockImpl(int64_t dim, int64_t hidden, double p) {
+    fc1 = register_module("fc1", torch::nn::Linear(dim, hidden));
+    fc2 = register_module("fc2", FSDPUnit<torch::nn::LinearImpl>(hidden, dim));
+    drop = register_module("drop", torch::nn::Dropout(p));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x + fc2(drop(torch::gelu(fc1(x)))); }
+  torch::nn::Linear fc1{nullptr};
+  FSDPUnit<torch::nn::LinearImpl> fc2{nullptr};
+  torch::nn::Dropout drop{nullptr};
+};
+
+// A unit returning two tensors: cannot be checkpointed.
+struct PairImpl : torch::nn::Module {
+  PairImpl() { fc = register_module("fc", torch::nn::Linear(8, 8)); }
+  std::tuple<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) {
+    auto h = fc(x);
+    return {h, torch::tanh(h)};
+  }
+  torch::nn::Linear fc{nullptr};
+};
+
+// The first unit takes the data batch (no input requires grad): its parameters must still get
+// gradients through the checkpoint.
+struct AcNetImpl : torch::nn::Module {
+  AcNetImpl(int64_t hidden, double p, bool bad, bool nested) {
+    for (int i = 0; i < 3; ++i) {
+      const std::string name = "block" + std::to_string(i);
+      if (nested) {
+        nested_blocks.push_back(register_module(name, FSDPUnit<NestedBlockImpl>(8, hidden, p)));
+      } else {
+        blocks.push_back(register_module(name, FSDPUnit<MlpBlockImpl>(8, hidden, p)));
+      }
+    }
+    if (bad) pair = register_module("pair", FSDPUnit<PairImpl>());
+    head = register_module("head", torch::nn::Linear(8, 4));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& b : blocks) x = b(x);
+    for (auto& b : nested_blocks) x = b(x);
+    if (pair) {
+      auto [a, b] = pair(x);
+      x = a + b;
+    }
+    return head(x);
+  }
+  std::vector<FSDPUnit<MlpBlockImpl>> blocks;
+  std::vector<FSDPUnit<NestedBlockImpl>> nested_blocks;
+  FSDPUnit<PairImpl> pair{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(AcNet);
+
+// Counts the bytes the calling thread allocates from the CPU allocator between open() and
+// close() and that are still allocated at close() (--act-memory): what a forward leaves behind,
+// untouched by other threads (Gloo's) allocating or freeing meanwhile. The context is the data
+// pointer itself, as LibTorch's raw_allocate needs.
+class CountingAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    void* data = c10::alloc_cpu(n);
+    const bool counted = open_.load() && std::this_thread::get_id() == thread_;
+    if (data != nullptr) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      sizes_[data] = counted ? static_cast<int64_t>(n) : 0;
+    }
+    if (counted) kept_ += static_cast<int64_t>(n);
+    return {data, data, &CountingAllocator::release, c10::Device(c10::kCPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &CountingAllocator::release; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+  static void open() {
+    thread_ = std::this_thread::get_id();
+    kept_ = 0;
+    open_ = true;
+  }
+  static int64_t close() {
+    open_ = false;
+    return kept_.load();
+  }
+
+ private:
+  static void release(void* data) {
+    if (data == nullptr) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = sizes_.find(data);
+      if (it != sizes_.end()) {
+        kept_ -= it->second;
+        sizes_.erase(it);
+      }
+    }
+    c10::free_cpu(data);
+  }
+  static inline std::mutex mutex_;
+  static inline std::map<void*, int64_t> sizes_;
+  static inline std::atomic<int64_t> kept_{0};
+  static inline std::atomic<bool> open_{false};
+  static inline std::thread::id thread_;
+};
+CountingAllocator* counting_allocator = nullptr;
+
+cppfabric::strategies::ActivationCheckpointingPolicy ac_policy(const std::string& spec) {
+  using namespace cppfabric::strategies;
+  if (spec.empty()) return nullptr;
+  if (spec == "all") return checkpoint_all_units();
+  if (spec == "types") return checkpoint_module_types<MlpBlockImpl>();
+  std::set<std::string> names;
+  std::size_t from = 0;
+  while (from <= spec.size()) {
+    const auto comma = spec.find(',', from);
+    names.insert(spec.substr(from, comma == std::string::npos ? std::string::npos : comma - from));
+    if (comma == std::string::npos) break;
+    from = comma + 1;
+  }
+  return
+      [names](const std::string& name, const torch::nn::Module&) { return names.count(name) > 0; };
+}
+
 std::shared_ptr<cppfabric::strategies::Strategy> make_strategy(const Args& a) {
   using namespace cppfabric::strategies;
   if (a.strategy == "fsdp") {
-    FSDPOptions o{.sharding_strategy = a.sharding, .state_dict_type = a.form};
+    FSDPOptions o{.sharding_strategy = a.sharding,
+                  .state_dict_type = a.form,
+                  .activation_checkpointing_policy = ac_policy(a.ac)};
     if (!a.param_dtype.empty() || !a.reduce_dtype.empty() || !a.buffer_dtype.empty()) {
       o.mixed_precision = FSDPMixedPrecision{.param_dtype = dtype_arg(a.param_dtype),
                                              .reduce_dtype = dtype_arg(a.reduce_dtype),
@@ -280,7 +451,15 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
       y = fabric.to_device(y.narrow(0, rank * rows, rows));
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
-      auto loss = torch::mse_loss(net(x).to(torch::kFloat32), y);
+      const bool measure = counting_allocator && step == start && micro == 0;
+      if (measure) CountingAllocator::open();
+      auto pred = net(x);
+      if (measure) {
+        std::printf("ACT rank=%d bytes=%lld\n", rank,
+                    static_cast<long long>(CountingAllocator::close()));
+        std::fflush(stdout);
+      }
+      auto loss = torch::mse_loss(pred.to(torch::kFloat32), y);
       fabric.backward(loss);
       const auto reduce_dtype =
           dtype_arg(args.reduce_dtype.empty() ? args.param_dtype : args.reduce_dtype);
@@ -388,6 +567,9 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
 int run(cppfabric::Fabric& fabric, const Args& args) {
   torch::manual_seed(42 + fabric.global_rank());  // different per rank: setup must broadcast
   if (args.memory) return train(fabric, args, Big());
+  if (args.ac_model || args.ac_bad || args.ac_nested) {
+    return train(fabric, args, AcNet(args.hidden, args.dropout, args.ac_bad, args.ac_nested));
+  }
   const auto emulate = args.strategy == "fsdp" ? std::nullopt : dtype_arg(args.param_dtype);
   return train(fabric, args, Net(args.inner, args.bn, emulate));
 }
@@ -397,6 +579,11 @@ int run(cppfabric::Fabric& fabric, const Args& args) {
 int main(int argc, char** argv) {
   try {
     const Args args = parse(argc, argv);
+    if (args.act_memory) {
+      static CountingAllocator allocator;
+      c10::SetCPUAllocator(&allocator, /*priority=*/100);
+      counting_allocator = &allocator;
+    }
     cppfabric::FabricOptions options{.accelerator = "cpu"};
     options.devices = cppfabric::DevicesArg(args.devices);
     if (!args.scaler) options.precision = args.precision;
