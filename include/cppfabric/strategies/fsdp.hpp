@@ -16,6 +16,10 @@
 //       cppfabric::strategies::FSDPOptions{.sharding_strategy = "SHARD_GRAD_OP"});
 //   Fabric fabric({.strategy = fsdp, .devices = 4});
 //
+//   // HYBRID_SHARD: shard within each node, replicate across nodes (or any {replicas, shard
+//   // size} with device_mesh, e.g. {2, 2} on 4 devices of one node).
+//   FSDPOptions{.sharding_strategy = "HYBRID_SHARD", .device_mesh = {2, 2}}
+//
 // Units: the set-up module is always the outer unit. Submodules declared as
 // cppfabric::strategies::FSDPUnit<Impl> (strategies/fsdp_unit.hpp) are inner units, gathered and
 // freed one at a time: that is what lets a model larger than one device's memory train.
@@ -28,6 +32,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cppfabric/strategies/sharding.hpp"
 
@@ -35,8 +40,11 @@ namespace cppfabric::strategies {
 
 struct FSDPOptions {
   /// "FULL_SHARD" (Python's default; inner units freed after forward), "SHARD_GRAD_OP" (kept
-  /// from forward to backward), "NO_SHARD" (DDP-like: whole parameters, gradients all-reduced).
-  /// "HYBRID_SHARD" needs a two-level process group and is not available yet.
+  /// from forward to backward), "NO_SHARD" (DDP-like: whole parameters, gradients all-reduced),
+  /// "HYBRID_SHARD" (FULL_SHARD within each node, replicated across nodes: gradients are
+  /// reduce-scattered within the node, then all-reduced across nodes; see `device_mesh`),
+  /// "_HYBRID_SHARD_ZERO2" (the same, keeping units gathered from forward to backward as
+  /// SHARD_GRAD_OP).
   std::string sharding_strategy = "FULL_SHARD";
   /// Keep parameters and optimizer state in CPU memory. On CPU devices this is what already
   /// happens; with CUDA devices it is not available yet.
@@ -47,6 +55,11 @@ struct FSDPOptions {
   std::chrono::milliseconds timeout = std::chrono::minutes(30);
   /// "" picks "nccl" for CUDA devices and "gloo" for CPUs.
   std::string process_group_backend = "";
+  /// HYBRID_SHARD only: {replicas, shard size} (Lightning's `device_mesh=(replication size,
+  /// sharding size)`), whose product must equal the world size. Ranks [k*S, (k+1)*S) form shard
+  /// group k; ranks with the same position in their shard group form a replicate group. Empty
+  /// (default): one shard group per node ({num_nodes, devices}).
+  std::vector<int> device_mesh = {};
 };
 
 class FSDPStrategy : public ShardingStrategy {
@@ -64,6 +77,8 @@ class FSDPStrategy : public ShardingStrategy {
   std::vector<UnitParams> partition(torch::nn::Module& module) override;
   void configure(detail::ShardingConfig& config) const override;
   void after_sharding(torch::nn::Module& module, detail::ShardedModule& sharded) override;
+  /// HYBRID_SHARD: device_mesh's shard size, or the devices per node; else 0 (the whole world).
+  int shard_group_size() const override;
 
  private:
   FSDPOptions options_;

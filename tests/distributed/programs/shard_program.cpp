@@ -15,6 +15,8 @@
 // continue from the saved step. --form: FSDP's state_dict_type. --scaler: "16-mixed" on the CPU
 // with a GradScaler; --inf-step K: at step K element 0 of the first parameter's gradient is inf on
 // every rank (after sharding only its owner sees it: the ranks must still agree to skip).
+// --num-nodes N: Fabric's num_nodes (start one program per node with NODE_RANK, MASTER_ADDR and
+// MASTER_PORT set). --mesh R,S: FSDPOptions::device_mesh {R, S} (with --sharding HYBRID_SHARD).
 #include <torch/torch.h>
 
 #include <cppfabric/cppfabric.hpp>
@@ -26,6 +28,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -51,6 +54,8 @@ struct Args {
   bool scaler = false;  // "16-mixed" on the CPU with a GradScaler("cpu")
   int inf_step = -1;    // at this step the first element of the first parameter's grad is inf
   std::string out = ".";
+  int num_nodes = 1;
+  std::vector<int> mesh;  // FSDPOptions::device_mesh
 };
 
 Args parse(int argc, char** argv) {
@@ -103,7 +108,13 @@ Args parse(int argc, char** argv) {
       a.form = v;
     else if (key == "--inf-step")
       a.inf_step = std::stoi(v);
-    else
+    else if (key == "--num-nodes")
+      a.num_nodes = std::stoi(v);
+    else if (key == "--mesh") {
+      const auto comma = v.find(',');
+      if (comma == std::string::npos) throw std::invalid_argument("--mesh takes R,S, got " + v);
+      a.mesh = {std::stoi(v.substr(0, comma)), std::stoi(v.substr(comma + 1))};
+    } else
       throw std::invalid_argument("unknown flag " + key);
   }
   return a;
@@ -154,8 +165,8 @@ TORCH_MODULE(Big);
 std::shared_ptr<cppfabric::strategies::Strategy> make_strategy(const Args& a) {
   using namespace cppfabric::strategies;
   if (a.strategy == "fsdp") {
-    return std::make_shared<FSDPStrategy>(
-        FSDPOptions{.sharding_strategy = a.sharding, .state_dict_type = a.form});
+    return std::make_shared<FSDPStrategy>(FSDPOptions{
+        .sharding_strategy = a.sharding, .state_dict_type = a.form, .device_mesh = a.mesh});
   }
   if (a.strategy.rfind("deepspeed", 0) == 0 && a.bucket > 0) {
     ZeROOptions z;
@@ -186,6 +197,18 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
       model->parameters(), torch::optim::AdamWOptions(1e-2).weight_decay(1e-2));
   auto [net, opt] = fabric.setup(model, optimizer);
   auto* sharding = dynamic_cast<cppfabric::strategies::ShardingStrategy*>(fabric.strategy().get());
+  if (sharding && sharding->replicate_group()) {
+    // HYBRID_SHARD: which global ranks this rank shards with and replicates with.
+    auto text = [](const std::vector<int>& ranks) {
+      std::string out;
+      for (int r : ranks) out.append(out.empty() ? "" : ",").append(std::to_string(r));
+      return out;
+    };
+    std::printf("GROUPS rank=%d shard=%s replicate=%s\n", rank,
+                text(sharding->shard_group()->global_ranks()).c_str(),
+                text(sharding->replicate_group()->global_ranks()).c_str());
+    std::fflush(stdout);
+  }
   const int in_features = args.memory ? 2560 : 8;
   const int out_features = 4;
   double last_loss = 0;
@@ -304,6 +327,7 @@ int main(int argc, char** argv) {
     const Args args = parse(argc, argv);
     cppfabric::FabricOptions options{.accelerator = "cpu"};
     options.devices = cppfabric::DevicesArg(args.devices);
+    options.num_nodes = args.num_nodes;
     if (!args.scaler) options.precision = args.precision;
     if (args.scaler) {
       options.plugins = {std::make_shared<cppfabric::precision::MixedPrecision>(
