@@ -18,8 +18,8 @@
 // Gradients: a post-hook on each parameter's gradient accumulator marks it ready; when a unit's
 // parameters are all ready (or at the end of the backward pass, for those that got none) the
 // unit's gradients are packed into a flat buffer, pre-divided by the world size, and
-// reduce-scattered (HYBRID_SHARD: within the shard group, then all-reduced across replicas) (or all-reduced, for ZeRO stage 1 and NO_SHARD) into the unit's shard
-// gradient, which the optimizer's tensors see as their `.grad`. The full-size gradients are then
+// reduce-scattered (or all-reduced, for ZeRO stage 1 and NO_SHARD) into the unit's shard
+// gradient (HYBRID_SHARD: within the shard group, then all-reduced across the replicas), which the optimizer's tensors see as their `.grad`. The full-size gradients are then
 // freed. With `overlap` the collectives are launched asynchronously and waited for at the end of
 // the backward pass. While synchronisation is off (no_backward_sync) gradients accumulate, full
 // size, in a per-unit buffer and are reduced by the next synchronised backward.
