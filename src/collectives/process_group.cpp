@@ -56,6 +56,9 @@ namespace {
 // error (which says which peer and which operation) wins the race against ours.
 constexpr std::chrono::milliseconds kWaitGrace{1000};
 
+// The key prefix of the group create() makes; sub-groups append "~sub<N>" to their parent's.
+constexpr const char* kDefaultPrefix = "cppfabric/default_pg";
+
 std::string describe_duration(std::chrono::milliseconds timeout) {
   const auto ms = timeout.count();
   if (ms % 1000 == 0) {
@@ -243,8 +246,7 @@ c10::intrusive_ptr<c10d::Store> make_store(const ProcessGroupOptions& o) {
   store_options.waitWorkers = true;
   store_options.timeout = o.timeout;
   try {
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(o.main_address, store_options);
-    return c10::make_intrusive<c10d::PrefixStore>("cppfabric/default_pg", tcp);
+    return c10::make_intrusive<c10d::TCPStore>(o.main_address, store_options);
   } catch (const std::exception& e) {
     const std::string hint =
         o.rank == 0 ? "Rank 0 hosts the store: check that the port is free and that all " +
@@ -429,8 +431,12 @@ bool CollectiveWork::is_completed() const {
 
 struct ProcessGroup::Impl {
   ProcessGroupOptions options;
-  c10::intrusive_ptr<c10d::Store> store;      // PrefixStore over the TCPStore
-  c10::intrusive_ptr<c10d::Backend> backend;  // declared last: released first
+  c10::intrusive_ptr<c10d::Store> root_store;  // the TCPStore (rank 0 serves it) every group shares
+  std::string prefix;                          // this group's keys in it: "<prefix>/..."
+  std::vector<int> global_ranks;               // members' ranks in the group create() made
+  int subgroups_created = 0;                   // new_group calls so far (the same on every rank)
+  c10::intrusive_ptr<c10d::Store> store;       // PrefixStore(prefix) over root_store
+  c10::intrusive_ptr<c10d::Backend> backend;   // declared last: released first
 
   ~Impl() {
     if (backend && options.backend == "nccl") {
@@ -440,10 +446,24 @@ struct ProcessGroup::Impl {
       }
     }
     backend.reset();  // drains its queue and joins its threads
-    store.reset();    // then the store (rank 0 stops serving it)
+    store.reset();    // then the store (rank 0 stops serving it once no group holds it)
+    root_store.reset();
   }
 
-  std::string what(const char* op) const { return std::string(op) + " on " + group_text(options); }
+  bool is_subgroup() const { return prefix != kDefaultPrefix; }
+
+  // "rank 1 of 2 (gloo, ...)" and, for a sub-group, "in the sub-group of global ranks [2, 3]".
+  std::string text() const {
+    std::string out = group_text(options);
+    if (!is_subgroup()) return out;
+    out += " in the sub-group of global ranks [";
+    for (std::size_t i = 0; i < global_ranks.size(); ++i) {
+      out.append(i ? ", " : "").append(std::to_string(global_ranks[i]));
+    }
+    return out + "]";
+  }
+
+  std::string what(const char* op) const { return std::string(op) + " on " + text(); }
 
   // CPPFABRIC_DEBUG_COLLECTIVES=1: before each collective every rank publishes (sequence number,
   // operation, dtypes and shapes) in the store and reads everyone else's, so that ranks issuing
@@ -493,7 +513,7 @@ struct ProcessGroup::Impl {
                all[static_cast<std::size_t>(r)];
     }
     throw std::runtime_error("cppfabric: collective mismatch at collective #" + std::to_string(n) +
-                             " of " + group_text(options) + ": " + ranks +
+                             " of " + text() + ": " + ranks +
                              ". Every rank must run the same collectives, with the same shapes, "
                              "in the same order (found by CPPFABRIC_DEBUG_COLLECTIVES=1).");
   }
@@ -563,21 +583,103 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& op
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->debug_collectives = debug.value_or(0) == 1;
-  impl->store = make_store(options);
-  if (nccl) {
+  impl->root_store = make_store(options);
+  impl->prefix = kDefaultPrefix;
+  impl->store = c10::make_intrusive<c10d::PrefixStore>(impl->prefix, impl->root_store);
+  impl->global_ranks.resize(static_cast<std::size_t>(options.world_size));
+  for (int r = 0; r < options.world_size; ++r) impl->global_ranks[static_cast<std::size_t>(r)] = r;
+  make_backend(*impl);
+  return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
+}
+
+void ProcessGroup::make_backend(Impl& impl) {
+  const auto& options = impl.options;
+  if (options.backend == "nccl") {
     try {
-      impl->backend =
-          detail::make_nccl_backend(impl->store, options.rank, options.world_size, options.timeout);
+      impl.backend =
+          detail::make_nccl_backend(impl.store, options.rank, options.world_size, options.timeout);
     } catch (const std::exception& e) {
-      throw std::runtime_error("cppfabric: " + group_text(options) +
+      throw std::runtime_error("cppfabric: " + impl.text() +
                                " could not create the nccl process group: " + error_text(e) +
                                ". Is a CUDA device bound to this rank?");
     }
   } else {
-    impl->backend = make_gloo(options, impl->store);
+    impl.backend = make_gloo(options, impl.store);
   }
+}
+
+std::shared_ptr<ProcessGroup> ProcessGroup::new_group(const std::vector<int>& ranks) {
+  const int world = impl_->options.world_size;
+  auto list_text = [&] {
+    std::string out = "[";
+    for (std::size_t i = 0; i < ranks.size(); ++i)
+      out.append(i ? ", " : "").append(std::to_string(ranks[i]));
+    return out + "]";
+  };
+  if (ranks.empty()) {
+    throw std::invalid_argument(
+        "cppfabric: new_group needs at least one rank, got an empty list. Valid ranks: 0 .. " +
+        std::to_string(world - 1) + ".");
+  }
+  std::vector<int> sorted = ranks;
+  std::sort(sorted.begin(), sorted.end());
+  for (std::size_t i = 0; i < sorted.size(); ++i) {
+    if (sorted[i] < 0 || sorted[i] >= world) {
+      throw std::invalid_argument("cppfabric: new_group got rank " + std::to_string(sorted[i]) +
+                                  " in " + list_text() + ", but the parent group has " +
+                                  std::to_string(world) + " ranks (valid ranks: 0 .. " +
+                                  std::to_string(world - 1) + ").");
+    }
+    if (i > 0 && sorted[i] == sorted[i - 1]) {
+      throw std::invalid_argument("cppfabric: new_group got rank " + std::to_string(sorted[i]) +
+                                  " twice in " + list_text() + "; each rank may appear once.");
+    }
+  }
+  // Counted on every rank, members or not, so that all agree on the next sub-group's prefix.
+  const int index = ++impl_->subgroups_created;
+  const auto mine = std::find(sorted.begin(), sorted.end(), impl_->options.rank);
+  if (mine == sorted.end()) return nullptr;
+  auto impl = std::make_unique<Impl>();
+  impl->options = impl_->options;
+  impl->options.rank = static_cast<int>(mine - sorted.begin());
+  impl->options.world_size = static_cast<int>(sorted.size());
+  impl->debug_collectives = impl_->debug_collectives;
+  impl->root_store = impl_->root_store;
+  impl->prefix = impl_->prefix + "~sub" + std::to_string(index);
+  impl->store = c10::make_intrusive<c10d::PrefixStore>(impl->prefix, impl->root_store);
+  for (int r : sorted)
+    impl->global_ranks.push_back(impl_->global_ranks[static_cast<std::size_t>(r)]);
+  make_backend(*impl);
   return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
 }
+
+std::shared_ptr<ProcessGroup> ProcessGroup::new_subgroups(
+    const std::vector<std::vector<int>>& groups) {
+  std::vector<int> seen;
+  for (const auto& g : groups) {
+    for (int r : g) {
+      if (r < 0 || r >= impl_->options.world_size) {
+        throw std::invalid_argument(
+            "cppfabric: new_subgroups got rank " + std::to_string(r) +
+            ", but the parent group has " + std::to_string(impl_->options.world_size) +
+            " ranks (valid ranks: 0 .. " + std::to_string(impl_->options.world_size - 1) + ").");
+      }
+      if (std::find(seen.begin(), seen.end(), r) != seen.end()) {
+        throw std::invalid_argument("cppfabric: new_subgroups got rank " + std::to_string(r) +
+                                    " in more than one group; the groups must be disjoint.");
+      }
+      seen.push_back(r);
+    }
+  }
+  std::shared_ptr<ProcessGroup> out;
+  for (const auto& g : groups) {
+    auto group = new_group(g);
+    if (group) out = std::move(group);
+  }
+  return out;
+}
+
+const std::vector<int>& ProcessGroup::global_ranks() const { return impl_->global_ranks; }
 
 bool ProcessGroup::is_backend_available(const std::string& backend) {
   if (backend == "nccl") return detail::nccl_available();

@@ -77,6 +77,8 @@ void check_float_dtype(const char* field, const std::optional<c10::ScalarType>& 
       field, c10::toString(t)));
 }
 
+bool hybrid(const std::string& s) { return s == "HYBRID_SHARD" || s == "_HYBRID_SHARD_ZERO2"; }
+
 // The discovered inner units of the module being set up, in module order, with their names and
 // whether activation_checkpointing_policy selected them.
 thread_local std::vector<FSDPUnitBase*> pending_units;
@@ -86,23 +88,32 @@ thread_local std::vector<std::pair<std::string, bool>> pending_configs;
 FSDPStrategy::FSDPStrategy(FSDPOptions options)
     : ShardingStrategy(ddp_options(options)), options_(std::move(options)) {
   const auto& s = options_.sharding_strategy;
-  if (s == "HYBRID_SHARD" || s == "_HYBRID_SHARD_ZERO2") {
-    throw NotYetAvailableError(fmt::format(
-        "FSDPOptions: sharding_strategy '{}' shards within a node and replicates across nodes, "
-        "which needs a two-level process group that cppfabric does not build yet. Use "
-        "'FULL_SHARD', 'SHARD_GRAD_OP' or 'NO_SHARD'.",
-        s));
-  }
-  if (s != "FULL_SHARD" && s != "SHARD_GRAD_OP" && s != "NO_SHARD") {
+  if (s != "FULL_SHARD" && s != "SHARD_GRAD_OP" && s != "NO_SHARD" && !hybrid(s)) {
     throw std::invalid_argument(fmt::format(
         "FSDPOptions: sharding_strategy '{}' is not valid. Valid choices: 'FULL_SHARD' (default), "
-        "'SHARD_GRAD_OP', 'NO_SHARD' ('HYBRID_SHARD' is recognised but not yet available).",
+        "'SHARD_GRAD_OP', 'NO_SHARD', 'HYBRID_SHARD', '_HYBRID_SHARD_ZERO2'.",
         s));
   }
   if (const auto& mp = options_.mixed_precision) {
     check_float_dtype("param_dtype", mp->param_dtype);
     check_float_dtype("reduce_dtype", mp->reduce_dtype);
     check_float_dtype("buffer_dtype", mp->buffer_dtype);
+  }
+  const auto& mesh = options_.device_mesh;
+  if (!mesh.empty()) {
+    if (!hybrid(s)) {
+      throw std::invalid_argument(fmt::format(
+          "FSDPOptions: device_mesh {{{}}} is only valid with sharding_strategy 'HYBRID_SHARD' or "
+          "'_HYBRID_SHARD_ZERO2', got '{}'.",
+          fmt::join(mesh, ", "), s));
+    }
+    if (mesh.size() != 2 || mesh[0] < 1 || mesh[1] < 1) {
+      throw std::invalid_argument(fmt::format(
+          "FSDPOptions: device_mesh {{{}}} is not valid: give two positive sizes, {{replication "
+          "size, sharding size}}, whose product is the world size (e.g. {{2, 4}} for 8 "
+          "processes).",
+          fmt::join(mesh, ", ")));
+    }
   }
   if (options_.state_dict_type != "sharded" && options_.state_dict_type != "full") {
     throw std::invalid_argument(fmt::format(
@@ -176,7 +187,7 @@ void FSDPStrategy::configure(detail::ShardingConfig& config) const {
   config.shard_params = s != "NO_SHARD";
   config.reduce =
       s == "NO_SHARD" ? detail::GradReduce::AllReduce : detail::GradReduce::ReduceScatter;
-  config.reshard_after_forward = s == "FULL_SHARD";
+  config.reshard_after_forward = s == "FULL_SHARD" || s == "HYBRID_SHARD";
   config.overlap = false;
   if (const auto& mp = options_.mixed_precision) {
     config.param_dtype = mp->param_dtype;
@@ -196,6 +207,21 @@ at::Tensor FSDPStrategy::convert_input(torch::nn::Module& module, const at::Tens
     return input;
   }
   return input.to(*mp->param_dtype);
+}
+
+int FSDPStrategy::shard_group_size() const {
+  if (!hybrid(options_.sharding_strategy)) return 0;
+  const auto& mesh = options_.device_mesh;
+  if (mesh.empty()) return num_processes();  // one shard group per node, as torch's FSDP
+  if (mesh[0] * mesh[1] != world_size()) {
+    throw std::invalid_argument(fmt::format(
+        "FSDPOptions: device_mesh {{{}, {}}} has {} x {} = {} ranks, but the world size is {} "
+        "(num_nodes {} x devices {}). The product of replication size and sharding size must "
+        "equal the world size.",
+        mesh[0], mesh[1], mesh[0], mesh[1], mesh[0] * mesh[1], world_size(), num_nodes(),
+        num_processes()));
+  }
+  return mesh[1];
 }
 
 void FSDPStrategy::after_sharding(torch::nn::Module&, detail::ShardedModule& sharded) {

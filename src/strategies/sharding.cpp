@@ -141,7 +141,11 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
   int64_t full_bytes = 0;
   int64_t peak_full_bytes = 0;
 
-  int world() const { return group->world_size(); }
+  // The data-parallel world: the shard group times the replicas (HYBRID_SHARD).
+  int world() const {
+    return group->world_size() *
+           (config.replicate_group ? config.replicate_group->world_size() : 1);
+  }
 
   void account(int64_t delta) {
     full_bytes += delta;
@@ -258,11 +262,12 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     if (pre > 1) flat.div_(pre);
     unit.post_divide = post;
     unit.reduce_in = flat;
-    if (n > 1 && unit.shards > 1 && config.reduce == GradReduce::ReduceScatter) {
+    const bool many = group->world_size() > 1;  // the shard group (HYBRID_SHARD: one replica)
+    if (many && unit.shards > 1 && config.reduce == GradReduce::ReduceScatter) {
       unit.reduce_out = torch::empty({unit.shard_numel}, flat.options());
       unit.work.emplace(group->reduce_scatter_async(unit.reduce_out, flat));
     } else {
-      if (n > 1) unit.work.emplace(group->all_reduce_async(flat, collectives::ReduceKind::Sum));
+      if (many) unit.work.emplace(group->all_reduce_async(flat, collectives::ReduceKind::Sum));
       unit.reduce_out =
           unit.shards > 1 ? flat.narrow(0, unit.rank * unit.shard_numel, unit.shard_numel) : flat;
     }
@@ -275,6 +280,10 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     }
     if (!unit.reduce_out.defined()) return;
     torch::NoGradGuard no_grad;
+    // HYBRID_SHARD: the shard group's sum, summed again over the replicas of this shard.
+    if (config.replicate_group && config.replicate_group->world_size() > 1) {
+      config.replicate_group->all_reduce(unit.reduce_out, collectives::ReduceKind::Sum);
+    }
     if (unit.post_divide > 1) unit.reduce_out.div_(unit.post_divide);
     if (unit.shard_grad_live) {
       unit.shard_grad.add_(unit.reduce_out);

@@ -19,7 +19,7 @@
 // parameters are all ready (or at the end of the backward pass, for those that got none) the
 // unit's gradients are packed into a flat buffer, pre-divided by the world size, and
 // reduce-scattered (or all-reduced, for ZeRO stage 1 and NO_SHARD) into the unit's shard
-// gradient, which the optimizer's tensors see as their `.grad`. The full-size gradients are then
+// gradient (HYBRID_SHARD: within the shard group, then all-reduced across the replicas), which the optimizer's tensors see as their `.grad`. The full-size gradients are then
 // freed. With `overlap` the collectives are launched asynchronously and waited for at the end of
 // the backward pass. While synchronisation is off (no_backward_sync) gradients accumulate, full
 // size, in a per-unit buffer and are reduced by the next synchronised backward.
@@ -60,6 +60,12 @@ struct ShardingConfig {
   std::optional<c10::ScalarType> reduce_dtype{};
   /// For messages: "fsdp", "deepspeed_stage_2", ...
   std::string strategy_name;
+  /// HYBRID_SHARD: the ranks holding the same shards as this one (one per shard group). The
+  /// ShardedModule's group is then the shard group: parameters are sharded and gathered within
+  /// it, gradients reduce-scattered within it and then all-reduced across this group, and they
+  /// are pre-divided by both sizes (the data-parallel world), so averaging equals DDP's. Null:
+  /// the shard group is the whole world.
+  std::shared_ptr<collectives::ProcessGroup> replicate_group;
 };
 
 /// A unit as given to ShardedModule: its parameters with their full names.

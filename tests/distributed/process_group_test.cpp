@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -383,3 +384,131 @@ TEST(ProcessGroupTest, CreateFailsWhenPeersNeverJoin) {
 }
 
 }  // namespace
+
+// ------------------------------------------------------------ sub-groups
+
+// 4 ranks split two ways (as HYBRID_SHARD does: {0,1},{2,3} and {0,2},{1,3}), plus a group named
+// in descending order: each sub-group's collectives see only its members, ranks are numbered in
+// ascending order, non-members get nullptr, and the parent's collectives still work between them.
+TEST(ProcessGroupSubgroupTest, FourRanksSplitTwoWays) {
+  const auto codes = run_ranks(4, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 4, port));
+    auto shard = pg->new_subgroups({{0, 1}, {2, 3}});
+    auto replicate = pg->new_subgroups({{0, 2}, {1, 3}});
+    auto odd = pg->new_group({3, 1});
+    EXPECT_EQ(pg->global_ranks(), (std::vector<int>{0, 1, 2, 3}));
+    if (!shard || !replicate) {
+      ADD_FAILURE() << "rank " << rank << " got no sub-group";
+      return 1;
+    }
+    EXPECT_EQ(shard->world_size(), 2);
+    EXPECT_EQ(shard->rank(), rank % 2);
+    EXPECT_EQ(shard->backend(), "gloo");
+    EXPECT_EQ(shard->timeout(), pg->timeout());
+    EXPECT_EQ(shard->global_ranks(), (std::vector<int>{rank / 2 * 2, rank / 2 * 2 + 1}));
+    EXPECT_EQ(replicate->rank(), rank / 2);
+    EXPECT_EQ(replicate->global_ranks(), (std::vector<int>{rank % 2, rank % 2 + 2}));
+    EXPECT_EQ(odd != nullptr, rank % 2 == 1);
+
+    // Sums of 10^rank show exactly which ranks took part.
+    auto t = torch::full({2}, std::pow(10.0, rank), torch::kFloat64);
+    shard->all_reduce(t, ReduceKind::Sum);
+    const double shard_sum = rank < 2 ? 11.0 : 1100.0;
+    EXPECT_TRUE(torch::equal(t, torch::full({2}, shard_sum, torch::kFloat64))) << t;
+    t = torch::full({2}, std::pow(10.0, rank), torch::kFloat64);
+    replicate->all_reduce(t, ReduceKind::Sum);
+    const double replica_sum = rank % 2 == 0 ? 101.0 : 1010.0;
+    EXPECT_TRUE(torch::equal(t, torch::full({2}, replica_sum, torch::kFloat64))) << t;
+
+    // The whole group still runs between the sub-groups' collectives.
+    t = torch::full({1}, std::pow(10.0, rank), torch::kFloat64);
+    pg->all_reduce(t, ReduceKind::Sum);
+    EXPECT_EQ(t.item<double>(), 1111.0);
+
+    if (odd) {
+      EXPECT_EQ(odd->rank(), rank == 1 ? 0 : 1);  // ascending order: 1 is rank 0
+      EXPECT_EQ(odd->global_ranks(), (std::vector<int>{1, 3}));
+      auto b = torch::full({1}, static_cast<double>(rank), torch::kFloat64);
+      odd->broadcast(b, /*src=*/1);  // global rank 3
+      EXPECT_EQ(b.item<double>(), 3.0);
+      odd->barrier();
+      odd->barrier(std::chrono::milliseconds(10000));
+    }
+
+    // The flat collectives of sharding, within a shard group: chunk r of the group's sum.
+    auto full = torch::arange(4, torch::kFloat32) + 10.0 * rank;
+    auto piece = torch::empty({2});
+    shard->reduce_scatter(piece, full);
+    const float base = rank < 2 ? 10.0f : 50.0f;  // 10 * (r0 + r1)
+    const int r = shard->rank();
+    EXPECT_TRUE(torch::equal(piece, torch::tensor({base + 4.0f * r, base + 4.0f * r + 2.0f})))
+        << piece;
+    auto gathered = torch::empty({4});
+    shard->all_gather_into(gathered, torch::full({2}, static_cast<float>(rank)));
+    const float a = static_cast<float>(rank / 2 * 2);
+    EXPECT_TRUE(torch::equal(gathered, torch::tensor({a, a, a + 1, a + 1}))) << gathered;
+    const auto parts = replicate->all_gather(torch::full({1}, rank, torch::kInt64));
+    EXPECT_TRUE(torch::equal(torch::cat(parts), torch::tensor({rank % 2, rank % 2 + 2})));
+
+    // A sub-group of a sub-group: global ranks are composed.
+    auto single = shard->new_group({1});
+    EXPECT_EQ(single != nullptr, rank % 2 == 1);
+    if (single) {
+      EXPECT_EQ(single->world_size(), 1);
+      EXPECT_EQ(single->global_ranks(), (std::vector<int>{rank}));
+      auto s = torch::full({1}, 5.0);
+      single->all_reduce(s);
+      EXPECT_EQ(s.item<float>(), 5.0f);
+    }
+    pg->barrier();
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
+TEST(ProcessGroupSubgroupTest, RejectsBadRankLists) {
+  const auto codes = run_ranks(2, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 2, port));
+    std::string msg = invalid_argument_message([&] { pg->new_group({}); });
+    EXPECT_TRUE(Contains(msg, "at least one rank"));
+    msg = invalid_argument_message([&] { pg->new_group({0, 2}); });
+    EXPECT_TRUE(Contains(msg, "rank 2"));
+    EXPECT_TRUE(Contains(msg, "0 .. 1"));
+    msg = invalid_argument_message([&] { pg->new_group({-1}); });
+    EXPECT_TRUE(Contains(msg, "rank -1"));
+    msg = invalid_argument_message([&] { pg->new_group({1, 1}); });
+    EXPECT_TRUE(Contains(msg, "twice"));
+    msg = invalid_argument_message([&] { pg->new_subgroups({{0, 1}, {1}}); });
+    EXPECT_TRUE(Contains(msg, "disjoint"));
+    msg = invalid_argument_message([&] { pg->new_subgroups({{0}, {5}}); });
+    EXPECT_TRUE(Contains(msg, "rank 5"));
+    // The rejected calls created nothing: the next sub-group still forms on both ranks.
+    auto both = pg->new_group({0, 1});
+    auto t = torch::ones({1});
+    both->all_reduce(t);
+    EXPECT_EQ(t.item<float>(), 2.0f);
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
+// A sub-group's collective that a member never joins times out with the sub-group named.
+TEST(ProcessGroupSubgroupTest, TimeoutNamesTheSubgroup) {
+  const auto codes = run_ranks(3, [](int rank, int port) {
+    auto pg = ProcessGroup::create(loopback(rank, 3, port, 2s));
+    auto pair = pg->new_group({1, 2});
+    if (rank == 1) {
+      auto t = torch::ones({2});
+      try {
+        pair->all_reduce(t);
+        ADD_FAILURE() << "all_reduce completed without rank 2";
+      } catch (const std::runtime_error& e) {
+        EXPECT_TRUE(Contains(e.what(), "all_reduce"));
+        EXPECT_TRUE(Contains(e.what(), "sub-group of global ranks [1, 2]"));
+      }
+    }
+    pg->barrier(std::chrono::milliseconds(20000));
+    return child_status();
+  });
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
+}

@@ -213,8 +213,7 @@ TEST_F(StrategiesTest, ShardingOptionsAreValidated) {
   using namespace cppfabric::strategies;
   EXPECT_THROW_WITH(FSDPStrategy(FSDPOptions{.sharding_strategy = "FULL"}), std::invalid_argument,
                     "'FULL'", "SHARD_GRAD_OP");
-  EXPECT_THROW_WITH(FSDPStrategy(FSDPOptions{.sharding_strategy = "HYBRID_SHARD"}),
-                    cppfabric::NotYetAvailableError, "HYBRID_SHARD");
+  EXPECT_NO_THROW(FSDPStrategy(FSDPOptions{.sharding_strategy = "HYBRID_SHARD"}));
   EXPECT_THROW_WITH(FSDPStrategy(FSDPOptions{.state_dict_type = "local"}), std::invalid_argument,
                     "'local'", "'full'");
   EXPECT_THROW_WITH(

@@ -11,6 +11,11 @@
 //   CollectiveWork w = pg->all_reduce_async(t, ReduceKind::Avg);  // ... overlap work ...
 //   w.wait();                                      // t now holds the average
 //
+//   // Sub-groups (torch.distributed.new_group / new_subgroups_by_enumeration): every rank
+//   // calls it; each gets the group it belongs to (nullptr where it belongs to none).
+//   auto node = pg->new_subgroups({{0, 1}, {2, 3}});  // rank 2 gets a group of 2, its rank 0
+//   node->all_reduce(t);                           // sums over ranks {2, 3} only
+//
 // `create()` also sets SIGPIPE to "ignore" when it still has its default action, so that a
 // peer that dies shows up as an error from the next collective instead of killing this
 // process (Python does the same at start-up). `create()` is collective: every rank calls it with
@@ -136,10 +141,30 @@ class ProcessGroup {
   /// The same, without waiting: call `wait()` before reading `full` or touching `shard`.
   CollectiveWork all_gather_into_async(at::Tensor& full, const at::Tensor& shard);
 
+  // Sub-groups, as torch.distributed.new_group. A sub-group has this group's backend, timeout and
+  // address, and meets through the same rendezvous store under a key prefix of its own (no new
+  // port). Creating one is collective over this group: every rank calls it, with the same
+  // arguments, in the same order relative to this group's collectives and other sub-group
+  // creations (ranks outside the new group only count it). Its members join it (blocking until
+  // all have, at most the timeout). Ranks are numbered in ascending order of their rank here.
+  // A sub-group may outlive this object; rank 0's store serves until the last group using it is
+  // gone. Collectives of different groups must not be in flight at once from different threads.
+
+  /// The group of `ranks` (this group's ranks: distinct, in [0, world_size()), any order), or
+  /// nullptr on a rank that is not among them. Throws std::invalid_argument naming a bad list.
+  std::shared_ptr<ProcessGroup> new_group(const std::vector<int>& ranks);
+  /// One sub-group per list (new_group for each, in order; the lists must be disjoint) and returns
+  /// the one this rank belongs to, or nullptr. E.g. {{0, 1}, {2, 3}}: two groups of 2.
+  std::shared_ptr<ProcessGroup> new_subgroups(const std::vector<std::vector<int>>& groups);
+  /// For a sub-group: the ranks of the group create() made (the job's global ranks) of its
+  /// members, in this group's rank order; for a group create() made: 0 .. world_size() - 1.
+  const std::vector<int>& global_ranks() const;
+
   struct Impl;  // private; defined in process_group.cpp
 
  private:
   explicit ProcessGroup(std::unique_ptr<Impl> impl);
+  static void make_backend(Impl& impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -16,6 +16,10 @@
 //       cppfabric::strategies::FSDPOptions{.sharding_strategy = "SHARD_GRAD_OP"});
 //   Fabric fabric({.strategy = fsdp, .devices = 4});
 //
+//   // HYBRID_SHARD: shard within each node, replicate across nodes (or any {replicas, shard
+//   // size} with device_mesh, e.g. {2, 2} on 4 devices of one node).
+//   FSDPOptions{.sharding_strategy = "HYBRID_SHARD", .device_mesh = {2, 2}}
+//
 // Units: the set-up module is always the outer unit. Submodules declared as
 // cppfabric::strategies::FSDPUnit<Impl> (strategies/fsdp_unit.hpp) are inner units, gathered and
 // freed one at a time: that is what lets a model larger than one device's memory train.
@@ -32,6 +36,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cppfabric/strategies/sharding.hpp"
 
@@ -76,8 +81,11 @@ ActivationCheckpointingPolicy checkpoint_all_units();
 
 struct FSDPOptions {
   /// "FULL_SHARD" (Python's default; inner units freed after forward), "SHARD_GRAD_OP" (kept
-  /// from forward to backward), "NO_SHARD" (DDP-like: whole parameters, gradients all-reduced).
-  /// "HYBRID_SHARD" needs a two-level process group and is not available yet.
+  /// from forward to backward), "NO_SHARD" (DDP-like: whole parameters, gradients all-reduced),
+  /// "HYBRID_SHARD" (FULL_SHARD within each node, replicated across nodes: gradients are
+  /// reduce-scattered within the node, then all-reduced across nodes; see `device_mesh`),
+  /// "_HYBRID_SHARD_ZERO2" (the same, keeping units gathered from forward to backward as
+  /// SHARD_GRAD_OP).
   std::string sharding_strategy = "FULL_SHARD";
   /// Keep parameters and optimizer state in CPU memory. On CPU devices this is what already
   /// happens; with CUDA devices it is not available yet.
@@ -100,6 +108,11 @@ struct FSDPOptions {
   ///   .activation_checkpointing_policy = [](const std::string& name, const torch::nn::Module&) {
   ///     return name != "blocks.0"; }
   ActivationCheckpointingPolicy activation_checkpointing_policy = nullptr;
+  /// HYBRID_SHARD only: {replicas, shard size} (Lightning's `device_mesh=(replication size,
+  /// sharding size)`), whose product must equal the world size. Ranks [k*S, (k+1)*S) form shard
+  /// group k; ranks with the same position in their shard group form a replicate group. Empty
+  /// (default): one shard group per node ({num_nodes, devices}).
+  std::vector<int> device_mesh = {};
 };
 
 class FSDPStrategy : public ShardingStrategy {
@@ -119,6 +132,8 @@ class FSDPStrategy : public ShardingStrategy {
   void after_sharding(torch::nn::Module& module, detail::ShardedModule& sharded) override;
   std::optional<c10::ScalarType> buffer_dtype() const override;
   at::Tensor convert_input(torch::nn::Module& module, const at::Tensor& input) override;
+  /// HYBRID_SHARD: device_mesh's shard size, or the devices per node; else 0 (the whole world).
+  int shard_group_size() const override;
 
  private:
   FSDPOptions options_;

@@ -47,6 +47,17 @@ class ShardingStrategy : public DDPStrategy {
  public:
   ~ShardingStrategy() override;
 
+  /// DDP's process group, then (HYBRID_SHARD) the shard and replicate sub-groups.
+  void setup_environment() override;
+  /// The ranks a module's parameters are sharded over: the whole world's group, except under
+  /// HYBRID_SHARD, where it is this rank's shard group (e.g. its node). Null before launch.
+  std::shared_ptr<collectives::ProcessGroup> shard_group() const;
+  /// HYBRID_SHARD: the ranks holding the same shard as this one (one per shard group), across
+  /// which gradients are all-reduced after the reduce-scatter. Null otherwise.
+  const std::shared_ptr<collectives::ProcessGroup>& replicate_group() const {
+    return replicate_group_;
+  }
+
   std::shared_ptr<torch::nn::Module> setup_module(
       std::shared_ptr<torch::nn::Module> module) override;
   void setup_optimizer(torch::optim::Optimizer& optimizer) override;
@@ -94,6 +105,9 @@ class ShardingStrategy : public DDPStrategy {
   /// The dtype floating-point buffers are cast to at setup_module (FSDP's mixed_precision
   /// buffer_dtype); checkpoints still save and load them in their original dtype.
   virtual std::optional<c10::ScalarType> buffer_dtype() const { return std::nullopt; }
+  /// How many consecutive global ranks form one shard group (HYBRID_SHARD); 0 or the world size:
+  /// one group of every rank. Must divide the world size. Called once the ranks are known.
+  virtual int shard_group_size() const { return 0; }
   detail::ShardedModule* sharded_for(const torch::nn::Module& module) const;
 
  private:
@@ -109,6 +123,8 @@ class ShardingStrategy : public DDPStrategy {
   struct Entry;
   std::vector<std::unique_ptr<Entry>> entries_;
   std::vector<const void*> agreed_;  // optimizers whose inf check was agreed this step
+  std::shared_ptr<collectives::ProcessGroup> shard_group_;      // HYBRID_SHARD only
+  std::shared_ptr<collectives::ProcessGroup> replicate_group_;  // HYBRID_SHARD only
 };
 
 }  // namespace cppfabric::strategies

@@ -32,6 +32,8 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+// --num-nodes N: Fabric's num_nodes (start one program per node with NODE_RANK, MASTER_ADDR and
+// MASTER_PORT set). --mesh R,S: FSDPOptions::device_mesh {R, S} (with --sharding HYBRID_SHARD).
 #include <torch/torch.h>
 
 #include <atomic>
@@ -48,6 +50,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -82,6 +85,8 @@ struct Args {
   bool act_memory = false;
   bool ac_bad = false;
   bool ac_nested = false;
+  int num_nodes = 1;
+  std::vector<int> mesh;  // FSDPOptions::device_mesh
 };
 
 std::optional<c10::ScalarType> dtype_arg(const std::string& v) {
@@ -165,7 +170,13 @@ Args parse(int argc, char** argv) {
       a.hidden = std::stoi(v);
     else if (key == "--dropout")
       a.dropout = std::stod(v);
-    else
+    else if (key == "--num-nodes")
+      a.num_nodes = std::stoi(v);
+    else if (key == "--mesh") {
+      const auto comma = v.find(',');
+      if (comma == std::string::npos) throw std::invalid_argument("--mesh takes R,S, got " + v);
+      a.mesh = {std::stoi(v.substr(0, comma)), std::stoi(v.substr(comma + 1))};
+    } else
       throw std::invalid_argument("unknown flag " + key);
   }
   return a;
@@ -375,7 +386,8 @@ std::shared_ptr<cppfabric::strategies::Strategy> make_strategy(const Args& a) {
   if (a.strategy == "fsdp") {
     FSDPOptions o{.sharding_strategy = a.sharding,
                   .state_dict_type = a.form,
-                  .activation_checkpointing_policy = ac_policy(a.ac)};
+                  .activation_checkpointing_policy = ac_policy(a.ac),
+                  .device_mesh = a.mesh};
     if (!a.param_dtype.empty() || !a.reduce_dtype.empty() || !a.buffer_dtype.empty()) {
       o.mixed_precision = FSDPMixedPrecision{.param_dtype = dtype_arg(a.param_dtype),
                                              .reduce_dtype = dtype_arg(a.reduce_dtype),
@@ -416,6 +428,18 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
     if (model->norm && rank == 0) {
       std::printf("BUFFERS setup %s\n", c10::toString(model->norm->running_mean.scalar_type()));
     }
+  }
+  if (sharding && sharding->replicate_group()) {
+    // HYBRID_SHARD: which global ranks this rank shards with and replicates with.
+    auto text = [](const std::vector<int>& ranks) {
+      std::string out;
+      for (int r : ranks) out.append(out.empty() ? "" : ",").append(std::to_string(r));
+      return out;
+    };
+    std::printf("GROUPS rank=%d shard=%s replicate=%s\n", rank,
+                text(sharding->shard_group()->global_ranks()).c_str(),
+                text(sharding->replicate_group()->global_ranks()).c_str());
+    std::fflush(stdout);
   }
   const int in_features = args.memory ? 2560 : 8;
   const int out_features = 4;
@@ -586,6 +610,7 @@ int main(int argc, char** argv) {
     }
     cppfabric::FabricOptions options{.accelerator = "cpu"};
     options.devices = cppfabric::DevicesArg(args.devices);
+    options.num_nodes = args.num_nodes;
     if (!args.scaler) options.precision = args.precision;
     if (args.scaler) {
       options.plugins = {std::make_shared<cppfabric::precision::MixedPrecision>(
