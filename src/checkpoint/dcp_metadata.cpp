@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "checkpoint/pickle_machine.hpp"
 #include "cppfabric/detail/fmt.hpp"
 
 namespace cppfabric::checkpoint::detail {
@@ -208,9 +209,11 @@ const char* type_name(const ObjPtr& o) {
   return "?";
 }
 
-class Reader {
+class Reader : PickleMachine<Reader, Obj> {
+  friend class PickleMachine<Reader, Obj>;
+
  public:
-  Reader(std::string_view data, std::string what) : data_(data), what_(std::move(what)) {
+  Reader(std::string_view data, std::string what) : PickleMachine(data), what_(std::move(what)) {
     budget_ = 64 * static_cast<uint64_t>(data.size()) + 10'000'000;
   }
 
@@ -230,73 +233,6 @@ class Reader {
   void charge(uint64_t n) {
     if (n > budget_) fail("it describes more work than its size allows (shared references?)");
     budget_ -= n;
-  }
-
-  // --- the opcode interpreter
-  const unsigned char* need(uint64_t n) {
-    if (n > data_.size() - pos_) fail_at("unexpected end of the pickle (truncated file?)");
-    const auto* p = reinterpret_cast<const unsigned char*>(data_.data() + pos_);
-    pos_ += n;
-    return p;
-  }
-  uint64_t le(uint64_t n) {
-    const auto* p = need(n);
-    uint64_t v = 0;
-    for (uint64_t k = 0; k < n; ++k) v |= uint64_t(p[k]) << (8 * k);
-    return v;
-  }
-  std::string line() {
-    const auto end = data_.find('\n', pos_);
-    if (end == std::string_view::npos || end - pos_ > 256) fail_at("a malformed GLOBAL");
-    std::string out(data_.substr(pos_, end - pos_));
-    pos_ = end + 1;
-    return out;
-  }
-  static ObjPtr make(Obj::T t) {
-    auto o = std::make_shared<Obj>();
-    o->t = t;
-    return o;
-  }
-  ObjPtr pop() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
-      fail_at("stack underflow");
-    ObjPtr o = std::move(stack_.back());
-    stack_.pop_back();
-    return o;
-  }
-  ObjPtr& top() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
-      fail_at("stack underflow");
-    return stack_.back();
-  }
-  std::vector<ObjPtr> pop_mark() {
-    if (marks_.empty()) fail_at("no MARK");
-    const std::size_t m = marks_.back();
-    marks_.pop_back();
-    std::vector<ObjPtr> out(
-        std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(m)),
-        std::make_move_iterator(stack_.end()));
-    stack_.resize(m);
-    return out;
-  }
-  void push(ObjPtr o) {
-    if (stack_.size() > 1'000'000 || marks_.size() > 1'000'000) fail_at("the stack grows too deep");
-    stack_.push_back(std::move(o));
-  }
-  void push_str(uint64_t n) {
-    const auto* p = need(n);
-    auto o = make(Obj::T::Str);
-    o->s.assign(reinterpret_cast<const char*>(p), n);
-    push(std::move(o));
-  }
-  void memo_get(uint64_t index) {
-    auto it = memo_.find(index);
-    if (it == memo_.end()) fail_at(fmt::format("memo entry {} does not exist", index));
-    push(it->second);
-  }
-  void memo_put(uint64_t index) {
-    if (stack_.empty()) fail_at("memoize on an empty stack");
-    memo_[index] = stack_.back();
   }
 
   static bool is_class(const std::string& name) {
@@ -408,8 +344,7 @@ class Reader {
           if (stack_.size() != 1 || !marks_.empty()) fail_at("the pickle ends with a bad stack");
           return stack_.back();
         case '(':
-          if (marks_.size() > 1'000'000) fail_at("too many MARKs");
-          marks_.push_back(stack_.size());
+          mark();
           break;
         case '}':
           push(make(Obj::T::Dict));
@@ -431,36 +366,20 @@ class Reader {
           break;
         }
         case 'K':
+          push_int(static_cast<int64_t>(le(1)));
+          break;
         case 'M':
-        case 'J': {
-          auto o = make(Obj::T::Int);
-          if (code == 'K') o->i = static_cast<int64_t>(le(1));
-          if (code == 'M') o->i = static_cast<int64_t>(le(2));
-          if (code == 'J') o->i = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
-          push(std::move(o));
+          push_int(static_cast<int64_t>(le(2)));
           break;
-        }
-        case 0x8a: {  // LONG1
-          const uint64_t n = le(1);
-          if (n > 8) fail_at("an integer wider than 64 bits");
-          const auto* p = need(n);
-          uint64_t u = 0;
-          for (uint64_t k = 0; k < n; ++k) u |= uint64_t(p[k]) << (8 * k);
-          if (n > 0 && n < 8 && (p[n - 1] & 0x80)) u |= ~uint64_t(0) << (8 * n);
-          auto o = make(Obj::T::Int);
-          o->i = static_cast<int64_t>(u);
-          push(std::move(o));
+        case 'J':
+          push_int(static_cast<int32_t>(static_cast<uint32_t>(le(4))));
           break;
-        }
-        case 'G': {
-          const auto* p = need(8);
-          uint64_t bits = 0;
-          for (int k = 0; k < 8; ++k) bits = (bits << 8) | p[k];
-          auto o = make(Obj::T::Float);
-          std::memcpy(&o->d, &bits, 8);
-          push(std::move(o));
+        case 0x8a:
+          push_int(long_bytes(le(1)));
+          break;  // LONG1
+        case 'G':
+          push_float(binfloat());
           break;
-        }
         case 'X':
           push_str(le(4));
           break;
@@ -832,13 +751,8 @@ class Reader {
     return md;
   }
 
-  std::string_view data_;
   std::string what_;
-  uint64_t pos_ = 0;
   uint64_t budget_ = 0;
-  std::vector<ObjPtr> stack_;
-  std::vector<std::size_t> marks_;
-  std::unordered_map<uint64_t, ObjPtr> memo_;
 };
 
 }  // namespace

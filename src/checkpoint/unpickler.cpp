@@ -13,6 +13,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "checkpoint/pickle_machine.hpp"
 #include "checkpoint/pickler.hpp"
 #include "cppfabric/detail/fmt.hpp"
 
@@ -103,10 +104,12 @@ bool KeyEq::operator()(const Obj* a, const Obj* b) const {
   }
 }
 
-class Unpickler {
+class Unpickler : PickleMachine<Unpickler, Obj> {
+  friend class PickleMachine<Unpickler, Obj>;
+
  public:
   Unpickler(std::string_view data, const ZipReader& zip, const ReadLimits& limits)
-      : data_(data), zip_(zip), limits_(limits) {
+      : PickleMachine(data), zip_(zip), limits_(limits) {
     // What the pickle may expand to: Values built plus string bytes copied. Without shared
     // references that is at most the pickle's size (every value costs an opcode, every string
     // byte is in the file); memo references (BINGET) are what can multiply it.
@@ -182,71 +185,7 @@ class Unpickler {
   [[noreturn]] void fail(const std::string& why) const {
     zip_.fail(fmt::format("data.pkl: {} (at byte {})", why, pos_));
   }
-  const unsigned char* need(uint64_t n) {
-    if (n > data_.size() - pos_) fail("unexpected end of the pickle");
-    const auto* p = reinterpret_cast<const unsigned char*>(data_.data() + pos_);
-    pos_ += n;
-    return p;
-  }
-  uint64_t le(uint64_t n) {
-    const auto* p = need(n);
-    uint64_t v = 0;
-    for (uint64_t k = 0; k < n; ++k) v |= uint64_t(p[k]) << (8 * k);
-    return v;
-  }
-  std::string line() {
-    const auto end = data_.find('\n', pos_);
-    if (end == std::string_view::npos || end - pos_ > 256) fail("a malformed GLOBAL");
-    std::string out(data_.substr(pos_, end - pos_));
-    pos_ = end + 1;
-    return out;
-  }
-  static ObjPtr make(Obj::T t) {
-    auto o = std::make_shared<Obj>();
-    o->t = t;
-    return o;
-  }
-  ObjPtr pop() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
-      fail("stack underflow");
-    ObjPtr o = std::move(stack_.back());
-    stack_.pop_back();
-    return o;
-  }
-  ObjPtr& top() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
-      fail("stack underflow");
-    return stack_.back();
-  }
-  std::vector<ObjPtr> pop_mark() {
-    if (marks_.empty()) fail("no MARK");
-    const std::size_t m = marks_.back();
-    marks_.pop_back();
-    std::vector<ObjPtr> out(
-        std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(m)),
-        std::make_move_iterator(stack_.end()));
-    stack_.resize(m);
-    return out;
-  }
-  void push(ObjPtr o) {
-    if (stack_.size() > 1'000'000) fail("the pickle stack grows too deep");
-    stack_.push_back(std::move(o));
-  }
-  void put(uint64_t index) {
-    if (stack_.empty()) fail("memoize on an empty stack");
-    memo_[index] = stack_.back();
-  }
-  void get(uint64_t index) {
-    auto it = memo_.find(index);
-    if (it == memo_.end()) fail(fmt::format("memo entry {} does not exist", index));
-    push(it->second);
-  }
-  void push_str(uint64_t n) {
-    const auto* p = need(n);
-    auto o = make(Obj::T::Str);
-    o->s.assign(reinterpret_cast<const char*>(p), n);
-    push(std::move(o));
-  }
+  [[noreturn]] void fail_at(const std::string& why) const { fail(why); }
   static std::string global_name(const ObjPtr& o) { return o->t == Obj::T::Global ? o->s : ""; }
 
   void check_global(const std::string& name) {
@@ -452,7 +391,7 @@ class Unpickler {
           return stack_.back();
         }
         case '(':
-          marks_.push_back(stack_.size());
+          mark();
           break;
         case '}':
           push(make(Obj::T::Dict));
@@ -474,37 +413,23 @@ class Unpickler {
           break;
         }
         case 'K':
+          push_int(static_cast<int64_t>(le(1)));
+          break;
         case 'M':
-        case 'J': {
-          auto o = make(Obj::T::Int);
-          if (code == 'K') o->i = static_cast<int64_t>(le(1));
-          if (code == 'M') o->i = static_cast<int64_t>(le(2));
-          if (code == 'J') o->i = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
-          push(std::move(o));
+          push_int(static_cast<int64_t>(le(2)));
           break;
-        }
+        case 'J':
+          push_int(static_cast<int32_t>(static_cast<uint32_t>(le(4))));
+          break;
         case 0x8a:
-        case 0x8b: {  // LONG1 / LONG4
-          const uint64_t n = code == 0x8a ? le(1) : le(4);
-          if (n > 8) fail("an integer wider than 64 bits");
-          const auto* p = need(n);
-          uint64_t u = 0;
-          for (uint64_t k = 0; k < n; ++k) u |= uint64_t(p[k]) << (8 * k);
-          if (n > 0 && n < 8 && (p[n - 1] & 0x80)) u |= ~uint64_t(0) << (8 * n);  // sign-extend
-          auto o = make(Obj::T::Int);
-          o->i = static_cast<int64_t>(u);
-          push(std::move(o));
+          push_int(long_bytes(le(1)));
+          break;  // LONG1
+        case 0x8b:
+          push_int(long_bytes(le(4)));
+          break;  // LONG4
+        case 'G':
+          push_float(binfloat());
           break;
-        }
-        case 'G': {
-          const auto* p = need(8);
-          uint64_t bits = 0;
-          for (int k = 0; k < 8; ++k) bits = (bits << 8) | p[k];
-          auto o = make(Obj::T::Float);
-          std::memcpy(&o->d, &bits, 8);
-          push(std::move(o));
-          break;
-        }
         case 'X':
           push_str(le(4));
           break;  // BINUNICODE
@@ -527,19 +452,19 @@ class Unpickler {
           push_str(le(1));
           break;  // SHORT_BINBYTES
         case 'q':
-          put(le(1));
+          memo_put(le(1));
           break;
         case 'r':
-          put(le(4));
+          memo_put(le(4));
           break;
         case 0x94:
-          put(memo_.size());
+          memo_put(memo_.size());
           break;  // MEMOIZE
         case 'h':
-          get(le(1));
+          memo_get(le(1));
           break;
         case 'j':
-          get(le(4));
+          memo_get(le(4));
           break;
         case 'c': {
           std::string module = line();
@@ -674,13 +599,8 @@ class Unpickler {
     fail("an unknown object");
   }
 
-  std::string_view data_;
-  uint64_t pos_ = 0;
   const ZipReader& zip_;
   ReadLimits limits_;
-  std::vector<ObjPtr> stack_;
-  std::vector<std::size_t> marks_;
-  std::unordered_map<uint64_t, ObjPtr> memo_;
   std::unordered_map<std::string, ObjPtr> storages_;
   uint64_t expansion_limit_ = 0;
   uint64_t work_ = 0;

@@ -352,91 +352,86 @@ void sgd_foreach(torch::optim::Optimizer& optimizer) {
 
 }  // namespace
 
-// ------------------------------------------------------------------------------------ AdamW
+// ------------------------------------------------------------------------------ AdamW, Adam
 
-AdamW::AdamW(std::vector<at::Tensor> params, torch::optim::AdamWOptions defaults,
-             StepOptions step_options)
-    : torch::optim::AdamW(std::move(params), std::move(defaults)),
+namespace {
+
+// What differs between AdamW and Adam: the name in errors, the parameter state, the fused kernel
+// and where the weight decay goes.
+template <typename Base>
+struct AdamKind;
+template <>
+struct AdamKind<torch::optim::AdamW> {
+  static constexpr const char* name = "AdamW";
+  using ParamState = torch::optim::AdamWParamState;
+  static constexpr bool decoupled = true;
+  static void kernel(auto&&... args) { at::_fused_adamw_(args...); }
+};
+template <>
+struct AdamKind<torch::optim::Adam> {
+  static constexpr const char* name = "Adam";
+  using ParamState = torch::optim::AdamParamState;
+  static constexpr bool decoupled = false;
+  static void kernel(auto&&... args) { at::_fused_adam_(args...); }
+};
+
+}  // namespace
+
+namespace detail {
+
+template <typename Base, typename Options>
+AdamFamily<Base, Options>::AdamFamily(std::vector<at::Tensor> params, Options defaults,
+                                      StepOptions step_options)
+    : Base(std::move(params), std::move(defaults)),
       step_options_(step_options),
-      fused_(std::make_unique<detail::FusedStepState>()) {}
+      fused_(std::make_unique<FusedStepState>()) {}
 
-AdamW::AdamW(std::vector<torch::optim::OptimizerParamGroup> param_groups,
-             torch::optim::AdamWOptions defaults, StepOptions step_options)
-    : torch::optim::AdamW(std::move(param_groups), std::move(defaults)),
+template <typename Base, typename Options>
+AdamFamily<Base, Options>::AdamFamily(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                                      Options defaults, StepOptions step_options)
+    : Base(std::move(param_groups), std::move(defaults)),
       step_options_(step_options),
-      fused_(std::make_unique<detail::FusedStepState>()) {}
+      fused_(std::make_unique<FusedStepState>()) {}
 
-AdamW::~AdamW() = default;
+template <typename Base, typename Options>
+AdamFamily<Base, Options>::~AdamFamily() = default;
 
-at::Tensor AdamW::step(LossClosure closure) {
-  if (!step_options_.fused && !step_options_.foreach) {
-    return torch::optim::AdamW::step(std::move(closure));
-  }
+template <typename Base, typename Options>
+at::Tensor AdamFamily<Base, Options>::step(torch::optim::Optimizer::LossClosure closure) {
+  using Kind = AdamKind<Base>;
+  if (!step_options_.fused && !step_options_.foreach) return Base::step(std::move(closure));
   auto loss = run_closure(closure);
   if (!step_options_.fused) {
-    adam_family_foreach<torch::optim::AdamWOptions, torch::optim::AdamWParamState>("AdamW", *this,
-                                                                                   true);
+    adam_family_foreach<Options, typename Kind::ParamState>(Kind::name, *this, Kind::decoupled);
     return loss;
   }
-  adam_family_step<torch::optim::AdamWOptions, torch::optim::AdamWParamState>(
-      "AdamW", *this, *fused_, {}, {}, [](auto&&... args) { at::_fused_adamw_(args...); });
+  adam_family_step<Options, typename Kind::ParamState>(
+      Kind::name, *this, *fused_, {}, {}, [](auto&&... args) { Kind::kernel(args...); });
   return loss;
 }
 
-void AdamW::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+template <typename Base, typename Options>
+void AdamFamily<Base, Options>::step_scaled(const at::Tensor& grad_scale,
+                                            const at::Tensor& found_inf) {
+  using Kind = AdamKind<Base>;
   if (!step_options_.fused) {
     if (!unscale_on_host(*this, grad_scale, found_inf)) step();
     return;
   }
-  adam_family_step<torch::optim::AdamWOptions, torch::optim::AdamWParamState>(
-      "AdamW", *this, *fused_, grad_scale, found_inf,
-      [](auto&&... args) { at::_fused_adamw_(args...); });
+  adam_family_step<Options, typename Kind::ParamState>(
+      Kind::name, *this, *fused_, grad_scale, found_inf,
+      [](auto&&... args) { Kind::kernel(args...); });
 }
 
-void AdamW::sync_steps() { reconcile(*fused_, state()); }
-
-// ------------------------------------------------------------------------------------- Adam
-
-Adam::Adam(std::vector<at::Tensor> params, torch::optim::AdamOptions defaults,
-           StepOptions step_options)
-    : torch::optim::Adam(std::move(params), std::move(defaults)),
-      step_options_(step_options),
-      fused_(std::make_unique<detail::FusedStepState>()) {}
-
-Adam::Adam(std::vector<torch::optim::OptimizerParamGroup> param_groups,
-           torch::optim::AdamOptions defaults, StepOptions step_options)
-    : torch::optim::Adam(std::move(param_groups), std::move(defaults)),
-      step_options_(step_options),
-      fused_(std::make_unique<detail::FusedStepState>()) {}
-
-Adam::~Adam() = default;
-
-at::Tensor Adam::step(LossClosure closure) {
-  if (!step_options_.fused && !step_options_.foreach) {
-    return torch::optim::Adam::step(std::move(closure));
-  }
-  auto loss = run_closure(closure);
-  if (!step_options_.fused) {
-    adam_family_foreach<torch::optim::AdamOptions, torch::optim::AdamParamState>("Adam", *this,
-                                                                                 false);
-    return loss;
-  }
-  adam_family_step<torch::optim::AdamOptions, torch::optim::AdamParamState>(
-      "Adam", *this, *fused_, {}, {}, [](auto&&... args) { at::_fused_adam_(args...); });
-  return loss;
+template <typename Base, typename Options>
+void AdamFamily<Base, Options>::sync_steps() {
+  reconcile(*fused_, this->state());
 }
 
-void Adam::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) {
-  if (!step_options_.fused) {
-    if (!unscale_on_host(*this, grad_scale, found_inf)) step();
-    return;
-  }
-  adam_family_step<torch::optim::AdamOptions, torch::optim::AdamParamState>(
-      "Adam", *this, *fused_, grad_scale, found_inf,
-      [](auto&&... args) { at::_fused_adam_(args...); });
-}
+template class AdamFamily<torch::optim::AdamW, torch::optim::AdamWOptions>;
+template class AdamFamily<torch::optim::Adam, torch::optim::AdamOptions>;
 
-void Adam::sync_steps() { reconcile(*fused_, state()); }
+}  // namespace detail
 
 // -------------------------------------------------------------------------------------- SGD
 

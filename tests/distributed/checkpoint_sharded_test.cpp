@@ -13,7 +13,9 @@
 #include <cppfabric/checkpoint/sharded.hpp>
 #include <cppfabric/checkpoint/torch_pickle.hpp>
 #include <cppfabric/collectives/process_group.hpp>
+#include <cppfabric/cppfabric.hpp>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -83,6 +85,27 @@ std::shared_ptr<ProcessGroup> join(int rank, int world, int port) {
   return ProcessGroup::create({.main_port = port, .rank = rank, .world_size = world});
 }
 
+// Runs `body` as `world` ranks; every rank must return 0 (its gtest checks passed).
+void expect_ranks_pass(int world, const std::function<int(int rank, int port)>& body,
+                       const std::string& what = "") {
+  const auto codes = run_ranks(world, body);
+  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0)) << what;
+}
+
+// `ckpt` saved by 2 ranks: their pieces of the global tensors and meta.pt {"epoch": epoch}.
+void save_with_two_ranks(const std::string& ckpt, int epoch) {
+  const auto codes = run_ranks(2, [&](int rank, int port) {
+    auto group = join(rank, 2, port);
+    Value meta = Value::dict();
+    meta.set("epoch", epoch);
+    save_sharded(ckpt, pieces(rank, 2, false), &meta, group.get());
+    // every rank returns after the commit
+    EXPECT_TRUE(is_sharded_checkpoint(ckpt));
+    return ::testing::Test::HasFailure() ? 1 : 0;
+  });
+  ASSERT_EQ(codes, std::vector<int>(codes.size(), 0));
+}
+
 class ShardedCheckpointDistributed : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = cppfabric::testing::temp_dir("sharded_dist"); }
@@ -92,39 +115,32 @@ class ShardedCheckpointDistributed : public ::testing::Test {
 
 TEST_F(ShardedCheckpointDistributed, TwoRanksSaveOneAndThreeLoad) {
   const std::string ckpt = dir_ + "/ckpt";
-  auto codes = run_ranks(2, [&](int rank, int port) {
-    auto group = join(rank, 2, port);
-    Value meta = Value::dict();
-    meta.set("epoch", 5);
-    save_sharded(ckpt, pieces(rank, 2, false), &meta, group.get());
-    // every rank returns after the commit
-    EXPECT_TRUE(is_sharded_checkpoint(ckpt));
-    return ::testing::Test::HasFailure() ? 1 : 0;
-  });
-  ASSERT_EQ(codes, std::vector<int>(codes.size(), 0));
+  ASSERT_NO_FATAL_FAILURE(save_with_two_ranks(ckpt, 5));
 
   for (int world : {1, 3}) {
-    codes = run_ranks(world, [&](int rank, int port) {
-      std::vector<ShardedItem> items = pieces(rank, world, /*zeros=*/true);
-      load_sharded(ckpt, items);
-      const std::vector<ShardedItem> want = pieces(rank, world, false);
-      for (std::size_t k = 0; k < items.size(); ++k) {
-        if (items[k].tensor) {
-          EXPECT_TRUE(torch::equal(items[k].tensor->local, want[k].tensor->local))
-              << "world " << world << " rank " << rank << " item " << k;
-        } else {
-          EXPECT_EQ(items[k].value->to_double(), 0.125);
-        }
-      }
-      if (rank == 0) {
-        EXPECT_TRUE(load_sharded_full(ckpt) == expected_full(5));
-        const ShardedMetadata md = read_sharded_metadata(ckpt);
-        EXPECT_EQ(md.tensors.size(), 3u);
-      }
-      (void)port;
-      return ::testing::Test::HasFailure() ? 1 : 0;
-    });
-    EXPECT_EQ(codes, std::vector<int>(codes.size(), 0)) << "loading on " << world << " processes";
+    expect_ranks_pass(
+        world,
+        [&](int rank, int port) {
+          std::vector<ShardedItem> items = pieces(rank, world, /*zeros=*/true);
+          load_sharded(ckpt, items);
+          const std::vector<ShardedItem> want = pieces(rank, world, false);
+          for (std::size_t k = 0; k < items.size(); ++k) {
+            if (items[k].tensor) {
+              EXPECT_TRUE(torch::equal(items[k].tensor->local, want[k].tensor->local))
+                  << "world " << world << " rank " << rank << " item " << k;
+            } else {
+              EXPECT_EQ(items[k].value->to_double(), 0.125);
+            }
+          }
+          if (rank == 0) {
+            EXPECT_TRUE(load_sharded_full(ckpt) == expected_full(5));
+            const ShardedMetadata md = read_sharded_metadata(ckpt);
+            EXPECT_EQ(md.tensors.size(), 3u);
+          }
+          (void)port;
+          return ::testing::Test::HasFailure() ? 1 : 0;
+        },
+        "loading on " + std::to_string(world) + " processes");
   }
 }
 
@@ -132,14 +148,7 @@ TEST_F(ShardedCheckpointDistributed, PythonLoadsOurPiecesIntoThreeRanksOfDTensor
   const auto python = cppfabric::testing::venv_python();
   if (!python) GTEST_SKIP() << "bootstrapped venv missing";
   const std::string ckpt = dir_ + "/ckpt";
-  auto codes = run_ranks(2, [&](int rank, int port) {
-    auto group = join(rank, 2, port);
-    Value meta = Value::dict();
-    meta.set("epoch", 5);
-    save_sharded(ckpt, pieces(rank, 2, false), &meta, group.get());
-    return 0;
-  });
-  ASSERT_EQ(codes, std::vector<int>(codes.size(), 0));
+  ASSERT_NO_FATAL_FAILURE(save_with_two_ranks(ckpt, 5));
   // Python's own resharding: 3 processes, each a dim-0 DTensor shard, torch.distributed.checkpoint
   // reads the overlapping pieces of what 2 cppfabric ranks wrote.
   int status = 0;
@@ -149,19 +158,18 @@ TEST_F(ShardedCheckpointDistributed, PythonLoadsOurPiecesIntoThreeRanksOfDTensor
           std::to_string(cppfabric::testing::find_free_port()) + " 2>&1",
       &status);
   ASSERT_EQ(status, 0) << out;
-  codes = run_ranks(1, [&](int, int) {
+  expect_ranks_pass(1, [&](int, int) {
     Value expected = expected_full(5);
     expected.erase("epoch");  // meta.pt is Lightning's, not DCP's
     const Value gathered = load_torch_file(dir_ + "/gathered.pt");
     EXPECT_TRUE(gathered == expected) << gathered.repr();
     return ::testing::Test::HasFailure() ? 1 : 0;
   });
-  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
 }
 
 TEST_F(ShardedCheckpointDistributed, AFailureOnOneRankFailsEveryRankAndKeepsThePrevious) {
   const std::string ckpt = dir_ + "/ckpt";
-  auto codes = run_ranks(2, [&](int rank, int port) {
+  expect_ranks_pass(2, [&](int rank, int port) {
     auto group = join(rank, 2, port);
     Value meta = Value::dict();
     meta.set("epoch", 1);
@@ -197,7 +205,6 @@ TEST_F(ShardedCheckpointDistributed, AFailureOnOneRankFailsEveryRankAndKeepsTheP
     EXPECT_EQ(entries, 1);
     return ::testing::Test::HasFailure() ? 1 : 0;
   });
-  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
 }
 
 // A temporary sibling of `ckpt` exists (a save is under way).
@@ -214,13 +221,13 @@ bool save_in_progress(const std::string& dir, const std::string& base) {
 
 TEST_F(ShardedCheckpointDistributed, SigkillDuringSaveLeavesThePreviousCheckpoint) {
   const std::string ckpt = dir_ + "/ckpt";
-  auto codes = run_ranks(1, [&](int, int) {
+  expect_ranks_pass(1, [&](int, int) {
     Value meta = Value::dict();
     meta.set("epoch", 1);
     save_sharded(ckpt, pieces(0, 1, false), &meta, nullptr);
     return 0;
   });
-  ASSERT_EQ(codes, std::vector<int>(codes.size(), 0));
+  if (HasFailure()) return;
 
   int killed_mid_save = 0;
   for (int delay_ms : {0, 20, 80}) {
@@ -249,7 +256,7 @@ TEST_F(ShardedCheckpointDistributed, SigkillDuringSaveLeavesThePreviousCheckpoin
     int status = 0;
     ::waitpid(child, &status, 0);
     ASSERT_TRUE(WIFSIGNALED(status));
-    codes = run_ranks(1, [&](int, int) {
+    const auto codes = run_ranks(1, [&](int, int) {
       // Whatever moment the kill hit, the folder holds one complete checkpoint: the first one,
       // unless a later save had committed before the kill.
       const Value back = load_sharded_full(ckpt);
@@ -274,14 +281,7 @@ TEST_F(ShardedCheckpointDistributed, ConsolidateToolWritesAFilePythonOpens) {
   GTEST_SKIP() << "the cppfabric tool is not built (CLI11 missing)";
 #else
   const std::string ckpt = dir_ + "/ckpt";
-  auto codes = run_ranks(2, [&](int rank, int port) {
-    auto group = join(rank, 2, port);
-    Value meta = Value::dict();
-    meta.set("epoch", 7);
-    save_sharded(ckpt, pieces(rank, 2, false), &meta, group.get());
-    return 0;
-  });
-  ASSERT_EQ(codes, std::vector<int>(codes.size(), 0));
+  ASSERT_NO_FATAL_FAILURE(save_with_two_ranks(ckpt, 7));
   const std::string tool = CPPFABRIC_CLI;
   int status = 0;
   std::string out = cppfabric::testing::run_command(
@@ -305,7 +305,7 @@ TEST_F(ShardedCheckpointDistributed, ConsolidateToolWritesAFilePythonOpens) {
   out = cppfabric::testing::run_command(tool + " consolidate " + ckpt + "/ 2>&1", &status);
   EXPECT_EQ(status, 0) << out;
 
-  codes = run_ranks(1, [&](int, int) {
+  expect_ranks_pass(1, [&](int, int) {
     const Value full = load_torch_file(dir_ + "/full.pt");
     EXPECT_TRUE(full == expected_full(7));
     EXPECT_TRUE(load_torch_file(dir_ + "/ckpt.consolidated") == full);
@@ -324,8 +324,133 @@ TEST_F(ShardedCheckpointDistributed, ConsolidateToolWritesAFilePythonOpens) {
     }
     return ::testing::Test::HasFailure() ? 1 : 0;
   });
-  EXPECT_EQ(codes, std::vector<int>(codes.size(), 0));
 #endif
+}
+
+// ------------------------------------------------ a checkpoint written by Python FSDP (Lightning)
+
+// The model of tests/python/fsdp_reference.py, with its parameter names.
+struct PyNetImpl : torch::nn::Module {
+  PyNetImpl()
+      : fc1(register_module("fc1", torch::nn::Linear(8, 15))),
+        mid(register_module("mid", torch::nn::Linear(15, 15))),
+        fc2(register_module("fc2", torch::nn::Linear(15, 4))) {}
+  torch::Tensor forward(const torch::Tensor& x) {
+    return fc2(torch::relu(mid(torch::tanh(fc1(x)))));
+  }
+  torch::nn::Linear fc1, mid, fc2;
+};
+TORCH_MODULE(PyNet);
+
+// fsdp_reference.py's batch(step): GLOBAL_ROWS computed rows; each rank its contiguous 1/world.
+constexpr int64_t kPyRows = 12;
+std::pair<at::Tensor, at::Tensor> py_batch(int step, int rank, int world) {
+  const auto x =
+      torch::sin(torch::arange(kPyRows * 8, torch::kFloat).reshape({kPyRows, 8}) * 0.37 + step);
+  const auto y =
+      torch::cos(torch::arange(kPyRows * 4, torch::kFloat).reshape({kPyRows, 4}) * 0.23 - step);
+  const int64_t rows = kPyRows / world;
+  return {x.narrow(0, rank * rows, rows), y.narrow(0, rank * rows, rows)};
+}
+
+double scalar_of(const Value& v) {
+  return v.kind() == Value::Kind::Tensor ? v.to_tensor().item<double>() : v.to_double();
+}
+
+// Every tensor of `want` ({name: tensor}) is in `got` with the same shape, within `tol`.
+void expect_tensors_near(const Value& got, const Value& want, double tol, const std::string& what) {
+  EXPECT_EQ(got.items().size(), want.items().size()) << what;
+  for (const auto& [name, w] : want.items()) {
+    const Value* g = got.find(name);
+    ASSERT_NE(g, nullptr) << what << ": no " << name.repr();
+    const at::Tensor a = g->to_tensor().to(torch::kDouble);
+    const at::Tensor b = w.to_tensor().to(torch::kDouble);
+    ASSERT_EQ(a.sizes(), b.sizes()) << what << " " << name.repr();
+    EXPECT_LE((a - b).abs().max().item<double>(), tol) << what << " " << name.repr();
+  }
+}
+
+// Python FSDP1 (FullyShardedDataParallel, use_orig_params=True) under Lightning's
+// FSDPStrategy.save_checkpoint(state_dict_type="sharded") on 2 Gloo processes; cppfabric's "fsdp"
+// loads it on 1, 2 and 3 processes (resharding), holds the same parameters and AdamW state, and
+// its next step gives Python's next step.
+TEST_F(ShardedCheckpointDistributed, FsdpLoadsWhatPythonFsdpSavedAndTrainsOn) {
+  const auto python = cppfabric::testing::venv_python();
+  if (!python) GTEST_SKIP() << "bootstrapped venv missing";
+  const std::string ckpt = dir_ + "/python_fsdp";
+  const std::string expected_file = dir_ + "/expected.pt";
+  int status = 0;
+  const std::string script = std::string(CPPFABRIC_SOURCE_DIR) + "/tests/python/fsdp_reference.py";
+  const std::string out = cppfabric::testing::run_command(
+      *python + " -W ignore " + script + " save " + ckpt + " " + expected_file + " " +
+          std::to_string(cppfabric::testing::find_free_port()) + " 2>&1",
+      &status);
+  ASSERT_EQ(status, 0) << out;
+  ASSERT_TRUE(is_sharded_checkpoint(ckpt));
+
+  for (int world : {1, 2, 3}) {
+    const std::string full = dir_ + "/loaded_" + std::to_string(world) + ".pt";
+    const std::string next = dir_ + "/next_" + std::to_string(world) + ".pt";
+    expect_ranks_pass(
+        world,
+        [&](int rank, int port) {
+          cppfabric::testing::ScopedEnv local("LOCAL_RANK", std::to_string(rank)),
+              size("WORLD_SIZE", std::to_string(world)),
+              master("MASTER_PORT", std::to_string(port));
+          // "full": what this side then saves is one file to compare; loading reads either form.
+          auto fsdp = std::make_shared<cppfabric::strategies::FSDPStrategy>(
+              cppfabric::strategies::FSDPOptions{.state_dict_type = "full"});
+          cppfabric::Fabric fabric({.accelerator = "cpu", .strategy = fsdp, .devices = world});
+          fabric.launch();
+          torch::manual_seed(7);  // not Python's initial model: the load must replace it
+          PyNet model;
+          auto optimizer = std::make_shared<torch::optim::AdamW>(
+              model->parameters(), torch::optim::AdamWOptions(0.5).weight_decay(0.5));
+          auto [net, opt] = fabric.setup(model, optimizer);
+          const auto remainder = fabric.load(ckpt, {{"model", net}, {"optimizer", opt}});
+          EXPECT_EQ(remainder.get<int64_t>("step"), 3);
+          fabric.save(full, {{"model", net}, {"optimizer", opt}});
+          const auto [x, y] = py_batch(3, rank, world);
+          opt.zero_grad();
+          fabric.backward(torch::mse_loss(net(x), y));
+          opt.step();
+          fabric.save(next, {{"model", net}});
+          return ::testing::Test::HasFailure() ? 1 : 0;
+        },
+        "loading on " + std::to_string(world) + " processes");
+
+    expect_ranks_pass(1, [&](int, int) {
+      const std::string what = "world " + std::to_string(world);
+      const Value expected = load_torch_file(expected_file);
+      const Value loaded = load_torch_file(full);
+      expect_tensors_near(loaded.at("model"), expected.at("model"), 1e-6, what + " model");
+      const Value& want_state = expected.at("optimizer").at("state");
+      const Value& got_state = loaded.at("optimizer").at("state");
+      EXPECT_EQ(got_state.items().size(), want_state.items().size()) << what;
+      for (const auto& [name, st] : want_state.items()) {
+        const Value* g = got_state.find(name);
+        if (g == nullptr) {
+          ADD_FAILURE() << what << ": no optimizer state for " << name.repr();
+          continue;
+        }
+        Value moments = Value::dict();
+        moments.set("exp_avg", st.at("exp_avg"));
+        moments.set("exp_avg_sq", st.at("exp_avg_sq"));
+        Value got = Value::dict();
+        got.set("exp_avg", g->at("exp_avg"));
+        got.set("exp_avg_sq", g->at("exp_avg_sq"));
+        expect_tensors_near(got, moments, 1e-6, what + " optimizer " + name.repr());
+        EXPECT_EQ(scalar_of(g->at("step")), scalar_of(st.at("step"))) << what << name.repr();
+      }
+      const Value& group = loaded.at("optimizer").at("param_groups").elements().at(0);
+      EXPECT_DOUBLE_EQ(group.at("lr").to_double(), expected.at("lr").to_double()) << what;
+      EXPECT_DOUBLE_EQ(group.at("weight_decay").to_double(), 1e-2) << what;
+      // One more step here equals Python's next step.
+      expect_tensors_near(load_torch_file(next).at("model"), expected.at("next_model"), 1e-6,
+                          what + " after one more step");
+      return ::testing::Test::HasFailure() ? 1 : 0;
+    });
+  }
 }
 
 }  // namespace

@@ -68,17 +68,20 @@ class AmpScalingStep {
 
 namespace detail {
 struct FusedStepState;
-}
 
-class AdamW : public torch::optim::AdamW, public AmpScalingStep {
+/// AdamW and Adam: LibTorch's optimizer `Base` (torch::optim::AdamW or torch::optim::Adam, with
+/// its `Options`) stepping through ATen's fused or foreach kernels. Instantiated for those two only
+/// (in fused.cpp); use the classes below.
+template <typename Base, typename Options>
+class AdamFamily : public Base, public AmpScalingStep {
  public:
-  explicit AdamW(std::vector<at::Tensor> params, torch::optim::AdamWOptions defaults = {},
-                 StepOptions step_options = {});
-  explicit AdamW(std::vector<torch::optim::OptimizerParamGroup> param_groups,
-                 torch::optim::AdamWOptions defaults = {}, StepOptions step_options = {});
-  ~AdamW() override;
+  explicit AdamFamily(std::vector<at::Tensor> params, Options defaults = {},
+                      StepOptions step_options = {});
+  explicit AdamFamily(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                      Options defaults = {}, StepOptions step_options = {});
+  ~AdamFamily() override;
 
-  at::Tensor step(LossClosure closure = nullptr) override;
+  at::Tensor step(torch::optim::Optimizer::LossClosure closure = nullptr) override;
   void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) override;
   /// Writes the device-side step counts into `state()` (reads them on the host).
   void sync_steps();
@@ -86,25 +89,24 @@ class AdamW : public torch::optim::AdamW, public AmpScalingStep {
 
  private:
   StepOptions step_options_;
-  std::unique_ptr<detail::FusedStepState> fused_;
+  std::unique_ptr<FusedStepState> fused_;
 };
 
-class Adam : public torch::optim::Adam, public AmpScalingStep {
+extern template class AdamFamily<torch::optim::AdamW, torch::optim::AdamWOptions>;
+extern template class AdamFamily<torch::optim::Adam, torch::optim::AdamOptions>;
+
+}  // namespace detail
+
+/// AdamW (decoupled weight decay): `_fused_adamw_`.
+class AdamW : public detail::AdamFamily<torch::optim::AdamW, torch::optim::AdamWOptions> {
  public:
-  explicit Adam(std::vector<at::Tensor> params, torch::optim::AdamOptions defaults = {},
-                StepOptions step_options = {});
-  explicit Adam(std::vector<torch::optim::OptimizerParamGroup> param_groups,
-                torch::optim::AdamOptions defaults = {}, StepOptions step_options = {});
-  ~Adam() override;
+  using AdamFamily::AdamFamily;
+};
 
-  at::Tensor step(LossClosure closure = nullptr) override;
-  void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) override;
-  void sync_steps();
-  const StepOptions& step_options() const { return step_options_; }
-
- private:
-  StepOptions step_options_;
-  std::unique_ptr<detail::FusedStepState> fused_;
+/// Adam (L2 weight decay on the gradient): `_fused_adam_`.
+class Adam : public detail::AdamFamily<torch::optim::Adam, torch::optim::AdamOptions> {
+ public:
+  using AdamFamily::AdamFamily;
 };
 
 /// SGD with optional momentum, dampening, Nesterov and weight decay (LibTorch's SGDOptions).
