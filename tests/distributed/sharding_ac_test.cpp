@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "distributed/multiprocess.hpp"
+#include "distributed/shard_runs.hpp"
 #include "test_utils.hpp"
 
 namespace {
@@ -30,42 +31,12 @@ using cppfabric::testing::run_command;
 using cppfabric::testing::run_ranks;
 using cppfabric::testing::ScopedEnv;
 
-const std::string kProgram = CPPFABRIC_SHARD_PROGRAM;
-
-struct Run {
-  int code = -1;
-  std::string output;
-  std::string dir;
-};
+using cppfabric::testing::expect_same_params;
+using cppfabric::testing::worst_difference;
+using Run = cppfabric::testing::ShardRun;
 
 Run run_program(const std::string& flags, int limit_s = 240) {
-  Run r;
-  r.dir = cppfabric::testing::temp_dir("shard_ac");
-  int status = 0;
-  r.output = run_command("timeout -s KILL " + std::to_string(limit_s) + " " + kProgram + " " +
-                             flags + " --out " + r.dir + " 2>&1",
-                         &status);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
-
-double worst_difference(const std::vector<double>& a, const std::vector<double>& b) {
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    worst = std::max(worst, std::abs(a[i] - b[i]));
-  }
-  return worst;
-}
-
-// Every rank of `run` against rank 0 of `reference`, both over `world` processes.
-void expect_same_params(const Run& reference, const Run& run, int world, const std::string& what) {
-  const auto expected = read_params(reference.dir + "/params_rank0.bin");
-  ASSERT_FALSE(expected.empty()) << what;
-  for (int rank = 0; rank < world; ++rank) {
-    const auto actual = read_params(run.dir + "/params_rank" + std::to_string(rank) + ".bin");
-    ASSERT_EQ(actual.size(), expected.size()) << what;
-    EXPECT_LE(worst_difference(expected, actual), 1e-5) << what << " rank " << rank;
-  }
+  return cppfabric::testing::run_shard_program(flags, limit_s, "shard_ac");
 }
 
 const std::string kModel = "--ac-model --dropout 0.3 --steps 4 ";
@@ -121,6 +92,20 @@ TEST(ShardingActivationCheckpointing, NestedUnits) {
   expect_checkpointing_changes_nothing("FULL_SHARD", 2, "--ac-nested");
   expect_checkpointing_changes_nothing("FULL_SHARD", 2, "--ac-nested", "block0.fc2,block1");
   expect_checkpointing_changes_nothing("SHARD_GRAD_OP", 2, "--ac-nested", "block1.fc2,block2");
+}
+
+// Under FSDP's mixed_precision (bf16 gathers) the replay computes in bf16 as the first forward did
+// and its gradients still reach the reduce hooks of the new gradient accumulators.
+TEST(ShardingActivationCheckpointing, FsdpMixedPrecision) {
+  for (const char* sharding : {"FULL_SHARD", "SHARD_GRAD_OP"}) {
+    const std::string fsdp = std::string("--strategy fsdp --sharding ") + sharding + " " + kModel +
+                             "--devices 2 --param-dtype bf16 ";
+    const auto plain = run_program(fsdp);
+    ASSERT_EQ(plain.code, 0) << plain.output;
+    const auto checkpointed = run_program(fsdp + "--ac all");
+    ASSERT_EQ(checkpointed.code, 0) << checkpointed.output;
+    expect_same_params(plain, checkpointed, 2, fsdp + "--ac all (vs without checkpointing)");
+  }
 }
 
 // "ACT rank=R bytes=N" of `output`, or -1.

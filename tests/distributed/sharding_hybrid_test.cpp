@@ -14,6 +14,7 @@
 
 #include "cppfabric/strategies/fsdp.hpp"
 #include "distributed/multiprocess.hpp"
+#include "distributed/shard_runs.hpp"
 #include "test_utils.hpp"
 
 namespace {
@@ -25,26 +26,14 @@ using cppfabric::testing::run_command;
 
 const std::string kProgram = CPPFABRIC_SHARD_PROGRAM;
 
-struct Result {
-  int code = -1;
-  std::string output;
-  std::string dir;
-};
-
-int exit_code(int status) {
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+using cppfabric::testing::exit_code;
+using cppfabric::testing::expect_same_params;
+using cppfabric::testing::worst_difference;
+using Result = cppfabric::testing::ShardRun;
 
 // One launch of the program (it starts its own processes).
 Result run_program(const std::string& flags, int limit_s = 240) {
-  Result r;
-  r.dir = cppfabric::testing::temp_dir("hybrid");
-  int status = 0;
-  r.output = run_command("timeout -s KILL " + std::to_string(limit_s) + " " + kProgram + " " +
-                             flags + " --out " + r.dir + " 2>&1",
-                         &status);
-  r.code = exit_code(status);
-  return r;
+  return cppfabric::testing::run_shard_program(flags, limit_s, "hybrid");
 }
 
 // Two launches of `devices` processes each, as two nodes of one job (NODE_RANK 0 and 1, the same
@@ -69,25 +58,6 @@ Result run_two_nodes(const std::string& flags, int limit_s = 240) {
   return r;
 }
 
-double worst_difference(const std::vector<double>& a, const std::vector<double>& b) {
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    worst = std::max(worst, std::abs(a[i] - b[i]));
-  }
-  return worst;
-}
-
-// Every rank's parameters in `run` equal rank 0's of `ddp` (1e-5), and training moved them.
-void expect_params_equal(const Result& ddp, const Result& run, int world, const std::string& what) {
-  const auto expected = read_params(ddp.dir + "/params_rank0.bin");
-  ASSERT_FALSE(expected.empty()) << what;
-  for (int rank = 0; rank < world; ++rank) {
-    const auto actual = read_params(run.dir + "/params_rank" + std::to_string(rank) + ".bin");
-    ASSERT_EQ(actual.size(), expected.size()) << what << " rank " << rank;
-    EXPECT_LE(worst_difference(expected, actual), 1e-5) << what << " rank " << rank;
-  }
-}
-
 // DDP on 4 processes of one launch against FSDP with each of `hybrid` (common flags: `flags`).
 void expect_equal_to_ddp(const std::vector<std::string>& hybrid, const std::string& flags) {
   const auto ddp = run_program("--strategy ddp --devices 4 " + flags);
@@ -95,7 +65,7 @@ void expect_equal_to_ddp(const std::vector<std::string>& hybrid, const std::stri
   for (const auto& h : hybrid) {
     const auto run = run_program("--strategy fsdp --devices 4 " + h + " " + flags);
     ASSERT_EQ(run.code, 0) << run.output;
-    expect_params_equal(ddp, run, 4, h + " " + flags);
+    expect_same_params(ddp, run, 4, h + " " + flags);
   }
 }
 
@@ -139,7 +109,7 @@ TEST(FSDPHybrid, ClipGradientsAndGradScalerEqualDdp) {
   const auto run = run_program(
       "--strategy fsdp --devices 4 --sharding HYBRID_SHARD --mesh 2,2 --clip 0.05 --inner");
   ASSERT_EQ(run.code, 0) << run.output;
-  expect_params_equal(ddp, run, 4, "clip");
+  expect_same_params(ddp, run, 4, "clip");
   // The printed norms agree too (rank 0's line per step).
   auto norms = [](const std::string& out) {
     std::vector<double> values;
@@ -165,7 +135,7 @@ TEST(FSDPHybrid, TwoNodesShardWithinANodeAndEqualDdp) {
   ASSERT_EQ(ddp.code, 0) << ddp.output;
   const auto run = run_two_nodes("--strategy fsdp --sharding HYBRID_SHARD --devices 2 --inner");
   ASSERT_EQ(run.code, 0) << run.output;
-  expect_params_equal(ddp, run, 4, "two nodes");
+  expect_same_params(ddp, run, 4, "two nodes");
   for (const char* line :
        {"GROUPS rank=0 shard=0,1 replicate=0,2", "GROUPS rank=1 shard=0,1 replicate=1,3",
         "GROUPS rank=2 shard=2,3 replicate=0,2", "GROUPS rank=3 shard=2,3 replicate=1,3"}) {
@@ -237,36 +207,8 @@ TEST(FSDPHybridCheckpoint, PythonReadsTheHybridShardedDirectory) {
   ASSERT_EQ(a.code, 0) << a.output;
   const auto b = run_program(common + "--form full --save-dir " + full);
   ASSERT_EQ(b.code, 0) << b.output;
-  const std::string script =
-      "import sys, torch\n"
-      "from torch.distributed.checkpoint.format_utils import dcp_to_torch_save\n"
-      "dcp_to_torch_save(sys.argv[1], sys.argv[3])\n"
-      "a = torch.load(sys.argv[3], weights_only=True)\n"
-      "b = torch.load(sys.argv[2], weights_only=True)\n"
-      "def flat(d, p=''):\n"
-      "    out = {}\n"
-      "    for k, v in d.items():\n"
-      "        if isinstance(v, dict): out.update(flat(v, p + str(k) + '.'))\n"
-      "        else: out[p + str(k)] = v\n"
-      "    return out\n"
-      "fa, fb = flat(a), flat(b)\n"
-      "keys = [k for k, v in fb.items() if torch.is_tensor(v)]\n"
-      "missing = [k for k in keys if k not in fa]\n"
-      "assert not missing, missing\n"
-      "worst = max(float((fa[k].double() - fb[k].double()).abs().max()) for k in keys)\n"
-      "print('tensors', len(keys), 'worst', worst)\n"
-      "assert worst == 0.0\n";
-  const std::string script_path = sharded + "/check.py";
-  {
-    std::ofstream out(script_path);
-    out << script;
-  }
-  int status = 0;
-  const auto output = run_command(*python + " " + script_path + " " + sharded + "/ckpt " + full +
-                                      "/ckpt " + sharded + "/consolidated.pt 2>&1",
-                                  &status);
-  EXPECT_EQ(status, 0) << output;
-  EXPECT_NE(output.find("tensors 24 worst 0"), std::string::npos) << output;
+  cppfabric::testing::expect_python_consolidates_to_full(*python, sharded + "/ckpt", full + "/ckpt",
+                                                         24);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "distributed/multiprocess.hpp"
+#include "distributed/shard_runs.hpp"
 #include "test_utils.hpp"
 
 namespace {
@@ -21,23 +22,10 @@ namespace {
 using cppfabric::testing::read_params;
 using cppfabric::testing::run_command;
 
-const std::string kProgram = CPPFABRIC_SHARD_PROGRAM;
-
-struct Result {
-  int code = -1;
-  std::string output;
-  std::string dir;
-};
+using Result = cppfabric::testing::ShardRun;
 
 Result run_program(const std::string& flags, int limit_s = 240) {
-  Result r;
-  r.dir = cppfabric::testing::temp_dir("shard");
-  int status = 0;
-  r.output = run_command("timeout -s KILL " + std::to_string(limit_s) + " " + kProgram + " " +
-                             flags + " --out " + r.dir + " 2>&1",
-                         &status);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
+  return cppfabric::testing::run_shard_program(flags, limit_s, "shard");
 }
 
 // Runs `flags` under DDP and under `strategy`; every rank's parameters agree within 1e-5.
@@ -47,18 +35,7 @@ void expect_equal_to_ddp(const std::string& strategy, int world, const std::stri
   ASSERT_EQ(ddp.code, 0) << ddp.output;
   const auto sharded = run_program("--strategy " + strategy + " " + common);
   ASSERT_EQ(sharded.code, 0) << sharded.output;
-  const auto expected = read_params(ddp.dir + "/params_rank0.bin");
-  ASSERT_FALSE(expected.empty());
-  // The run changed the parameters (not a test that cannot fail).
-  for (int rank = 0; rank < world; ++rank) {
-    const auto actual = read_params(sharded.dir + "/params_rank" + std::to_string(rank) + ".bin");
-    ASSERT_EQ(actual.size(), expected.size()) << strategy << " " << flags;
-    double worst = 0;
-    for (std::size_t i = 0; i < expected.size(); ++i) {
-      worst = std::max(worst, std::abs(expected[i] - actual[i]));
-    }
-    EXPECT_LE(worst, 1e-5) << strategy << " " << common << " rank " << rank;
-  }
+  cppfabric::testing::expect_same_params(ddp, sharded, world, strategy + " " + common);
 }
 
 const std::vector<std::string> kStrategies = {
@@ -168,40 +145,8 @@ TEST(ShardingCheckpoint, PythonReadsTheShardedDirectory) {
   const std::string common = "--strategy fsdp --devices 3 --inner --steps 3 --save-step 3 ";
   ASSERT_EQ(run_program(common + "--form sharded --save-dir " + sharded).code, 0);
   ASSERT_EQ(run_program(common + "--form full --save-dir " + full).code, 0);
-  const std::string script =
-      "import sys, torch\n"
-      "from torch.distributed.checkpoint.format_utils import dcp_to_torch_save\n"
-      "dcp_to_torch_save(sys.argv[1], sys.argv[3])\n"
-      "a = torch.load(sys.argv[3], weights_only=True)\n"
-      "b = torch.load(sys.argv[2], weights_only=True)\n"
-      "def flat(d, p=''):\n"
-      "    out = {}\n"
-      "    for k, v in d.items():\n"
-      "        if isinstance(v, dict): out.update(flat(v, p + str(k) + '.'))\n"
-      "        else: out[p + str(k)] = v\n"
-      "    return out\n"
-      "fa, fb = flat(a), flat(b)\n"
-      "keys = [k for k, v in fb.items() if torch.is_tensor(v)]\n"
-      "missing = [k for k in keys if k not in fa]\n"
-      "assert not missing, missing\n"
-      "worst = max(float((fa[k].double() - fb[k].double()).abs().max()) for k in keys)\n"
-      "assert fa['optimizer.param_groups'] == fb['optimizer.param_groups']\n"
-      "from torch.distributed.checkpoint import FileSystemReader\n"
-      "md = FileSystemReader(sys.argv[1]).read_metadata().state_dict_metadata\n"
-      "assert 'optimizer.param_groups.0.lr' in md, sorted(md)[:20]  # DCP's flattened keys\n"
-      "print('tensors', len(keys), 'worst', worst)\n"
-      "assert worst == 0.0\n";
-  const std::string script_path = sharded + "/check.py";
-  {
-    std::ofstream out(script_path);
-    out << script;
-  }
-  int status = 0;
-  const auto output = run_command(*python + " " + script_path + " " + sharded + "/ckpt " + full +
-                                      "/ckpt " + sharded + "/consolidated.pt 2>&1",
-                                  &status);
-  EXPECT_EQ(status, 0) << output;
-  EXPECT_NE(output.find("tensors 24 worst 0"), std::string::npos) << output;
+  cppfabric::testing::expect_python_consolidates_to_full(*python, sharded + "/ckpt", full + "/ckpt",
+                                                         24);
 }
 
 std::map<std::string, long long> parse_mem(const std::string& output, int rank) {
@@ -285,9 +230,7 @@ TEST(ShardingMixedPrecision, GatheredInParamDtypeWhileShardsStayFloat) {
   const auto a = read_params(mixed.dir + "/params_rank0.bin");
   const auto b = read_params(plain.dir + "/params_rank0.bin");
   ASSERT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
-  EXPECT_GT(worst, 1e-4);
+  EXPECT_GT(cppfabric::testing::worst_difference(a, b), 1e-4);
 }
 
 TEST(ShardingMixedPrecision, BuffersAreCastButCheckpointedInTheirOwnDtype) {
