@@ -137,7 +137,9 @@ void FSDPStrategy::configure(detail::ShardingConfig& config) const {
   config.reduce =
       s == "NO_SHARD" ? detail::GradReduce::AllReduce : detail::GradReduce::ReduceScatter;
   config.reshard_after_forward = s == "FULL_SHARD";
-  config.overlap = false;
+  // Each unit's gradient collective runs while backward continues; finalize waits for them
+  // before the optimizer can see the shard gradients (as Python FSDP's post-backward stream).
+  config.overlap = true;
 }
 
 void FSDPStrategy::after_sharding(torch::nn::Module&, detail::ShardedModule& sharded) {

@@ -110,6 +110,8 @@ struct ShardedModule::State {
   std::vector<uintptr_t> hook_keys;
   int64_t full_bytes = 0;
   int64_t peak_full_bytes = 0;
+  // Units whose gradient collective was launched and is not yet folded in, oldest first.
+  std::vector<Unit*> in_flight;
 
   int world() const { return group->world_size(); }
 
@@ -182,20 +184,39 @@ struct ShardedModule::State {
     unit.reduced = true;
     if (unit.layout == ParamLayout::Replicated) stash_grads(unit);
     torch::NoGradGuard no_grad;
-    at::Tensor flat =
-        unit.accum.defined() ? unit.accum : torch::zeros({unit.padded}, unit.shard.options());
+    const int n = world();
+    // Pre-divided by the world size (as DDP). Without accumulated gradients the division is
+    // fused into the packing copy: one pass over the gradients instead of zero, add and divide.
+    const bool divide = require_sync && n > 1;
+    at::Tensor flat = unit.accum;
     unit.accum = at::Tensor();
-    for (auto& m : unit.members) {
-      const auto& grad = m.param.grad();
-      if (grad.defined()) flat.narrow(0, m.offset, m.numel).add_(grad.reshape({-1}));
-      m.param.mutable_grad().reset();
+    if (flat.defined()) {
+      for (auto& m : unit.members) {
+        const auto& grad = m.param.grad();
+        if (grad.defined()) flat.narrow(0, m.offset, m.numel).add_(grad.reshape({-1}));
+        m.param.mutable_grad().reset();
+      }
+      if (divide) flat.div_(n);
+    } else {
+      flat = torch::empty({unit.padded}, unit.shard.options());
+      for (auto& m : unit.members) {
+        const auto& grad = m.param.grad();
+        auto piece = flat.narrow(0, m.offset, m.numel);
+        if (!grad.defined()) {
+          piece.zero_();
+        } else if (divide) {
+          at::div_out(piece, grad.reshape({-1}), n);
+        } else {
+          piece.copy_(grad.reshape({-1}));
+        }
+        m.param.mutable_grad().reset();
+      }
+      if (unit.padded > unit.total) flat.narrow(0, unit.total, unit.padded - unit.total).zero_();
     }
     if (!require_sync) {
       unit.accum = flat;
       return;
     }
-    const int n = world();
-    if (n > 1) flat.div_(n);
     unit.reduce_in = flat;
     if (n > 1 && unit.shards > 1 && config.reduce == GradReduce::ReduceScatter) {
       unit.reduce_out = torch::empty({unit.shard_numel}, flat.options());
@@ -212,6 +233,7 @@ struct ShardedModule::State {
       unit.work->wait();
       unit.work.reset();
     }
+    std::erase(in_flight, &unit);
     if (!unit.reduce_out.defined()) return;
     torch::NoGradGuard no_grad;
     if (unit.shard_grad_live) {
@@ -222,14 +244,38 @@ struct ShardedModule::State {
     unit.shard_grad_live = true;
     unit.reduce_in = at::Tensor();
     unit.reduce_out = at::Tensor();
-    if (unit.layout == ParamLayout::Replicated) restore_grads(unit);
+    // A Swap unit still gathered gets its shard gradients back when it is resharded.
+    if (unit.layout == ParamLayout::Replicated || !unit.gathered) restore_grads(unit);
   }
 
   void post_backward(Unit& unit) {
     launch_reduce(unit);
-    if (config.overlap) return;
-    finish_reduce(unit);
+    if (!config.overlap) {
+      finish_reduce(unit);
+      if (unit.layout == ParamLayout::Swap) reshard(unit);
+      return;
+    }
+    // Overlap: the collective reads and writes only the unit's own flat gradient buffer
+    // (reduce_in / reduce_out), never its parameters or shard_grad, so a Swap unit's full
+    // parameters are freed at once, as without overlap. The result is folded into shard_grad by
+    // finish_reduce: here once the collective is done, or at the latest in finalize().
     if (unit.layout == ParamLayout::Swap) reshard(unit);
+    if (unit.work) in_flight.push_back(&unit);
+    reap_reduces();
+  }
+
+  // Folds in the collectives already done (freeing their buffers early) and, for Swap (FSDP),
+  // waits for the oldest while more than kMaxInFlight are in flight: each keeps a full-size
+  // gradient buffer alive, and FULL_SHARD's re-gathers during backward share the backend's
+  // threads with them. Waiting changes no result and no collective order.
+  static constexpr std::size_t kMaxInFlight = 2;
+  void reap_reduces() {
+    while (!in_flight.empty()) {
+      Unit& oldest = *in_flight.front();
+      const bool over = oldest.layout == ParamLayout::Swap && in_flight.size() > kMaxInFlight;
+      if (!over && oldest.work && !oldest.work->is_completed()) break;
+      finish_reduce(oldest);
+    }
   }
 
   void reset_pass() {
@@ -239,6 +285,7 @@ struct ShardedModule::State {
       unit.in_pass = false;
       unit.reduced = false;
     }
+    in_flight.clear();
     callback_queued = false;
     pass_token.reset();
   }
