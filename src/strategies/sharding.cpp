@@ -258,11 +258,6 @@ struct ShardedModule::State {
     }
   }
 
-  bool reduce_done(const Unit& unit) const {
-    return std::all_of(unit.works.begin(), unit.works.end(),
-                       [](const collectives::CollectiveWork& w) { return w.is_completed(); });
-  }
-
   void finish_reduce(Unit& unit) {
     for (auto& w : unit.works) w.wait();
     unit.works.clear();
@@ -311,17 +306,14 @@ struct ShardedModule::State {
     reap_reduces();
   }
 
-  // Folds in the collectives already done (freeing their buffers early) and, for Swap (FSDP),
-  // waits for the oldest while more than kMaxInFlight are in flight: each keeps a full-size
-  // gradient buffer alive, and FULL_SHARD's re-gathers during backward share the backend's
-  // threads with them. Waiting changes no result and no collective order.
+  // Swap (FSDP): while more than kMaxInFlight units are in flight, waits for the oldest and
+  // folds it in: each keeps its full-size gradients alive, and FULL_SHARD's re-gathers during
+  // backward share the backend's threads with them. Depends only on the launch order (not on
+  // timing), so every rank folds the same units at the same point; changes no result.
   static constexpr std::size_t kMaxInFlight = 2;
   void reap_reduces() {
-    while (!in_flight.empty()) {
-      Unit& oldest = *in_flight.front();
-      const bool over = oldest.layout == ParamLayout::Swap && in_flight.size() > kMaxInFlight;
-      if (!over && !reduce_done(oldest)) break;
-      finish_reduce(oldest);
+    while (in_flight.size() > kMaxInFlight && in_flight.front()->layout == ParamLayout::Swap) {
+      finish_reduce(*in_flight.front());
     }
   }
 
@@ -351,6 +343,11 @@ struct ShardedModule::State {
       unit.works.clear();
       unit.reduce_in = unit.reduce_out = at::Tensor();
       unit.member_grads.clear();
+      // ZeRO: the full-size gradients the pass left on the parameters are not what the optimizer
+      // holds (its zero_grad cannot reach them); drop them with the pass.
+      if (unit.layout == ParamLayout::Replicated) {
+        for (auto& m : unit.members) m.param.mutable_grad().reset();
+      }
     }
     reset_pass();
   }

@@ -15,6 +15,10 @@
 // continue from the saved step. --form: FSDP's state_dict_type. --scaler: "16-mixed" on the CPU
 // with a GradScaler; --inf-step K: at step K element 0 of the first parameter's gradient is inf on
 // every rank (after sharding only its owner sees it: the ranks must still agree to skip).
+// --throw-step S: before step S, one extra forward/backward whose backward throws midway (after
+// the gradients of fc2 and mid, before fc1's: with --inner their units' collectives are already
+// launched); the gradients are zeroed and training goes on, so the result must equal a run
+// without it.
 #include <torch/torch.h>
 
 #include <cppfabric/cppfabric.hpp>
@@ -26,6 +30,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace {
 
@@ -50,6 +55,7 @@ struct Args {
   std::string form = "sharded";
   bool scaler = false;  // "16-mixed" on the CPU with a GradScaler("cpu")
   int inf_step = -1;    // at this step the first element of the first parameter's grad is inf
+  int throw_step = -1;  // before this step, a backward that throws midway
   std::string out = ".";
 };
 
@@ -103,11 +109,24 @@ Args parse(int argc, char** argv) {
       a.form = v;
     else if (key == "--inf-step")
       a.inf_step = std::stoi(v);
+    else if (key == "--throw-step")
+      a.throw_step = std::stoi(v);
     else
       throw std::invalid_argument("unknown flag " + key);
   }
   return a;
 }
+
+// Identity forward; its backward throws (an exception in the middle of a backward pass).
+struct ThrowInBackward : public torch::autograd::Function<ThrowInBackward> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
+    return x.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list) {
+    throw std::runtime_error("injected failure in backward");
+  }
+};
 
 // 8 -> 15 -> 15 -> 4: 199 + 240 = 439 parameters with the middle layer (prime: never divisible
 // by the world size); without --inner the same layers are plain Linear modules.
@@ -124,10 +143,12 @@ struct NetImpl : torch::nn::Module {
   }
   torch::Tensor forward(const torch::Tensor& x) {
     auto h = torch::tanh(inner ? u1(x) : fc1(x));
+    if (throw_in_backward) h = ThrowInBackward::apply(h);
     h = torch::relu(inner ? u2(h) : mid(h));
     return fc2(h);
   }
   bool inner;
+  bool throw_in_backward = false;
   torch::nn::Linear fc1{nullptr}, mid{nullptr}, fc2{nullptr};
   FSDPUnit<torch::nn::LinearImpl> u1{nullptr}, u2{nullptr};
 };
@@ -210,6 +231,24 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
   const int global_rows = args.global_batch > 0 ? args.global_batch : world * args.batch;
   for (int step = start; step < args.steps; ++step) {
     current_step = step;
+    if constexpr (std::is_same_v<Holder, Net>) {
+      if (step == args.throw_step) {
+        opt.zero_grad();
+        torch::manual_seed(500 + step);
+        auto x = fabric.to_device(torch::randn({rows, in_features}));
+        model->throw_in_backward = true;
+        auto loss = net(x).pow(2).mean();
+        model->throw_in_backward = false;
+        bool thrown = false;
+        try {
+          fabric.backward(loss);
+        } catch (const std::exception& e) {
+          thrown = std::string(e.what()).find("injected failure") != std::string::npos;
+          if (!thrown) throw;
+        }
+        if (!thrown) throw std::runtime_error("the injected backward failure did not propagate");
+      }
+    }
     if (sharding && args.memory) sharding->reset_peak_memory(*net.module());
     opt.zero_grad();
     for (int micro = 0; micro < args.accumulate; ++micro) {
