@@ -60,6 +60,7 @@ struct Unit {
   // Per backward pass.
   std::vector<char> ready;
   int64_t ready_count = 0;
+  std::size_t launched = 0;  // in-place all-reduce path: members launched so far
   bool in_pass = false;
   bool reduced = false;
   std::vector<collectives::CollectiveWork> works;  // the gradient collectives in flight
@@ -191,30 +192,38 @@ struct ShardedModule::State {
            !unit.accum.defined();
   }
 
+  // The in-place path's next member (members in unit order on every rank).
+  void launch_member(Unit& unit) {
+    torch::NoGradGuard no_grad;
+    if (unit.launched == 0) {
+      unit.member_grads.clear();
+      if (unit.layout == ParamLayout::Replicated) stash_grads(unit);
+    }
+    auto& m = unit.members[unit.launched++];
+    at::Tensor grad = m.param.grad();
+    m.param.mutable_grad().reset();
+    if (!grad.defined()) {
+      grad = torch::zeros(m.sizes, unit.shard.options());
+    } else if (grad.use_count() == 1 && grad.storage().use_count() == 1) {
+      grad.div_(world());  // only this function holds it: nobody sees the change
+    } else {
+      grad = at::div(grad, world());
+    }
+    unit.member_grads.push_back(grad);
+    unit.works.push_back(
+        group->all_reduce_async(unit.member_grads.back(), collectives::ReduceKind::Sum));
+  }
+
   void launch_reduce(Unit& unit) {
     if (unit.reduced) return;
     unit.reduced = true;
+    if (reduce_in_place(unit)) {
+      while (unit.launched < unit.members.size()) launch_member(unit);
+      return;
+    }
     if (unit.layout == ParamLayout::Replicated) stash_grads(unit);
     torch::NoGradGuard no_grad;
     const int n = world();
-    if (reduce_in_place(unit)) {
-      unit.member_grads.clear();
-      for (auto& m : unit.members) {
-        at::Tensor grad = m.param.grad();
-        m.param.mutable_grad().reset();
-        if (!grad.defined()) {
-          grad = torch::zeros(m.sizes, unit.shard.options());
-        } else if (grad.use_count() == 1 && grad.storage().use_count() == 1) {
-          grad.div_(n);  // only this function holds it: nobody sees the change
-        } else {
-          grad = at::div(grad, n);
-        }
-        unit.member_grads.push_back(grad);
-        unit.works.push_back(
-            group->all_reduce_async(unit.member_grads.back(), collectives::ReduceKind::Sum));
-      }
-      return;
-    }
     // Pre-divided by the world size (as DDP). Without accumulated gradients the division is
     // fused into the packing copy: one pass over the gradients instead of zero, add and divide.
     const bool divide = require_sync && n > 1;
@@ -321,6 +330,7 @@ struct ShardedModule::State {
     for (auto& unit : units) {
       std::fill(unit.ready.begin(), unit.ready.end(), 0);
       unit.ready_count = 0;
+      unit.launched = 0;
       unit.in_pass = false;
       unit.reduced = false;
     }
@@ -370,6 +380,13 @@ struct ShardedModule::State {
     unit.in_pass = true;
     if (unit.reduced || unit.ready[i]) return;
     unit.ready[i] = 1;
+    // ZeRO with overlap: a bucket's members need not wait for the whole bucket (one bucket may
+    // hold the whole model): each is all-reduced once it and the members before it are ready.
+    if (config.overlap && unit.layout == ParamLayout::Replicated && reduce_in_place(unit)) {
+      while (unit.launched < unit.members.size() && unit.ready[unit.launched]) {
+        launch_member(unit);
+      }
+    }
     if (++unit.ready_count == static_cast<int64_t>(unit.members.size())) post_backward(unit);
   }
 
