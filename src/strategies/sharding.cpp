@@ -309,7 +309,7 @@ struct ShardedModule::State {
     // Overlap: the collectives read and write only the unit's own gradient buffers (reduce_in /
     // reduce_out, or member_grads), never its parameters or shard_grad, so a Swap unit's full
     // parameters are freed at once, as without overlap. The result is folded into shard_grad by
-    // finish_reduce: here once the collective is done, or at the latest in finalize().
+    // finish_reduce: in reap_reduces() when too many are in flight, or in finalize().
     if (unit.layout == ParamLayout::Swap) reshard(unit);
     if (!unit.works.empty()) in_flight.push_back(&unit);
     reap_reduces();
