@@ -8,8 +8,11 @@
 // M in ddp, fsdp (FULL_SHARD, every layer an FSDPUnit), fsdp-outer (FULL_SHARD, one unit),
 // zero2 (deepspeed_stage_2). Each times `steps` AdamW steps after a warm-up and reports, for rank 0,
 // the bytes of parameters + gradients + optimizer state it holds between steps (distinct
-// storages, counted from the tensors) and microseconds per step. The driver prints each mode's
-// median and the ratios mode/ddp (memory target for FULL_SHARD: <= 1/2 + 10%; time: <= 1.3x).
+// storages, counted from the tensors), microseconds per step (wall clock) and the CPU time per
+// step of rank 0's process (all threads). The driver prints each mode's medians, the ratios
+// mode/ddp and the min-max of the per-round time ratios (memory target for FULL_SHARD: <= 1/2 +
+// 10%; time: <= 1.3x). On a shared machine the wall-clock ratios swing with the load; the CPU
+// ratios much less.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -17,6 +20,7 @@
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
 #include <cstdio>
+#include <ctime>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -97,6 +101,13 @@ int64_t held_bytes(torch::nn::Module& model, torch::optim::Optimizer& optimizer)
   return total;
 }
 
+// CPU time of this process (all its threads, the backend's included), in microseconds.
+double process_cpu_us() {
+  timespec t{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) * 1e6 + static_cast<double>(t.tv_nsec) / 1e3;
+}
+
 template <typename Holder>
 int train(const Args& a, cppfabric::Fabric& fabric, Holder model) {
   auto optimizer =
@@ -112,15 +123,18 @@ int train(const Args& a, cppfabric::Fabric& fabric, Holder model) {
   };
   for (int s = 0; s < 2; ++s) step();
   fabric.barrier();
+  const double cpu_start = process_cpu_us();
   const auto start = std::chrono::steady_clock::now();
   for (int s = 0; s < a.steps; ++s) step();
   fabric.barrier();
   const double us =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() /
       a.steps;
+  const double cpu_us = (process_cpu_us() - cpu_start) / a.steps;
   const int64_t bytes = held_bytes(*model.ptr(), *optimizer);
   if (fabric.global_rank() == 0) {
-    std::printf("bytes=%lld\nus_per_step=%.1f\n", static_cast<long long>(bytes), us);
+    std::printf("bytes=%lld\nus_per_step=%.1f\ncpu_us_per_step=%.1f\n",
+                static_cast<long long>(bytes), us, cpu_us);
   }
   return 0;
 }
@@ -171,26 +185,29 @@ int main(int argc, char** argv) {
         "batch %ld per rank, %d thread(s) per rank, %d rounds x %d steps\n",
         a.layers, static_cast<long>(a.width), static_cast<long>(a.width),
         static_cast<long>(a.batch), a.threads, a.rounds, a.steps);
-    const std::string kTime = "us_per_step=", kBytes = "bytes=";
+    const std::string kTime = "us_per_step=", kCpu = "cpu_us_per_step=", kBytes = "bytes=";
     auto values = cppfabric::bench::run_rounds(
         a.rounds, modes,
         [&](const std::string& mode) {
           return self + flags.forward({"--rounds", "--mode"}) + " --mode " + mode + " 2>&1";
         },
-        {kTime, kBytes});
+        {kTime, kCpu, kBytes});
     using cppfabric::bench::ratios;
     using cppfabric::bench::stats;
     const double ddp_t = stats(values["ddp"][kTime]).median;
     const double ddp_b = stats(values["ddp"][kBytes]).median;
+    const double ddp_c = stats(values["ddp"][kCpu]).median;
     for (const auto& mode : modes) {
       const double t = stats(values[mode][kTime]).median;
+      const double c = stats(values[mode][kCpu]).median;
       const double b = stats(values[mode][kBytes]).median;
       // Per round (the modes of one round ran back to back): min / max of mode/ddp.
       const auto per_round = stats(ratios(values[mode][kTime], values["ddp"][kTime]));
       std::printf(
-          "%-11s %10.1f ms/step  %8.1f MB/rank   time %.2fx ddp (per round %.2f-%.2f)   memory "
-          "%.3fx ddp\n",
-          mode.c_str(), t / 1000.0, b / 1e6, t / ddp_t, per_round.min, per_round.max, b / ddp_b);
+          "%-11s %8.1f ms/step %8.1f cpu-ms/step %7.1f MB/rank   time %.2fx ddp (per round "
+          "%.2f-%.2f)   cpu %.2fx ddp   memory %.3fx ddp\n",
+          mode.c_str(), t / 1000.0, c / 1000.0, b / 1e6, t / ddp_t, per_round.min, per_round.max,
+          c / ddp_c, b / ddp_b);
     }
     return 0;
   } catch (const std::exception& e) {
