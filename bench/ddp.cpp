@@ -15,15 +15,12 @@
 // and prints per-round ratios as min / median / max:
 //   ddp/single (2-process DDP against one process on the same total batch), ddp-after/ddp
 //   (> 1: overlap helps), ddp-copy/ddp (> 1: bucket views help).
-#include <stdio.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cppfabric/cppfabric.hpp>
 #include <cstdio>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -118,53 +115,20 @@ int child(const Args& a) {
   return 0;
 }
 
-double run_mode(const std::string& self, const Args& a, const std::string& mode) {
-  const std::string command = self + " --mode " + mode + " --steps " + std::to_string(a.steps) +
-                              " --batch " + std::to_string(a.batch) + " --width " +
-                              std::to_string(a.width) + " --layers " + std::to_string(a.layers) +
-                              " --threads " + std::to_string(a.threads) + " --single-threads " +
-                              std::to_string(a.single_threads) + " 2>&1";
-  return cppfabric::bench::run_and_read_number(command, "us_per_step=", "mode " + mode);
-}
-
-struct Stats {
-  double min, median, max;
-};
-Stats stats(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return {v.front(), v[v.size() / 2], v.back()};
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--rounds")
-      a.rounds = std::stoi(value);
-    else if (flag == "--steps")
-      a.steps = std::stoi(value);
-    else if (flag == "--batch")
-      a.batch = std::stoll(value);
-    else if (flag == "--width")
-      a.width = std::stoll(value);
-    else if (flag == "--layers")
-      a.layers = std::stoi(value);
-    else if (flag == "--threads")
-      a.threads = std::stoi(value);
-    else if (flag == "--single-threads")
-      a.single_threads = std::stoi(value);
-    else if (flag == "--mode")
-      a.mode = value;
-    else {
-      std::fprintf(stderr,
-                   "unknown flag %s (valid: --rounds --steps --batch --width --layers --threads "
-                   "--single-threads)\n",
-                   flag.c_str());
-      return 2;
-    }
-  }
+  cppfabric::bench::Flags flags;
+  flags.add("--rounds", &a.rounds)
+      .add("--steps", &a.steps)
+      .add("--batch", &a.batch)
+      .add("--width", &a.width)
+      .add("--layers", &a.layers)
+      .add("--threads", &a.threads)
+      .add("--single-threads", &a.single_threads)
+      .add("--mode", &a.mode);
+  if (!flags.parse(argc, argv)) return 2;
   const std::vector<std::string> modes = {"single", "ddp", "ddp-copy", "ddp-after"};
   try {
     if (!a.mode.empty()) {
@@ -175,40 +139,33 @@ int main(int argc, char** argv) {
       }
       return child(a);
     }
-    char self[4096];
-    const auto n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0) throw std::runtime_error("cannot find this executable (/proc/self/exe)");
-    self[n] = '\0';
+    const std::string self = cppfabric::bench::self_path();
     std::printf(
         "DDP on CPU (Gloo, loopback): %d x Linear(%ld, %ld) + head, batch %ld per rank, "
         "%d thread(s) per rank, %d rounds x %d steps\n",
         a.layers, static_cast<long>(a.width), static_cast<long>(a.width),
         static_cast<long>(a.batch), a.threads, a.rounds, a.steps);
-    std::map<std::string, std::vector<double>> times;
-    std::vector<double> vs_single, after_vs_overlap, copy_vs_view;
-    for (int r = 0; r < a.rounds; ++r) {
-      std::map<std::string, double> t;
-      for (std::size_t k = 0; k < modes.size(); ++k) {
-        const auto& mode = modes[(k + r) % modes.size()];  // rotate the order each round
-        t[mode] = run_mode(self, a, mode);
-        times[mode].push_back(t[mode]);
-      }
-      vs_single.push_back(t["ddp"] / t["single"]);
-      after_vs_overlap.push_back(t["ddp-after"] / t["ddp"]);
-      copy_vs_view.push_back(t["ddp-copy"] / t["ddp"]);
-    }
+    const std::string kTime = "us_per_step=";
+    auto values = cppfabric::bench::run_rounds(
+        a.rounds, modes,
+        [&](const std::string& mode) {
+          return self + flags.forward({"--rounds", "--mode"}) + " --mode " + mode + " 2>&1";
+        },
+        {kTime});
+    auto times = [&](const std::string& mode) { return values[mode][kTime]; };
     for (const auto& mode : modes) {
-      const auto s = stats(times[mode]);
+      const auto s = cppfabric::bench::stats(times(mode));
       std::printf("%-10s us/step min %9.1f median %9.1f max %9.1f\n", mode.c_str(), s.min, s.median,
                   s.max);
     }
     auto print = [](const char* what, const std::vector<double>& v) {
-      const auto s = stats(v);
+      const auto s = cppfabric::bench::stats(v);
       std::printf("%-48s min %.3f median %.3f max %.3f\n", what, s.min, s.median, s.max);
     };
-    print("ratio 2-process DDP / one process (same batch)", vs_single);
-    print("ratio reduce-after-backward / overlapped", after_vs_overlap);
-    print("ratio gradient copies / bucket views", copy_vs_view);
+    using cppfabric::bench::ratios;
+    print("ratio 2-process DDP / one process (same batch)", ratios(times("ddp"), times("single")));
+    print("ratio reduce-after-backward / overlapped", ratios(times("ddp-after"), times("ddp")));
+    print("ratio gradient copies / bucket views", ratios(times("ddp-copy"), times("ddp")));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_ddp: %s\n", e.what());
     return 1;

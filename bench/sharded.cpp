@@ -8,23 +8,26 @@
 // M in ddp, fsdp (FULL_SHARD, every layer an FSDPUnit), fsdp-outer (FULL_SHARD, one unit),
 // zero2 (deepspeed_stage_2). Each times `steps` AdamW steps after a warm-up and reports, for rank 0,
 // the bytes of parameters + gradients + optimizer state it holds between steps (distinct
-// storages, counted from the tensors) and microseconds per step. The driver prints each mode's
-// median and the ratios mode/ddp (memory target for FULL_SHARD: <= 1/2 + 10%; time: <= 1.3x).
-#include <stdio.h>
+// storages, counted from the tensors), microseconds per step (wall clock) and the CPU time per
+// step of rank 0's process (all threads). The driver prints each mode's medians, the ratios
+// mode/ddp and the min-max of the per-round time ratios (memory target for FULL_SHARD: <= 1/2 +
+// 10%; time: <= 1.3x). On a shared machine the wall-clock ratios swing with the load; the CPU
+// ratios much less.
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
 #include <cstdio>
-#include <map>
+#include <ctime>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "run_child.hpp"
 
 namespace {
 
@@ -98,6 +101,13 @@ int64_t held_bytes(torch::nn::Module& model, torch::optim::Optimizer& optimizer)
   return total;
 }
 
+// CPU time of this process (all its threads, the backend's included), in microseconds.
+double process_cpu_us() {
+  timespec t{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) * 1e6 + static_cast<double>(t.tv_nsec) / 1e3;
+}
+
 template <typename Holder>
 int train(const Args& a, cppfabric::Fabric& fabric, Holder model) {
   auto optimizer =
@@ -113,15 +123,18 @@ int train(const Args& a, cppfabric::Fabric& fabric, Holder model) {
   };
   for (int s = 0; s < 2; ++s) step();
   fabric.barrier();
+  const double cpu_start = process_cpu_us();
   const auto start = std::chrono::steady_clock::now();
   for (int s = 0; s < a.steps; ++s) step();
   fabric.barrier();
   const double us =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() /
       a.steps;
+  const double cpu_us = (process_cpu_us() - cpu_start) / a.steps;
   const int64_t bytes = held_bytes(*model.ptr(), *optimizer);
   if (fabric.global_rank() == 0) {
-    std::printf("bytes=%lld\nus_per_step=%.1f\n", static_cast<long long>(bytes), us);
+    std::printf("bytes=%lld\nus_per_step=%.1f\ncpu_us_per_step=%.1f\n",
+                static_cast<long long>(bytes), us, cpu_us);
   }
   return 0;
 }
@@ -143,60 +156,19 @@ int child(const Args& a) {
   return train(a, fabric, Net(a.layers, a.width));
 }
 
-std::string command_for(const std::string& self, const Args& a, const std::string& mode) {
-  return self + " --mode " + mode + " --steps " + std::to_string(a.steps) + " --batch " +
-         std::to_string(a.batch) + " --width " + std::to_string(a.width) + " --layers " +
-         std::to_string(a.layers) + " --threads " + std::to_string(a.threads) + " 2>&1";
-}
-
-// One child run: (microseconds per step, bytes held by rank 0).
-std::pair<double, double> run_once(const std::string& command, const std::string& mode) {
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
-  std::string output;
-  char buffer[512];
-  while (std::fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
-  const int status = ::pclose(pipe);
-  const auto t = output.find("us_per_step="), b = output.find("bytes=");
-  if (status != 0 || t == std::string::npos || b == std::string::npos) {
-    throw std::runtime_error("mode " + mode + " failed:\n" + output);
-  }
-  return {std::stod(output.substr(t + 12)), std::stod(output.substr(b + 6))};
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--rounds")
-      a.rounds = std::stoi(value);
-    else if (flag == "--steps")
-      a.steps = std::stoi(value);
-    else if (flag == "--batch")
-      a.batch = std::stoll(value);
-    else if (flag == "--width")
-      a.width = std::stoll(value);
-    else if (flag == "--layers")
-      a.layers = std::stoi(value);
-    else if (flag == "--threads")
-      a.threads = std::stoi(value);
-    else if (flag == "--mode")
-      a.mode = value;
-    else {
-      std::fprintf(stderr,
-                   "unknown flag %s (valid: --rounds --steps --batch --width --layers "
-                   "--threads)\n",
-                   flag.c_str());
-      return 2;
-    }
-  }
+  cppfabric::bench::Flags flags;
+  flags.add("--rounds", &a.rounds)
+      .add("--steps", &a.steps)
+      .add("--batch", &a.batch)
+      .add("--width", &a.width)
+      .add("--layers", &a.layers)
+      .add("--threads", &a.threads)
+      .add("--mode", &a.mode);
+  if (!flags.parse(argc, argv)) return 2;
   const std::vector<std::string> modes = {"ddp", "fsdp", "fsdp-outer", "zero2"};
   try {
     if (!a.mode.empty()) {
@@ -207,29 +179,35 @@ int main(int argc, char** argv) {
       }
       return child(a);
     }
-    char self[4096];
-    const auto n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0) throw std::runtime_error("cannot find this executable (/proc/self/exe)");
-    self[n] = '\0';
+    const std::string self = cppfabric::bench::self_path();
     std::printf(
         "Sharded vs DDP on CPU (Gloo, loopback, 2 processes): %d x Linear(%ld, %ld) + head, AdamW, "
         "batch %ld per rank, %d thread(s) per rank, %d rounds x %d steps\n",
         a.layers, static_cast<long>(a.width), static_cast<long>(a.width),
         static_cast<long>(a.batch), a.threads, a.rounds, a.steps);
-    std::map<std::string, std::vector<double>> times, bytes;
-    for (int r = 0; r < a.rounds; ++r) {
-      for (std::size_t k = 0; k < modes.size(); ++k) {
-        const auto& mode = modes[(k + r) % modes.size()];
-        const auto [us, held] = run_once(command_for(self, a, mode), mode);
-        times[mode].push_back(us);
-        bytes[mode].push_back(held);
-      }
-    }
-    const double ddp_t = median(times["ddp"]), ddp_b = median(bytes["ddp"]);
+    const std::string kTime = "us_per_step=", kCpu = "cpu_us_per_step=", kBytes = "bytes=";
+    auto values = cppfabric::bench::run_rounds(
+        a.rounds, modes,
+        [&](const std::string& mode) {
+          return self + flags.forward({"--rounds", "--mode"}) + " --mode " + mode + " 2>&1";
+        },
+        {kTime, kCpu, kBytes});
+    using cppfabric::bench::ratios;
+    using cppfabric::bench::stats;
+    const double ddp_t = stats(values["ddp"][kTime]).median;
+    const double ddp_b = stats(values["ddp"][kBytes]).median;
+    const double ddp_c = stats(values["ddp"][kCpu]).median;
     for (const auto& mode : modes) {
-      const double t = median(times[mode]), b = median(bytes[mode]);
-      std::printf("%-11s %10.1f ms/step  %8.1f MB/rank   time %.2fx ddp   memory %.3fx ddp\n",
-                  mode.c_str(), t / 1000.0, b / 1e6, t / ddp_t, b / ddp_b);
+      const double t = stats(values[mode][kTime]).median;
+      const double c = stats(values[mode][kCpu]).median;
+      const double b = stats(values[mode][kBytes]).median;
+      // Per round (the modes of one round ran back to back): min / max of mode/ddp.
+      const auto per_round = stats(ratios(values[mode][kTime], values["ddp"][kTime]));
+      std::printf(
+          "%-11s %8.1f ms/step %8.1f cpu-ms/step %7.1f MB/rank   time %.2fx ddp (per round "
+          "%.2f-%.2f)   cpu %.2fx ddp   memory %.3fx ddp\n",
+          mode.c_str(), t / 1000.0, c / 1000.0, b / 1e6, t / ddp_t, per_round.min, per_round.max,
+          c / ddp_c, b / ddp_b);
     }
     return 0;
   } catch (const std::exception& e) {

@@ -188,7 +188,9 @@ void FSDPStrategy::configure(detail::ShardingConfig& config) const {
   config.reduce =
       s == "NO_SHARD" ? detail::GradReduce::AllReduce : detail::GradReduce::ReduceScatter;
   config.reshard_after_forward = s == "FULL_SHARD" || s == "HYBRID_SHARD";
-  config.overlap = false;
+  // Each unit's gradient collective runs while backward continues; finalize waits for them
+  // before the optimizer can see the shard gradients (as Python FSDP's post-backward stream).
+  config.overlap = true;
   if (const auto& mp = options_.mixed_precision) {
     config.param_dtype = mp->param_dtype;
     config.reduce_dtype = mp->reduce_dtype;

@@ -19,9 +19,12 @@
 // parameters are all ready (or at the end of the backward pass, for those that got none) the
 // unit's gradients are packed into a flat buffer, pre-divided by the world size, and
 // reduce-scattered (or all-reduced, for ZeRO stage 1 and NO_SHARD) into the unit's shard
-// gradient (HYBRID_SHARD: within the shard group, then all-reduced across the replicas), which the optimizer's tensors see as their `.grad`. The full-size gradients are then
-// freed. With `overlap` the collectives are launched asynchronously and waited for at the end of
-// the backward pass. While synchronisation is off (no_backward_sync) gradients accumulate, full
+// gradient (HYBRID_SHARD: within the shard group, then all-reduced across the replicas), which
+// the optimizer's tensors see as their `.grad`. On the all-reduce path (nothing accumulated, no
+// mixed-precision cast) each parameter's own gradient is all-reduced in place instead of a packed
+// copy. The full-size gradients are then freed. With `overlap` the collectives are launched
+// asynchronously (Swap units are resharded at once; at most 2 in flight) and waited for at the
+// end of the backward pass. While synchronisation is off (no_backward_sync) gradients accumulate, full
 // size, in a per-unit buffer and are reduced by the next synchronised backward.
 #pragma once
 

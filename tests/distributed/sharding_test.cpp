@@ -83,6 +83,15 @@ TEST(Sharding, ZeroBucketsOverlapAndEqualDdp) {
   expect_equal_to_ddp("deepspeed_stage_1 --bucket 100", 3);
 }
 
+// A backward that throws midway, after some units' (buckets') gradient collectives were launched
+// (overlapped, still in flight): the next steps wait for them, drop the interrupted pass and equal
+// DDP's run with the same interruption. Buckets of 100 elements: ZeRO has one in flight too.
+TEST(Sharding, ABackwardThatThrowsMidwayIsDiscarded) {
+  for (const auto& s : kStrategies) expect_equal_to_ddp(s, 2, "--inner --throw-step 1");
+  expect_equal_to_ddp("deepspeed_stage_2 --bucket 100", 2, "--throw-step 2");
+  expect_equal_to_ddp("fsdp", 3, "--inner --throw-step 2");
+}
+
 double final_loss(const std::string& output) {
   const auto at = output.find("final loss ");
   if (at == std::string::npos) return NAN;

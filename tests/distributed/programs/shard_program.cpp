@@ -34,6 +34,10 @@
 #include <c10/core/impl/alloc_cpu.h>
 // --num-nodes N: Fabric's num_nodes (start one program per node with NODE_RANK, MASTER_ADDR and
 // MASTER_PORT set). --mesh R,S: FSDPOptions::device_mesh {R, S} (with --sharding HYBRID_SHARD).
+// --throw-step S: before step S, one extra forward/backward whose backward throws midway (after
+// the gradients of fc2 and mid, before fc1's: with --inner their units' collectives are already
+// launched); the gradients are zeroed and training goes on, so the result must equal a run
+// without it.
 #include <torch/torch.h>
 
 #include <atomic>
@@ -77,6 +81,7 @@ struct Args {
   int inf_step = -1;    // at this step the first element of the first parameter's grad is inf
   std::string param_dtype, reduce_dtype, buffer_dtype;  // "", "f32", "bf16", "f16"
   bool bn = false;
+  int throw_step = -1;  // before this step, a backward that throws midway
   std::string out = ".";
   bool ac_model = false;  // residual MLP units (activation checkpointing tests)
   std::string ac;         // "" (off), "all", "types" or unit names, comma-separated
@@ -172,6 +177,8 @@ Args parse(int argc, char** argv) {
       a.dropout = std::stod(v);
     else if (key == "--num-nodes")
       a.num_nodes = std::stoi(v);
+    else if (key == "--throw-step")
+      a.throw_step = std::stoi(v);
     else if (key == "--mesh") {
       const auto comma = v.find(',');
       if (comma == std::string::npos) throw std::invalid_argument("--mesh takes R,S, got " + v);
@@ -181,6 +188,17 @@ Args parse(int argc, char** argv) {
   }
   return a;
 }
+
+// Identity forward; its backward throws (an exception in the middle of a backward pass).
+struct ThrowInBackward : public torch::autograd::Function<ThrowInBackward> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
+    return x.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list) {
+    throw std::runtime_error("injected failure in backward");
+  }
+};
 
 // 8 -> 15 -> 15 -> 4: 199 + 240 = 439 parameters with the middle layer (prime: never divisible
 // by the world size); without --inner the same layers are plain Linear modules.
@@ -209,6 +227,7 @@ struct NetImpl : torch::nn::Module {
     } else {
       h = torch::tanh(inner ? u1(x) : fc1(x));
     }
+    if (throw_in_backward) h = ThrowInBackward::apply(h);
     if (norm) h = norm(h);
     if (emulate) {
       h = torch::relu(linear(inner ? *u2 : *mid, h));
@@ -219,6 +238,7 @@ struct NetImpl : torch::nn::Module {
     return emulate ? linear(*fc2, h) : fc2(h);
   }
   bool inner;
+  bool throw_in_backward = false;
   std::optional<c10::ScalarType> emulate;
   c10::ScalarType forward_dtype = torch::kFloat32;  // fc2's weight during the last forward
   torch::nn::Linear fc1{nullptr}, mid{nullptr}, fc2{nullptr};
@@ -465,6 +485,24 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
   const int global_rows = args.global_batch > 0 ? args.global_batch : world * args.batch;
   for (int step = start; step < args.steps; ++step) {
     current_step = step;
+    if constexpr (std::is_same_v<Holder, Net>) {
+      if (step == args.throw_step) {
+        opt.zero_grad();
+        torch::manual_seed(500 + step);
+        auto x = fabric.to_device(torch::randn({rows, in_features}));
+        model->throw_in_backward = true;
+        auto loss = net(x).pow(2).mean();
+        model->throw_in_backward = false;
+        bool thrown = false;
+        try {
+          fabric.backward(loss);
+        } catch (const std::exception& e) {
+          thrown = std::string(e.what()).find("injected failure") != std::string::npos;
+          if (!thrown) throw;
+        }
+        if (!thrown) throw std::runtime_error("the injected backward failure did not propagate");
+      }
+    }
     if (sharding && args.memory) sharding->reset_peak_memory(*net.module());
     opt.zero_grad();
     for (int micro = 0; micro < args.accumulate; ++micro) {
