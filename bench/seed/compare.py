@@ -71,6 +71,8 @@ def main():
     p.add_argument("--skip-seed", action="store_true", help="only the C++ sides")
     p.add_argument("--device-data", action="store_true",
                    help="run the example with --device-data (images kept and augmented on the device)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the example with --channels-last (model and batches in NHWC)")
     args = p.parse_args()
     if args.epochs < 1:
         p.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -99,7 +101,8 @@ def main():
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     wall = run([example, "--data-dir", data, "--no-download", "--workers", str(args.workers),
-                "--devices", "1", *common, *(["--device-data"] if args.device_data else [])], d,
+                "--devices", "1", *common, *(["--device-data"] if args.device_data else []),
+                *(["--channels-last"] if args.channels_last else [])], d,
                os.path.join(d, "out.log"))
     sides.append(("cppfabric", metrics(os.path.join(d, "logs")), wall))
     d = os.path.join(args.work, "floor")
@@ -111,7 +114,8 @@ def main():
     images = args.train + args.val
     print(f"CIFAR-shaped data: {args.train} training + {args.val} validation images, "
           f"{args.accelerator}, {args.precision}, batch {args.batch_size}, {args.workers} workers"
-          + (", cppfabric with --device-data" if args.device_data else ""))
+          + (", cppfabric with --device-data" if args.device_data else "")
+          + (", cppfabric with --channels-last" if args.channels_last else ""))
     print(f"{'side':30} {'epoch':>5} {'seconds':>9} {'images/s':>10} {'val acc':>8}")
     for name, epochs, wall in sides:
         for i, (seconds, acc) in enumerate(epochs):

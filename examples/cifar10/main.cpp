@@ -10,6 +10,7 @@
 //           [--synthetic] [--synthetic-size 50000] [--max-steps N] [--seed 42] [--log-dir logs]
 //           [--checkpoint-dir checkpoints] [--resume checkpoints/epoch_3.ckpt]
 //           [--require-accuracy A] [--profile] [--device-data]
+//           [--matmul-precision highest|high|medium] [--channels-last]
 //
 // Without the CIFAR-10 files and without network it says so in one line and trains on
 // SyntheticCIFAR10. Exits non-zero when --require-accuracy is given and the last validation
@@ -18,6 +19,14 @@
 // validation, checkpoint, the rest (on a GPU every mark synchronises the device).
 // --device-data (not in the seed; the GPU fast path): the images stay in device memory as uint8
 // and are flipped, cropped and normalized per batch there (data::DeviceImages).
+// --matmul-precision: torch.set_float32_matmul_precision's setting, here
+// at::globalContext().setFloat32MatmulPrecision; "highest" (the default, as the seed leaves torch's)
+// keeps float32 matmuls in float32, "high"/"medium" let GPUs with tensor cores use TF32 / bfloat16
+// for them (docs/precision.md). With the "highest" default on such a GPU Fabric prints Lightning's
+// hint about it once.
+// --channels-last (not in the seed): the model's 4-D weights and every input batch in channels_last
+// (NHWC) memory format; the same numbers up to float rounding (tests/example_cifar10.cmake checks
+// the losses on CPU), possibly faster convolutions on tensor-core GPUs.
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
@@ -65,12 +74,26 @@ struct EpochProfile {
 namespace data = cppfabric::data;
 namespace T = cppfabric::data::transforms;
 
+// --channels-last: Python's `model.to(memory_format=torch.channels_last)` (4-D parameters and
+// buffers in NHWC strides; the tensors stay the same objects, so an optimizer built later or earlier
+// sees them).
+void to_channels_last(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+  for (auto& b : module.buffers()) {
+    if (b.dim() == 4) b.set_data(b.data().contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
 int main(int argc, char** argv) {
   std::string data_dir = "data", precision = "16-mixed", accelerator = "auto", devices = "auto",
               strategy = "auto";
   std::string log_dir = "logs";
   std::string checkpoint_dir = "checkpoints", resume;
-  bool download = true, synthetic = false, device_data = false;
+  std::string matmul_precision = "highest";
+  bool download = true, synthetic = false, device_data = false, channels_last = false;
   int epochs = 20, workers = 4;
   std::size_t batch_size = 128, synthetic_size = 50000;
   int64_t max_steps = -1, seed = 42;
@@ -102,7 +125,15 @@ int main(int argc, char** argv) {
   app.add_flag("--profile", profile.enabled, "Print where each epoch's time goes");
   app.add_flag("--device-data", device_data,
                "Keep the images in device memory and augment per batch there (data::DeviceImages)");
+  app.add_option("--matmul-precision", matmul_precision,
+                 "float32 matmul precision, as torch.set_float32_matmul_precision: highest, high "
+                 "(TF32 on tensor cores) or medium")
+      ->check(CLI::IsMember({"highest", "high", "medium"}));
+  app.add_flag("--channels-last", channels_last,
+               "Model and input batches in channels_last (NHWC) memory format");
   CLI11_PARSE(app, argc, argv);
+  // Before the Fabric: its CUDA setup reads this to decide on the TF32 hint.
+  at::globalContext().setFloat32MatmulPrecision(matmul_precision);
 
   cppfabric::DevicesArg devices_arg = devices;
   if (!devices.empty() && devices.find_first_not_of("-0123456789") == std::string::npos)
@@ -174,12 +205,20 @@ int main(int argc, char** argv) {
   }
 
   SimpleCNN model(10);
+  if (channels_last) to_channels_last(*model);
   auto optimizer = std::make_shared<torch::optim::AdamW>(
       model->parameters(), torch::optim::AdamWOptions(3e-4).weight_decay(1e-2));
   cppfabric::optim::CosineAnnealingLR scheduler(*optimizer, /*T_max=*/20);
 
   auto [net, opt] = fabric.setup(model, optimizer);
   auto [train, val] = fabric.setup_dataloaders(train_loader, val_loader);
+  if (channels_last) {
+    int nhwc = 0;
+    for (const auto& p : model->parameters()) {
+      nhwc += p.dim() == 4 && p.is_contiguous(torch::MemoryFormat::ChannelsLast) ? 1 : 0;
+    }
+    fabric.print("channels_last: {} convolution weights and every input batch in NHWC", nhwc);
+  }
 
   // Resume: the objects are restored in place; what is left is returned (the remainder).
   int start_epoch = 0;
@@ -207,6 +246,7 @@ int main(int argc, char** argv) {
     int64_t batch_idx = 0;
     for (auto& batch : train) {
       profile.mark("data wait");
+      if (channels_last) batch.data = batch.data.contiguous(torch::MemoryFormat::ChannelsLast);
       opt.zero_grad();
       auto outputs = net(batch.data);
       auto loss = torch::nn::functional::cross_entropy(outputs, batch.target);
@@ -237,6 +277,7 @@ int main(int argc, char** argv) {
     {
       torch::NoGradGuard no_grad;
       for (auto& batch : val) {
+        if (channels_last) batch.data = batch.data.contiguous(torch::MemoryFormat::ChannelsLast);
         correct += net(batch.data).argmax(1).eq(batch.target).sum();
         total += batch.target.size(0);
       }

@@ -1,17 +1,21 @@
 #include "cppfabric/accelerators/cuda.hpp"
 
+#include <ATen/Context.h>
 #include <torch/cuda.h>
 #ifdef CPPFABRIC_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <set>
 #include <sstream>
 
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/utilities/errors.hpp"
+#include "cppfabric/utilities/rank_zero.hpp"
 
 namespace cppfabric::accelerators {
 namespace {
@@ -111,12 +115,56 @@ std::vector<c10::Device> CUDAAccelerator::parse_devices(const DevicesArg& device
   return out;
 }
 
+bool CUDAAccelerator::needs_matmul_precision_hint(int major, const std::string& precision) {
+  if (precision != "highest" && precision != "high" && precision != "medium") {
+    throw std::invalid_argument(fmt::format(
+        "Unknown float32 matmul precision '{}': use one of 'highest', 'high', 'medium'.",
+        precision));
+  }
+  // Ampere (8.x) and later have tensor cores that run float32 matmuls as TF32; the hint is only
+  // for users who have not chosen a precision yet (torch's default is "highest").
+  return major >= 8 && precision == "highest";
+}
+
+std::string CUDAAccelerator::matmul_precision_hint(const std::string& device_name) {
+  return fmt::format(
+      "You are using a CUDA device ('{}') that has Tensor Cores. To properly utilize them, you "
+      "should set `torch.set_float32_matmul_precision('medium' | 'high')` which will trade-off "
+      "precision for performance. In C++: "
+      "`at::globalContext().setFloat32MatmulPrecision(\"high\")` (docs/precision.md). For more "
+      "details, read "
+      "https://pytorch.org/docs/stable/generated/"
+      "torch.set_float32_matmul_precision.html#torch.set_float32_matmul_precision",
+      device_name);
+}
+
+std::string CUDAAccelerator::float32_matmul_precision() {
+  switch (at::globalContext().float32MatmulPrecision()) {
+    case at::Float32MatmulPrecision::HIGHEST:
+      return "highest";
+    case at::Float32MatmulPrecision::HIGH:
+      return "high";
+    case at::Float32MatmulPrecision::MEDIUM:
+      return "medium";
+  }
+  return "highest";
+}
+
 void CUDAAccelerator::setup_device(const c10::Device& device) {
   if (device.type() != c10::kCUDA) {
     throw std::invalid_argument(
         fmt::format("Device should be CUDA, got {} instead.", device.str()));
   }
 #ifdef CPPFABRIC_WITH_CUDA
+  // Python's _check_cuda_matmul_precision: shown only ever once (rank 0, as rank_zero_info).
+  static std::atomic<bool> hint_checked{false};
+  if (device_count() > 0 && !hint_checked.exchange(true)) {
+    const auto* props = at::cuda::getDeviceProperties(
+        device.has_index() ? device.index() : c10::cuda::current_device());
+    if (needs_matmul_precision_hint(props->major, float32_matmul_precision())) {
+      utilities::rank_zero_info(matmul_precision_hint(props->name));
+    }
+  }
   c10::cuda::set_device(device.index());
 #endif
 }

@@ -5,6 +5,14 @@
 //   CUDAAccelerator::parse_gpu_ids(-1, 4)                   -> {0, 1, 2, 3}
 //
 // The CUDA code paths compile everywhere; they run where a GPU is.
+//
+// setup_device() prints Python Fabric's TF32 hint once per process, on rank 0, when the device
+// has tensor cores (compute capability 8.0 or later: Ampere, Hopper, ...) and float32 matmuls
+// still run at torch's default precision "highest" (docs/precision.md):
+//
+//   CUDAAccelerator::needs_matmul_precision_hint(8, "highest")  -> true
+//   CUDAAccelerator::needs_matmul_precision_hint(8, "high")     -> false
+//   CUDAAccelerator::needs_matmul_precision_hint(7, "highest")  -> false (V100, T4)
 #pragma once
 
 #include "cppfabric/accelerators/accelerator.hpp"
@@ -25,6 +33,15 @@ class CUDAAccelerator : public Accelerator {
   static int device_count();
   /// Python's `_parse_gpu_ids` against `available` visible GPUs (indices 0..available-1).
   static std::vector<int> parse_gpu_ids(const DevicesArg& devices, int available);
+
+  /// Whether a device of compute capability `major`.x, with float32 matmul precision `precision`
+  /// ("highest", "high" or "medium", as torch.get_float32_matmul_precision() names it), gets the
+  /// TF32 hint: Python's `_check_cuda_matmul_precision` (capability >= 8 and "highest").
+  static bool needs_matmul_precision_hint(int major, const std::string& precision);
+  /// The hint's text for the device named `device_name`.
+  static std::string matmul_precision_hint(const std::string& device_name);
+  /// torch.get_float32_matmul_precision(): "highest", "high" or "medium".
+  static std::string float32_matmul_precision();
 };
 
 }  // namespace cppfabric::accelerators
