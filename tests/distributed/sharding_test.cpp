@@ -217,6 +217,8 @@ TEST(ShardingMixedPrecision, Bf16ParamsEqualCastingDdp) {
   }
   expect_equal_to_ddp("fsdp --sharding FULL_SHARD", 3, "--inner" + mp);
   expect_equal_to_ddp("fsdp --sharding FULL_SHARD", 2, "--inner --accumulate 3" + mp);
+  // HYBRID_SHARD: the shard group's sum, then the replicas' (4 processes, 2 x 2).
+  expect_equal_to_ddp("fsdp --sharding HYBRID_SHARD --mesh 2,2", 4, "--inner" + mp);
 }
 
 TEST(ShardingMixedPrecision, Bf16ReductionEqualsRoundedDdp) {
