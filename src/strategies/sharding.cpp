@@ -417,7 +417,10 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
   // A backward pass that threw midway never ran its final callback: wait for what it launched,
   // drop the pass (as the DDP reducer does).
   void recover_if_interrupted() {
-    if (!(callback_queued && pass_token.expired())) return;
+    if (callback_queued && pass_token.expired()) drop_pass();
+  }
+
+  void drop_pass() {
     for (auto& unit : units) {
       for (auto& w : unit.works) {
         try {
@@ -714,6 +717,19 @@ void ShardedModule::after_unit_checkpointed_forward(std::size_t u) {
 
 void ShardedModule::before_unit_recompute(std::size_t u) {
   state_->on_pre_backward(u, std::weak_ptr<State>(state_));
+}
+
+void ShardedModule::discard_failed_backward() {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  if (state_->callback_queued) state_->drop_pass();
+  // Units left gathered (by the failed pass or by its forward): their full-size gradients belong
+  // to the dropped pass; resharding puts their shards' earlier gradients back on the parameters,
+  // where the optimizer's zero_grad reaches them.
+  for (auto& unit : state_->units) {
+    if (unit.layout != ParamLayout::Swap || !unit.gathered) continue;
+    for (auto& m : unit.members) m.param.mutable_grad().reset();
+    state_->reshard(unit);
+  }
 }
 
 void ShardedModule::set_require_sync(bool require) {

@@ -99,6 +99,9 @@ class ShardedModule {
   void after_unit_checkpointed_forward(std::size_t u);
   void before_unit_recompute(std::size_t u);
 
+  /// After a backward that threw (Fabric's backward catches): waits for and drops what the pass
+  /// launched and reshards the units left gathered, so that zero_grad reaches every gradient.
+  void discard_failed_backward();
   void set_require_sync(bool require);
   bool require_sync() const;
   /// ZeRO: all-gathers every unit's updated shard into its full buffer.

@@ -152,6 +152,16 @@ Guard ShardingStrategy::forward_context(torch::nn::Module& module) {
   return Guard([sharded] { sharded->after_outer_forward(torch::GradMode::is_enabled()); });
 }
 
+void ShardingStrategy::backward(const at::Tensor& tensor, const at::Tensor& gradient,
+                                std::optional<bool> retain_graph, bool create_graph) {
+  try {
+    DDPStrategy::backward(tensor, gradient, retain_graph, create_graph);
+  } catch (...) {
+    for (const auto& e : entries_) e->sharded->discard_failed_backward();
+    throw;
+  }
+}
+
 Guard ShardingStrategy::no_backward_sync(torch::nn::Module& module, bool enabled) {
   auto* sharded = sharded_for(module);
   if (!sharded) {

@@ -90,6 +90,11 @@ TEST(Sharding, ABackwardThatThrowsMidwayIsDiscarded) {
   for (const auto& s : kStrategies) expect_equal_to_ddp(s, 2, "--inner --throw-step 1");
   expect_equal_to_ddp("deepspeed_stage_2 --bucket 100", 2, "--throw-step 2");
   expect_equal_to_ddp("fsdp", 3, "--inner --throw-step 2");
+  // The previous step's gradients, stashed while a unit is gathered, must not survive the
+  // zero_grad that follows the failed backward.
+  for (const char* s : {"fsdp --sharding FULL_SHARD", "fsdp --sharding SHARD_GRAD_OP"}) {
+    expect_equal_to_ddp(s, 2, "--inner --throw-step 1 --throw-no-zero");
+  }
 }
 
 double final_loss(const std::string& output) {

@@ -63,6 +63,11 @@ class ShardingStrategy : public DDPStrategy {
   void setup_optimizer(torch::optim::Optimizer& optimizer) override;
   Guard forward_context(torch::nn::Module& module) override;
   Guard no_backward_sync(torch::nn::Module& module, bool enabled) override;
+  /// A backward that throws drops its pass at once (waits for the collectives it launched and
+  /// reshards the units it left gathered), so that zero_grad before the next step reaches every
+  /// gradient; then rethrows.
+  void backward(const at::Tensor& tensor, const at::Tensor& gradient,
+                std::optional<bool> retain_graph, bool create_graph) override;
   void optimizer_step(torch::optim::Optimizer& optimizer) override;
   /// The norm over every rank's shard (an all-reduce of the local sums), as Python's
   /// FSDP.clip_grad_norm_.

@@ -37,7 +37,8 @@
 // --throw-step S: before step S, one extra forward/backward whose backward throws midway (after
 // the gradients of fc2 and mid, before fc1's: with --inner their units' collectives are already
 // launched); the gradients are zeroed and training goes on, so the result must equal a run
-// without it.
+// without it. --throw-no-zero: the gradients of the previous step are still there when it throws
+// (zeroed only by the next step's zero_grad).
 #include <torch/torch.h>
 
 #include <atomic>
@@ -81,7 +82,8 @@ struct Args {
   int inf_step = -1;    // at this step the first element of the first parameter's grad is inf
   std::string param_dtype, reduce_dtype, buffer_dtype;  // "", "f32", "bf16", "f16"
   bool bn = false;
-  int throw_step = -1;  // before this step, a backward that throws midway
+  int throw_step = -1;         // before this step, a backward that throws midway
+  bool throw_no_zero = false;  // the gradients are zeroed only after the throwing backward
   std::string out = ".";
   bool ac_model = false;  // residual MLP units (activation checkpointing tests)
   std::string ac;         // "" (off), "all", "types" or unit names, comma-separated
@@ -116,6 +118,10 @@ Args parse(int argc, char** argv) {
     }
     if (key == "--scaler") {
       a.scaler = true;
+      continue;
+    }
+    if (key == "--throw-no-zero") {
+      a.throw_no_zero = true;
       continue;
     }
     if (key == "--bn") {
@@ -487,7 +493,7 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
     current_step = step;
     if constexpr (std::is_same_v<Holder, Net>) {
       if (step == args.throw_step) {
-        opt.zero_grad();
+        if (!args.throw_no_zero) opt.zero_grad();
         torch::manual_seed(500 + step);
         auto x = fabric.to_device(torch::randn({rows, in_features}));
         model->throw_in_backward = true;
