@@ -188,24 +188,22 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     if (unit.gathered || unit.layout == ParamLayout::Replicated || unit.members.empty()) return;
     torch::NoGradGuard no_grad;
     stash_grads(unit);
+    const bool precise = unit.cast && full_precision;
     at::Tensor target = unit.full;
-    if (unit.cast && full_precision) {
+    if (precise) {
       unit.precise = torch::empty({unit.padded}, unit.shard.options());
       target = unit.precise;
-      account(unit.bytes(unit.padded));
-      if (unit.shards > 1) {
-        group->all_gather_into(target, unit.shard);
-      } else {
-        target.copy_(unit.shard);
-      }
     } else if (unit.frees_full()) {
       alloc_storage(unit.full, unit.full_bytes());
-      account(unit.full_bytes());
+    }
+    if (precise || unit.frees_full()) {
+      account(static_cast<int64_t>(target.nbytes()));
       if (unit.shards == 1) {
-        unit.full.copy_(unit.shard);  // NO_SHARD: only the cast
+        target.copy_(unit.shard);  // NO_SHARD: only the cast (or the full-precision copy)
       } else {
-        group->all_gather_into(unit.full,
-                               unit.cast ? unit.shard.to(unit.compute_dtype) : unit.shard);
+        group->all_gather_into(target, target.scalar_type() == unit.shard.scalar_type()
+                                           ? unit.shard
+                                           : unit.shard.to(target.scalar_type()));
       }
     }
     for (auto& m : unit.members) {

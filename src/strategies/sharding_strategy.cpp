@@ -28,8 +28,12 @@ struct ShardingStrategy::Entry {
   std::unique_ptr<detail::ShardedModule> sharded;
   /// Buffers cast by buffer_dtype(), with their original dtypes.
   std::vector<std::pair<at::Tensor, c10::ScalarType>> cast_buffers;
-  c10::ScalarType buffer_dtype = c10::ScalarType::Float;
 };
+
+namespace {
+// Changes a buffer's dtype in place (the module keeps the same tensor).
+void set_dtype(at::Tensor buffer, c10::ScalarType dtype) { buffer.set_data(buffer.to(dtype)); }
+}  // namespace
 
 ShardingStrategy::ShardingStrategy(DDPOptions ddp) : DDPStrategy(std::move(ddp)) {}
 ShardingStrategy::~ShardingStrategy() = default;
@@ -104,11 +108,10 @@ std::shared_ptr<torch::nn::Module> ShardingStrategy::setup_module(
   after_sharding(*module, *entry->sharded);
   if (const auto dtype = buffer_dtype()) {
     torch::NoGradGuard no_grad;
-    entry->buffer_dtype = *dtype;
     for (auto& b : module->buffers()) {
       if (!b.is_floating_point() || b.scalar_type() == *dtype) continue;
       entry->cast_buffers.emplace_back(b, b.scalar_type());
-      b.set_data(b.to(*dtype));
+      set_dtype(b, *dtype);
     }
   }
   entries_.push_back(std::move(entry));
@@ -455,22 +458,19 @@ bool is_piece_state(const Value& v, const Member& m) {
 }  // namespace
 
 Guard ShardingStrategy::original_buffer_dtypes() {
+  const auto dtype = buffer_dtype();
+  if (!dtype) return {};
   torch::NoGradGuard no_grad;
-  std::vector<std::pair<at::Tensor, c10::ScalarType>> restore;
+  std::vector<at::Tensor> restore;
   for (const auto& e : entries_) {
     for (const auto& [buffer, original] : e->cast_buffers) {
-      auto b = buffer;
-      b.set_data(b.to(original));
-      restore.emplace_back(buffer, e->buffer_dtype);
+      set_dtype(buffer, original);
+      restore.push_back(buffer);
     }
   }
-  if (restore.empty()) return {};
-  return Guard([restore] {
+  return Guard([restore, dtype = *dtype] {
     torch::NoGradGuard no_grad;
-    for (const auto& [buffer, dtype] : restore) {
-      auto b = buffer;
-      b.set_data(b.to(dtype));
-    }
+    for (const auto& buffer : restore) set_dtype(buffer, dtype);
   });
 }
 
