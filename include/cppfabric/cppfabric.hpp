@@ -8,6 +8,7 @@
 #include "cppfabric/accelerators/cpu.hpp"
 #include "cppfabric/accelerators/cuda.hpp"
 #include "cppfabric/callbacks.hpp"
+#include "cppfabric/captured_step.hpp"
 #include "cppfabric/checkpoint/checkpoint_io.hpp"
 #include "cppfabric/checkpoint/torch_pickle.hpp"
 #include "cppfabric/collectives/process_group.hpp"

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "cppfabric/detail/fmt.hpp"
+#include "cppfabric/optim/fused.hpp"
 #include "cppfabric/state.hpp"
 #include "optim/group_values.hpp"
 
@@ -405,7 +406,17 @@ OptimizerStateful::OptimizerStateful(std::shared_ptr<torch::optim::Optimizer> op
   type_ = optimizer_type(*optimizer_);
 }
 
+namespace {
+// The fused optimizers keep their step counts on the device; after replays of a recorded step
+// (CapturedStep) the host's are behind. Saving reads them; loading reads them first, so that a
+// loaded count equal to the stale host count is not taken for the device's.
+void sync_device_steps(torch::optim::Optimizer& optimizer) {
+  if (auto* graph_safe = dynamic_cast<optim::GraphSafeStep*>(&optimizer)) graph_safe->sync_steps();
+}
+}  // namespace
+
 Value OptimizerStateful::state_dict() const {
+  sync_device_steps(*optimizer_);
   Value state = Value::dict();
   Value groups = Value::list();
   int64_t index = 0;
@@ -429,6 +440,7 @@ Value OptimizerStateful::state_dict() const {
 }
 
 void OptimizerStateful::load_state_dict(const Value& sd) {
+  sync_device_steps(*optimizer_);
   if (!sd.is_dict() || !sd.find(Value("state")) || !sd.find(Value("param_groups"))) {
     throw std::runtime_error(
         fmt::format("An optimizer state must be a dict with 'state' and 'param_groups'; got a {}",

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "../utilities/cuda_graph.hpp"
 #include "cppfabric/detail/fmt.hpp"
 
 namespace cppfabric::optim {
@@ -38,8 +39,52 @@ struct FusedStepState {
   };
   std::vector<Pending> pending;
 
-  at::Tensor& step_tensor(const at::Tensor& param, int64_t state_step) {
+  // Each param group's learning rate on each device it has parameters on (float32 on CUDA, as
+  // the kernels read it; float64 on the CPU, whose kernels read it as a double), with the value
+  // last written into it.
+  struct Lr {
+    at::Tensor value;
+    double host = 0;
+  };
+  std::map<std::tuple<std::size_t, int, int>, Lr> lrs;
+
+  // The learning-rate tensor of param group `group` on `device`, holding `lr`. While a CUDA graph
+  // records, a write would be recorded with the value of the moment: the tensor must exist then,
+  // and prepare_replay() writes it before each replay.
+  const at::Tensor& lr_tensor(std::size_t group, const c10::Device& device, double lr,
+                              bool capturing) {
+    auto& entry = lrs[{group, static_cast<int>(device.type()), static_cast<int>(device.index())}];
+    if (capturing) {
+      if (!entry.value.defined()) {
+        throw std::logic_error(fmt::format(
+            "the fused step of param group {} is being recorded in a CUDA graph before any eager "
+            "step or prepare_replay() made its learning-rate tensor on {}: run one step eagerly "
+            "first (CapturedStep's warm-up does).",
+            group, device.str()));
+      }
+      return entry.value;
+    }
+    if (!entry.value.defined()) {
+      entry.value = torch::full({}, lr,
+                                torch::TensorOptions()
+                                    .dtype(device.is_cuda() ? torch::kFloat32 : torch::kFloat64)
+                                    .device(device));
+      entry.host = lr;
+    } else if (entry.host != lr) {
+      entry.value.fill_(lr);
+      entry.host = lr;
+    }
+    return entry.value;
+  }
+
+  at::Tensor& step_tensor(const at::Tensor& param, int64_t state_step, bool capturing) {
     auto& e = entries[param.unsafeGetTensorImpl()];
+    if (capturing && (!e.step.defined() || e.host != state_step)) {
+      throw std::logic_error(
+          "a fused step is being recorded in a CUDA graph for a parameter whose step count is not "
+          "on the device yet (no eager step since it was created or loaded): run one step eagerly "
+          "first (CapturedStep's warm-up does).");
+    }
     if (!e.step.defined() || e.step.device() != param.device()) {
       e.step = torch::full({}, static_cast<double>(state_step),
                            torch::TensorOptions().dtype(torch::kFloat32).device(param.device()));
@@ -135,6 +180,27 @@ void reconcile(FusedStepState& fs, ParamStates& states) {
 }
 
 // A parameter's Adam/AdamW state, created as LibTorch's first step creates it.
+// Whether the step about to run is being recorded in a CUDA graph (the parameters' device's
+// current stream is capturing). One captured step has all its parameters on one device.
+bool recording(torch::optim::Optimizer& optimizer) {
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& p : group.params()) {
+      if (p.grad().defined()) return utilities::cuda_stream_capturing(p.device());
+    }
+  }
+  return false;
+}
+
+// State created while a graph records would be zeroed by every replay: it must exist before.
+void require_state_before_recording(bool capturing, bool exists, const char* optimizer,
+                                    std::size_t group, std::size_t index) {
+  if (!capturing || exists) return;
+  throw std::logic_error(fmt::format(
+      "{}: parameter {} of param group {} has no optimizer state yet while its step is being "
+      "recorded in a CUDA graph; run one step eagerly first (CapturedStep's warm-up does).",
+      optimizer, index, group));
+}
+
 template <typename ParamState, typename Options>
 ParamState& adam_state(ParamStates& states, const at::Tensor& p, const Options& o) {
   auto& slot = states[p.unsafeGetTensorImpl()];
@@ -167,7 +233,10 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
                       const at::Tensor& grad_scale, const at::Tensor& found_inf, Kernel kernel) {
   torch::NoGradGuard no_grad;
   auto& states = optimizer.state();
-  reconcile(fs, states);
+  // Recorded into a CUDA graph, nothing here runs now: the host neither reads the device nor
+  // counts the step (sync_steps() reads the counts after replays).
+  const bool capturing = recording(optimizer);
+  if (!capturing) reconcile(fs, states);
   // A flag readable on the host (CPU) is acted on here: a set flag skips the step as the kernel
   // would (gradients untouched), a clear one is not passed on.
   const auto skipped_on_host = flag_on_host(found_inf);
@@ -186,6 +255,8 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
       const std::size_t i = index++;
       if (!p.grad().defined()) continue;
       auto grad = checked_grad(name, group_index, i, p);
+      require_state_before_recording(capturing, states.count(p.unsafeGetTensorImpl()) != 0, name,
+                                     group_index, i);
       auto& s = adam_state<ParamState>(states, p, o);
       auto& lists = by_device[key_of(p)];
       lists.params.push_back(p);
@@ -193,7 +264,7 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
       lists.exp_avgs.push_back(s.exp_avg());
       lists.exp_avg_sqs.push_back(s.exp_avg_sq());
       if (o.amsgrad()) lists.max_exp_avg_sqs.push_back(s.max_exp_avg_sq());
-      lists.steps.push_back(fs.step_tensor(p, s.step()));
+      lists.steps.push_back(fs.step_tensor(p, s.step(), capturing));
       lists.members.emplace_back(p.unsafeGetTensorImpl(), &s);
     }
     const auto [beta1, beta2] = o.betas();
@@ -205,12 +276,14 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
           device_inf.defined() ? on_device(device_inf, device).ne(0).to(at::kFloat) : at::Tensor();
       at::_foreach_add_(lists.steps, 1);
       kernel(lists.params, lists.grads, lists.exp_avgs, lists.exp_avg_sqs, lists.max_exp_avg_sqs,
-             lists.steps, o.lr(), beta1, beta2, o.weight_decay(), o.eps(), o.amsgrad(),
+             lists.steps, fs.lr_tensor(group_index, device, o.lr(), capturing), beta1, beta2,
+             o.weight_decay(), o.eps(), o.amsgrad(),
              /*maximize=*/false, scale.defined() ? std::optional<at::Tensor>(scale) : std::nullopt,
              inf.defined() ? std::optional<at::Tensor>(inf) : std::nullopt);
       if (inf.defined()) {
         at::_foreach_sub_(lists.steps, std::vector<at::Tensor>(lists.steps.size(), inf));
       }
+      if (capturing) continue;
       for (auto& [impl, state] : lists.members) {
         auto& entry = fs.entries[impl];
         static_cast<ParamState*>(state)->step(++entry.host);
@@ -219,6 +292,57 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
     }
     ++group_index;
   }
+}
+
+// prepare_replay(): each param group's lr() into its tensor on each device it has parameters on.
+void write_lr_tensors(FusedStepState& fs, torch::optim::Optimizer& optimizer) {
+  std::size_t group_index = 0;
+  for (auto& group : optimizer.param_groups()) {
+    const double lr = group.options().get_lr();
+    for (const auto& p : group.params()) fs.lr_tensor(group_index, p.device(), lr, false);
+    ++group_index;
+  }
+}
+
+// sync_steps(): the device counts (the truth after replays of a recorded step) into the host's
+// state, one read per device; what was pending is settled by them.
+template <typename ParamState>
+void read_device_steps(FusedStepState& fs, torch::optim::Optimizer& optimizer) {
+  struct Read {
+    std::vector<at::Tensor> counts;
+    std::vector<std::pair<FusedStepState::Entry*, ParamState*>> targets;
+  };
+  std::map<std::pair<int, int>, Read> by_device;
+  auto& states = optimizer.state();
+  for (auto& group : optimizer.param_groups()) {
+    for (const auto& p : group.params()) {
+      auto state = states.find(p.unsafeGetTensorImpl());
+      auto entry = fs.entries.find(p.unsafeGetTensorImpl());
+      if (state == states.end() || entry == fs.entries.end() || !entry->second.step.defined())
+        continue;
+      auto& read = by_device[{static_cast<int>(p.device().type()), p.device().index()}];
+      read.counts.push_back(entry->second.step);
+      read.targets.emplace_back(&entry->second, static_cast<ParamState*>(state->second.get()));
+    }
+  }
+  for (auto& [device, read] : by_device) {
+    const at::Tensor counts = at::stack(read.counts).to(at::kCPU, at::kDouble);
+    const auto* values = counts.const_data_ptr<double>();
+    for (std::size_t i = 0; i < read.targets.size(); ++i) {
+      auto [entry, state] = read.targets[i];
+      entry->host = static_cast<int64_t>(std::llround(values[i]));
+      state->step(entry->host);
+    }
+  }
+  fs.pending.clear();
+}
+
+std::string fused_only(const char* optimizer, const StepOptions& options) {
+  if (options.fused) return {};
+  return fmt::format(
+      "{} with StepOptions{{.fused = false}} steps with host-side arithmetic that a CUDA graph "
+      "would freeze; use .fused = true (the default) to record its step",
+      optimizer);
 }
 
 at::Tensor run_closure(const torch::optim::Optimizer::LossClosure& closure) {
@@ -424,8 +548,18 @@ void AdamFamily<Base, Options>::step_scaled(const at::Tensor& grad_scale,
 }
 
 template <typename Base, typename Options>
+std::string AdamFamily<Base, Options>::graph_safe_error() const {
+  return fused_only(AdamKind<Base>::name, step_options_);
+}
+
+template <typename Base, typename Options>
+void AdamFamily<Base, Options>::prepare_replay() {
+  write_lr_tensors(*fused_, *this);
+}
+
+template <typename Base, typename Options>
 void AdamFamily<Base, Options>::sync_steps() {
-  reconcile(*fused_, this->state());
+  read_device_steps<typename AdamKind<Base>::ParamState>(*fused_, *this);
 }
 
 template class AdamFamily<torch::optim::AdamW, torch::optim::AdamWOptions>;
@@ -437,10 +571,11 @@ template class AdamFamily<torch::optim::Adam, torch::optim::AdamOptions>;
 
 namespace {
 
-void sgd_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
+void sgd_step(torch::optim::Optimizer& optimizer, FusedStepState& fs, const at::Tensor& grad_scale,
               const at::Tensor& found_inf) {
   torch::NoGradGuard no_grad;
   auto& states = optimizer.state();
+  const bool capturing = recording(optimizer);
   const auto skipped_on_host = flag_on_host(found_inf);
   if (skipped_on_host == true) return;  // as the kernel: no update, gradients untouched
   const at::Tensor device_inf = skipped_on_host.has_value() ? at::Tensor() : found_inf;
@@ -464,6 +599,8 @@ void sgd_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
       if (momentum) {
         auto& slot = states[p.unsafeGetTensorImpl()];
         auto* s = static_cast<torch::optim::SGDParamState*>(slot.get());
+        require_state_before_recording(capturing, s != nullptr && s->momentum_buffer().defined(),
+                                       "SGD", group_index, i);
         if (s == nullptr || !s->momentum_buffer().defined()) {
           first = !device_inf.defined();
           // With an inf flag left on the device the first step cannot be told apart: start from
@@ -490,7 +627,8 @@ void sgd_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
       const auto inf =
           device_inf.defined() ? on_device(device_inf, device).ne(0).to(at::kFloat) : at::Tensor();
       at::_fused_sgd_(lists.params, lists.grads, lists.buffers, o.weight_decay(), o.momentum(),
-                      o.lr(), o.dampening(), o.nesterov(), /*maximize=*/false,
+                      fs.lr_tensor(group_index, device, o.lr(), capturing), o.dampening(),
+                      o.nesterov(), /*maximize=*/false,
                       /*is_first_step=*/key.second,
                       scale.defined() ? std::optional<at::Tensor>(scale) : std::nullopt,
                       inf.defined() ? std::optional<at::Tensor>(inf) : std::nullopt);
@@ -503,12 +641,15 @@ void sgd_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
 
 SGD::SGD(std::vector<at::Tensor> params, torch::optim::SGDOptions defaults,
          StepOptions step_options)
-    : torch::optim::SGD(std::move(params), std::move(defaults)), step_options_(step_options) {}
+    : torch::optim::SGD(std::move(params), std::move(defaults)),
+      step_options_(step_options),
+      fused_(std::make_unique<detail::FusedStepState>()) {}
 
 SGD::SGD(std::vector<torch::optim::OptimizerParamGroup> param_groups,
          torch::optim::SGDOptions defaults, StepOptions step_options)
     : torch::optim::SGD(std::move(param_groups), std::move(defaults)),
-      step_options_(step_options) {}
+      step_options_(step_options),
+      fused_(std::make_unique<detail::FusedStepState>()) {}
 
 SGD::~SGD() = default;
 
@@ -518,7 +659,7 @@ at::Tensor SGD::step(LossClosure closure) {
   }
   auto loss = run_closure(closure);
   if (step_options_.fused) {
-    sgd_step(*this, {}, {});
+    sgd_step(*this, *fused_, {}, {});
   } else {
     sgd_foreach(*this);
   }
@@ -530,7 +671,11 @@ void SGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf)
     if (!unscale_on_host(*this, grad_scale, found_inf)) step();
     return;
   }
-  sgd_step(*this, grad_scale, found_inf);
+  sgd_step(*this, *fused_, grad_scale, found_inf);
 }
+
+std::string SGD::graph_safe_error() const { return fused_only("SGD", step_options_); }
+
+void SGD::prepare_replay() { write_lr_tensors(*fused_, *this); }
 
 }  // namespace cppfabric::optim

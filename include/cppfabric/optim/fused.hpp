@@ -26,7 +26,12 @@
 // step_scaled(): the kernel unscales the gradients and skips the update when a gradient was
 // inf/NaN, on the device, without the host reading the flag (Python's `_step_supports_amp_scaling`).
 // The per-parameter step count then lives in a device tensor; `state().step()` (what checkpoints
-// save) is brought up to date on the host at the next step, or by sync_steps() (CPU: at once).
+// save) is brought up to date on the host at the next step, or by sync_steps() (CPU: at once;
+// fabric.save and fabric.load call it).
+//
+// The fused steps are CUDA-graph safe (optim::GraphSafeStep; cppfabric::CapturedStep records them):
+// the learning rate reaches the kernel as a device tensor, the step counts live on the device, and
+// while the current CUDA stream is capturing the step neither reads from nor writes to the host.
 //
 // This header includes LibTorch's optimizer headers (<torch/optim/adamw.h>, ...; not the umbrella
 // <torch/torch.h>), because the classes derive from LibTorch's; cppfabric.hpp does not include it.
@@ -38,6 +43,7 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace cppfabric::optim {
@@ -66,6 +72,22 @@ class AmpScalingStep {
   virtual void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) = 0;
 };
 
+/// Optimizers whose step a CUDA graph can record (cppfabric::CapturedStep): AdamW, Adam and SGD
+/// below with `fused = true` (Python's `capturable=True` with a tensor learning rate).
+class GraphSafeStep {
+ public:
+  virtual ~GraphSafeStep() = default;
+  /// Empty when step() can be recorded in a CUDA graph; otherwise why not (e.g. fused = false).
+  virtual std::string graph_safe_error() const = 0;
+  /// Writes each param group's lr() into the device tensor the kernels read. An eager step does
+  /// this itself; a recorded step reads the tensor, so call this before each replay (CapturedStep
+  /// does) to pick up a scheduler's change.
+  virtual void prepare_replay() = 0;
+  /// Reads the device-side step counts into `state()` (one host read per device): after replays
+  /// of a recorded step the host's counts are behind. Checkpoints call it before saving and loading.
+  virtual void sync_steps() = 0;
+};
+
 namespace detail {
 struct FusedStepState;
 
@@ -73,7 +95,7 @@ struct FusedStepState;
 /// its `Options`) stepping through ATen's fused or foreach kernels. Instantiated for those two only
 /// (in fused.cpp); use the classes below.
 template <typename Base, typename Options>
-class AdamFamily : public Base, public AmpScalingStep {
+class AdamFamily : public Base, public AmpScalingStep, public GraphSafeStep {
  public:
   explicit AdamFamily(std::vector<at::Tensor> params, Options defaults = {},
                       StepOptions step_options = {});
@@ -83,8 +105,9 @@ class AdamFamily : public Base, public AmpScalingStep {
 
   at::Tensor step(torch::optim::Optimizer::LossClosure closure = nullptr) override;
   void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) override;
-  /// Writes the device-side step counts into `state()` (reads them on the host).
-  void sync_steps();
+  std::string graph_safe_error() const override;
+  void prepare_replay() override;
+  void sync_steps() override;
   const StepOptions& step_options() const { return step_options_; }
 
  private:
@@ -110,7 +133,7 @@ class Adam : public detail::AdamFamily<torch::optim::Adam, torch::optim::AdamOpt
 };
 
 /// SGD with optional momentum, dampening, Nesterov and weight decay (LibTorch's SGDOptions).
-class SGD : public torch::optim::SGD, public AmpScalingStep {
+class SGD : public torch::optim::SGD, public AmpScalingStep, public GraphSafeStep {
  public:
   explicit SGD(std::vector<at::Tensor> params, torch::optim::SGDOptions defaults,
                StepOptions step_options = {});
@@ -120,10 +143,14 @@ class SGD : public torch::optim::SGD, public AmpScalingStep {
 
   at::Tensor step(LossClosure closure = nullptr) override;
   void step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf) override;
+  std::string graph_safe_error() const override;
+  void prepare_replay() override;
+  void sync_steps() override {}  // no step counts
   const StepOptions& step_options() const { return step_options_; }
 
  private:
   StepOptions step_options_;
+  std::unique_ptr<detail::FusedStepState> fused_;
 };
 
 }  // namespace cppfabric::optim
