@@ -51,7 +51,7 @@ std::vector<Signature> signature_of(const std::vector<at::Tensor>& inputs) {
 
 std::string eager_reason_for(const c10::Device& device) {
   if (device.is_cuda()) return {};
-  return fmt::format("the device is {}; CUDA graphs need a CUDA device, so every step runs eagerly",
+  return fmt::format("the device is {} and CUDA graphs need a CUDA device: every step runs eagerly",
                      device.str());
 }
 

@@ -73,6 +73,9 @@ def main():
                    help="run the example with --device-data (images kept and augmented on the device)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="run the example with --channels-last (model and batches in NHWC)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=False,
+                   help="also run the example with --cuda-graph (its training step replayed from "
+                        "a CUDA graph), as one more side")
     args = p.parse_args()
     if args.epochs < 1:
         p.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -97,14 +100,18 @@ def main():
                     "--workers", str(args.workers), "--devices", "1", *common], d,
                    os.path.join(d, "out.log"))
         sides.append(("seed (Python)", metrics(os.path.join(d, "logs")), wall))
-    d = os.path.join(args.work, "cppfabric")
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-    wall = run([example, "--data-dir", data, "--no-download", "--workers", str(args.workers),
-                "--devices", "1", *common, *(["--device-data"] if args.device_data else []),
-                *(["--channels-last"] if args.channels_last else [])], d,
-               os.path.join(d, "out.log"))
-    sides.append(("cppfabric", metrics(os.path.join(d, "logs")), wall))
+    ours = [("cppfabric", "cppfabric", [])]
+    if args.cuda_graph:
+        ours.append(("cppfabric (cuda graph)", "cppfabric-graph", ["--cuda-graph"]))
+    for name, folder, extra in ours:
+        d = os.path.join(args.work, folder)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        wall = run([example, "--data-dir", data, "--no-download", "--workers", str(args.workers),
+                    "--devices", "1", *common, *(["--device-data"] if args.device_data else []),
+                    *(["--channels-last"] if args.channels_last else []), *extra], d,
+                   os.path.join(d, "out.log"))
+        sides.append((name, metrics(os.path.join(d, "logs")), wall))
     d = os.path.join(args.work, "floor")
     os.makedirs(d, exist_ok=True)
     log = os.path.join(d, "out.log")
@@ -115,7 +122,8 @@ def main():
     print(f"CIFAR-shaped data: {args.train} training + {args.val} validation images, "
           f"{args.accelerator}, {args.precision}, batch {args.batch_size}, {args.workers} workers"
           + (", cppfabric with --device-data" if args.device_data else "")
-          + (", cppfabric with --channels-last" if args.channels_last else ""))
+          + (", cppfabric with --channels-last" if args.channels_last else "")
+          + (", cppfabric also with --cuda-graph" if args.cuda_graph else ""))
     print(f"{'side':30} {'epoch':>5} {'seconds':>9} {'images/s':>10} {'val acc':>8}")
     for name, epochs, wall in sides:
         for i, (seconds, acc) in enumerate(epochs):
@@ -129,14 +137,15 @@ def main():
         r = sorted(x / y for x, y in list(zip(times[a], times[b]))[later])
         return f"min {r[0]:.3f} median {statistics.median(r):.3f} max {r[-1]:.3f}"
 
-    if "seed (Python)" in times:
-        print(f"ratio cppfabric / seed epoch time ({which}): {ratio('cppfabric', 'seed (Python)')}")
-        print(f"speed-up over the seed ({which}): {ratio('seed (Python)', 'cppfabric')}")
-        accs = {name: epochs[-1][1] for name, epochs, _ in sides}
-        print(f"final val acc: seed {accs['seed (Python)']:.4f}, cppfabric {accs['cppfabric']:.4f} "
-              f"(difference {100 * (accs['cppfabric'] - accs['seed (Python)']):+.2f} points)")
-    print(f"ratio cppfabric / floor epoch time ({which}): "
-          f"{ratio('cppfabric', 'floor (C++, data in memory)')}")
+    accs = {name: epochs[-1][1] for name, epochs, _ in sides}
+    for name, _, _ in ours:
+        if "seed (Python)" in times:
+            print(f"ratio {name} / seed epoch time ({which}): {ratio(name, 'seed (Python)')}")
+            print(f"speed-up of {name} over the seed ({which}): {ratio('seed (Python)', name)}")
+            print(f"final val acc: seed {accs['seed (Python)']:.4f}, {name} {accs[name]:.4f} "
+                  f"(difference {100 * (accs[name] - accs['seed (Python)']):+.2f} points)")
+        print(f"ratio {name} / floor epoch time ({which}): "
+              f"{ratio(name, 'floor (C++, data in memory)')}")
 
 if __name__ == "__main__":
     main()

@@ -10,13 +10,13 @@
 //           [--synthetic] [--synthetic-size 50000] [--max-steps N] [--seed 42] [--log-dir logs]
 //           [--checkpoint-dir checkpoints] [--resume checkpoints/epoch_3.ckpt]
 //           [--require-accuracy A] [--profile] [--device-data]
-//           [--matmul-precision highest|high|medium] [--channels-last]
+//           [--matmul-precision highest|high|medium] [--channels-last] [--cuda-graph]
 //
 // Without the CIFAR-10 files and without network it says so in one line and trains on
 // SyntheticCIFAR10. Exits non-zero when --require-accuracy is given and the last validation
 // accuracy is below it. On CPU, "16-mixed" becomes "bf16-mixed" (as in Python, with a warning).
-// --profile prints, per epoch, where the time went: waiting for data, forward+backward, optimizer,
-// validation, checkpoint, the rest (on a GPU every mark synchronises the device).
+// --profile prints, per epoch, where the time went: waiting for data, the training step (forward,
+// backward and optimizer), validation, checkpoint, the rest (on a GPU every mark synchronises the device).
 // --device-data (not in the seed; the GPU fast path): the images stay in device memory as uint8
 // and are flipped, cropped and normalized per batch there (data::DeviceImages).
 // --matmul-precision: torch.set_float32_matmul_precision's setting, here
@@ -27,12 +27,18 @@
 // --channels-last (not in the seed): the model's 4-D weights and every input batch in channels_last
 // (NHWC) memory format; the same numbers up to float rounding (tests/example_cifar10.cmake checks
 // the losses on CPU), possibly faster convolutions on tensor-core GPUs.
+// --cuda-graph (not in the seed): the training step (forward, backward, AdamW step) is recorded once
+// in a CUDA graph and replayed per batch (cppfabric::CapturedStep, with cppfabric::optim::AdamW's
+// fused kernel); the ragged last batch runs eagerly. On other devices every step runs eagerly. Needs
+// one device ("single_device").
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cppfabric/cppfabric.hpp>
+#include <cppfabric/optim/fused.hpp>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -45,9 +51,11 @@ using cppfabric::Fabric;
 struct EpochProfile {
   bool enabled = false, cuda = false;
   std::chrono::steady_clock::time_point last;
-  std::vector<std::pair<std::string, double>> seconds{{"data wait", 0},  {"forward+backward", 0},
-                                                      {"optimizer", 0},  {"validation", 0},
-                                                      {"checkpoint", 0}, {"other", 0}};
+  std::vector<std::pair<std::string, double>> seconds{{"data wait", 0},
+                                                      {"forward+backward+optimizer", 0},
+                                                      {"validation", 0},
+                                                      {"checkpoint", 0},
+                                                      {"other", 0}};
   void begin() {
     for (auto& entry : seconds) entry.second = 0;
     last = std::chrono::steady_clock::now();
@@ -93,7 +101,8 @@ int main(int argc, char** argv) {
   std::string log_dir = "logs";
   std::string checkpoint_dir = "checkpoints", resume;
   std::string matmul_precision = "highest";
-  bool download = true, synthetic = false, device_data = false, channels_last = false;
+  bool download = true, synthetic = false, device_data = false, channels_last = false,
+       cuda_graph = false;
   int epochs = 20, workers = 4;
   std::size_t batch_size = 128, synthetic_size = 50000;
   int64_t max_steps = -1, seed = 42;
@@ -131,6 +140,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"highest", "high", "medium"}));
   app.add_flag("--channels-last", channels_last,
                "Model and input batches in channels_last (NHWC) memory format");
+  app.add_flag("--cuda-graph", cuda_graph,
+               "Record the training step in a CUDA graph and replay it per batch "
+               "(cppfabric::CapturedStep; one device)");
   CLI11_PARSE(app, argc, argv);
   // Before the Fabric: its CUDA setup reads this to decide on the TF32 hint.
   at::globalContext().setFloat32MatmulPrecision(matmul_precision);
@@ -206,8 +218,11 @@ int main(int argc, char** argv) {
 
   SimpleCNN model(10);
   if (channels_last) to_channels_last(*model);
-  auto optimizer = std::make_shared<torch::optim::AdamW>(
-      model->parameters(), torch::optim::AdamWOptions(3e-4).weight_decay(1e-2));
+  const auto adamw_options = torch::optim::AdamWOptions(3e-4).weight_decay(1e-2);
+  // --cuda-graph records the optimizer step too: cppfabric's fused AdamW (the same update) can be.
+  std::shared_ptr<torch::optim::AdamW> optimizer =
+      cuda_graph ? std::make_shared<cppfabric::optim::AdamW>(model->parameters(), adamw_options)
+                 : std::make_shared<torch::optim::AdamW>(model->parameters(), adamw_options);
   cppfabric::optim::CosineAnnealingLR scheduler(*optimizer, /*T_max=*/20);
 
   auto [net, opt] = fabric.setup(model, optimizer);
@@ -218,6 +233,21 @@ int main(int argc, char** argv) {
       nhwc += p.dim() == 4 && p.is_contiguous(torch::MemoryFormat::ChannelsLast) ? 1 : 0;
     }
     fabric.print("channels_last: {} convolution weights and every input batch in NHWC", nhwc);
+  }
+
+  // One training step: returns the loss and the outputs. --cuda-graph replays it from a CUDA graph.
+  auto train_step = [&, &net = net, &opt = opt](const std::vector<at::Tensor>& in) {
+    opt.zero_grad();
+    auto outputs = net(in[0]);
+    auto loss = torch::nn::functional::cross_entropy(outputs, in[1]);
+    fabric.backward(loss);
+    opt.step();
+    return std::vector<at::Tensor>{loss.detach(), outputs.detach()};
+  };
+  std::optional<cppfabric::CapturedStep> captured;
+  if (cuda_graph) {
+    captured.emplace(fabric, opt, train_step);
+    if (!captured->eager_reason().empty()) fabric.print("--cuda-graph: {}", captured->eager_reason());
   }
 
   // Resume: the objects are restored in place; what is left is returned (the remainder).
@@ -247,15 +277,12 @@ int main(int argc, char** argv) {
     for (auto& batch : train) {
       profile.mark("data wait");
       if (channels_last) batch.data = batch.data.contiguous(torch::MemoryFormat::ChannelsLast);
-      opt.zero_grad();
-      auto outputs = net(batch.data);
-      auto loss = torch::nn::functional::cross_entropy(outputs, batch.target);
-      fabric.backward(loss);
-      profile.mark("forward+backward");
-      opt.step();
-      profile.mark("optimizer");
-      loss_sum += loss.detach().to(torch::kFloat32);  // stays on the device: no sync per batch
-      running_correct += outputs.detach().argmax(1).eq(batch.target).sum();
+      const auto results =
+          captured ? (*captured)({batch.data, batch.target}) : train_step({batch.data, batch.target});
+      const auto& loss = results[0];
+      profile.mark("forward+backward+optimizer");
+      loss_sum += loss.to(torch::kFloat32);  // stays on the device: no sync per batch
+      running_correct += results[1].argmax(1).eq(batch.target).sum();
       running_total += batch.target.size(0);
       if (batch_idx % 100 == 0) {
         fabric.print("Epoch {} | Batch {}/{} | Loss: {:.4f} | Acc: {:.2f}%", epoch, batch_idx,
