@@ -4,47 +4,43 @@
 // epoch time against it and against the Python seed script.
 //
 //   bench_cifar10_floor [--epochs 1] [--train-size 50000] [--val-size 10000] [--batch-size 128]
-//                       [--precision 16-mixed] [--accelerator auto]
+//                       [--precision 16-mixed] [--accelerator auto] [--step libtorch|fused|graph]
+//
+// --step: how the training step runs: "libtorch" (LibTorch's AdamW, as the example), "fused"
+// (cppfabric::optim::AdamW, ATen's fused kernel) or "graph" (the fused step recorded in a CUDA
+// graph and replayed: cppfabric::CapturedStep; eager on a CPU). scripts/gpu-check runs all three.
 //
 // Prints one line per epoch in the example's format ("Epoch N | Val acc: ... | S s").
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cppfabric/cppfabric.hpp>
+#include <cppfabric/optim/fused.hpp>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "../examples/cifar10/simple_cnn.hpp"
+#include "run_child.hpp"
 
 int main(int argc, char** argv) {
   int epochs = 1;
   int64_t train_size = 50000, val_size = 10000, batch_size = 128;
-  std::string precision = "16-mixed", accelerator = "auto";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--epochs")
-      epochs = std::stoi(value);
-    else if (flag == "--train-size")
-      train_size = std::stoll(value);
-    else if (flag == "--val-size")
-      val_size = std::stoll(value);
-    else if (flag == "--batch-size")
-      batch_size = std::stoll(value);
-    else if (flag == "--precision")
-      precision = value;
-    else if (flag == "--accelerator")
-      accelerator = value;
-    else {
-      std::fprintf(stderr,
-                   "unknown flag %s (valid: --epochs --train-size --val-size --batch-size "
-                   "--precision --accelerator)\n",
-                   flag.c_str());
-      return 2;
-    }
+  std::string precision = "16-mixed", accelerator = "auto", step_kind = "libtorch";
+  if (!cppfabric::bench::Flags()
+           .add("--epochs", &epochs)
+           .add("--train-size", &train_size)
+           .add("--val-size", &val_size)
+           .add("--batch-size", &batch_size)
+           .add("--precision", &precision)
+           .add("--accelerator", &accelerator)
+           .add("--step", &step_kind)
+           .parse(argc, argv)) {
+    return 2;
   }
-  if (argc % 2 == 0) {
-    std::fprintf(stderr, "flag %s has no value\n", argv[argc - 1]);
+  if (step_kind != "libtorch" && step_kind != "fused" && step_kind != "graph") {
+    std::fprintf(stderr, "--step %s is not one of libtorch, fused, graph\n", step_kind.c_str());
     return 2;
   }
   if (epochs < 1 || train_size < 1 || val_size < 1 || batch_size < 1) {
@@ -56,10 +52,23 @@ int main(int argc, char** argv) {
   fabric.launch();
   cppfabric::Fabric::seed_everything(42);
   SimpleCNN model(10);
-  auto optimizer = std::make_shared<torch::optim::AdamW>(
-      model->parameters(), torch::optim::AdamWOptions(3e-4).weight_decay(1e-2));
+  const auto adamw_options = torch::optim::AdamWOptions(3e-4).weight_decay(1e-2);
+  std::shared_ptr<torch::optim::AdamW> optimizer =
+      step_kind != "libtorch"
+          ? std::make_shared<cppfabric::optim::AdamW>(model->parameters(), adamw_options)
+          : std::make_shared<torch::optim::AdamW>(model->parameters(), adamw_options);
   cppfabric::optim::CosineAnnealingLR scheduler(*optimizer, /*T_max=*/20);
   auto [net, opt] = fabric.setup(model, optimizer);
+  auto train_step = [&, &net = net, &opt = opt](const std::vector<at::Tensor>& in) {
+    opt.zero_grad();
+    auto outputs = net(in[0]);
+    auto loss = torch::nn::functional::cross_entropy(outputs, in[1]);
+    fabric.backward(loss);
+    opt.step();
+    return std::vector<at::Tensor>{loss.detach(), outputs.detach()};
+  };
+  std::optional<cppfabric::CapturedStep> captured;
+  if (step_kind == "graph") captured.emplace(fabric, opt, train_step);
 
   // Normalised images and labels, built once, on the device.
   const auto on_device = torch::TensorOptions().device(fabric.device());
@@ -81,13 +90,9 @@ int main(int argc, char** argv) {
     auto loss_sum = torch::zeros({}, on_device);
     auto running_correct = torch::zeros({}, on_device.dtype(torch::kLong));
     for (const auto& [x, y] : train) {
-      opt.zero_grad();
-      auto outputs = net(x);
-      auto loss = torch::nn::functional::cross_entropy(outputs, y);
-      fabric.backward(loss);
-      opt.step();
-      loss_sum += loss.detach().to(torch::kFloat32);
-      running_correct += outputs.detach().argmax(1).eq(y).sum();
+      const auto results = captured ? (*captured)({x, y}) : train_step({x, y});
+      loss_sum += results[0].to(torch::kFloat32);
+      running_correct += results[1].argmax(1).eq(y).sum();
     }
     scheduler.step();
     net.eval();

@@ -247,7 +247,8 @@ int main(int argc, char** argv) {
   std::optional<cppfabric::CapturedStep> captured;
   if (cuda_graph) {
     captured.emplace(fabric, opt, train_step);
-    if (!captured->eager_reason().empty()) fabric.print("--cuda-graph: {}", captured->eager_reason());
+    if (!captured->eager_reason().empty())
+      fabric.print("--cuda-graph: {}", captured->eager_reason());
   }
 
   // Resume: the objects are restored in place; what is left is returned (the remainder).
@@ -277,8 +278,8 @@ int main(int argc, char** argv) {
     for (auto& batch : train) {
       profile.mark("data wait");
       if (channels_last) batch.data = batch.data.contiguous(torch::MemoryFormat::ChannelsLast);
-      const auto results =
-          captured ? (*captured)({batch.data, batch.target}) : train_step({batch.data, batch.target});
+      const auto results = captured ? (*captured)({batch.data, batch.target})
+                                    : train_step({batch.data, batch.target});
       const auto& loss = results[0];
       profile.mark("forward+backward+optimizer");
       loss_sum += loss.to(torch::kFloat32);  // stays on the device: no sync per batch
