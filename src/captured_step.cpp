@@ -148,7 +148,10 @@ struct CapturedStep::Impl {
     auto fresh = std::make_unique<at::cuda::CUDAGraph>();
     {
       c10::cuda::CUDAStreamGuard on_side(stream);
-      fresh->capture_begin();
+      const auto& mode = options.capture_error_mode;
+      fresh->capture_begin({0, 0}, mode == "global"         ? cudaStreamCaptureModeGlobal
+                                   : mode == "thread_local" ? cudaStreamCaptureModeThreadLocal
+                                                            : cudaStreamCaptureModeRelaxed);
       try {
         static_outputs = step(static_inputs);
       } catch (...) {
@@ -194,6 +197,13 @@ struct CapturedStep::Impl {
 CapturedStep::CapturedStep(Fabric& fabric, FabricOptimizer optimizer, Function step,
                            CapturedStepOptions options) {
   if (!step) throw std::invalid_argument("CapturedStep: the step function is empty.");
+  if (options.capture_error_mode != "global" && options.capture_error_mode != "thread_local" &&
+      options.capture_error_mode != "relaxed") {
+    throw std::invalid_argument(fmt::format(
+        "CapturedStepOptions::capture_error_mode='{}' is invalid: use 'global', 'thread_local' or "
+        "'relaxed'.",
+        options.capture_error_mode));
+  }
   if (options.warmup_steps < 1) {
     throw std::invalid_argument(fmt::format(
         "CapturedStepOptions::warmup_steps={} is invalid: at least 1 eager step must run before "

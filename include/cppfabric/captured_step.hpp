@@ -59,6 +59,11 @@ struct CapturedStepOptions {
   int64_t warmup_steps = 3;
   /// false: every call runs eagerly (for side-by-side comparisons), through the same code.
   bool enabled = true;
+  /// Python's `torch.cuda.graph(capture_error_mode=...)`: which threads may not make
+  /// CUDA calls that are unsafe during a recording: "global" (every thread; PyTorch's default),
+  /// "thread_local" (only the recording thread: for a DataLoader that pins memory in its own
+  /// threads meanwhile) or "relaxed" (none).
+  std::string capture_error_mode = "global";
 };
 
 class CapturedStep {
@@ -66,7 +71,8 @@ class CapturedStep {
   using Function = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
 
   /// Throws std::invalid_argument when the strategy is not "single_device", the optimizer's step
-  /// cannot be recorded, `step` is empty or warmup_steps < 1 (each message names the value).
+  /// cannot be recorded, `step` is empty, warmup_steps < 1 or capture_error_mode is not one of
+  /// the three (each message names the value).
   CapturedStep(Fabric& fabric, FabricOptimizer optimizer, Function step,
                CapturedStepOptions options = {});
   ~CapturedStep();

@@ -136,6 +136,8 @@ TEST(CapturedStep, ErrorsNameWhatCannotBeRecorded) {
                     std::invalid_argument, "warmup_steps=0", "at least 1");
   EXPECT_THROW_WITH(CapturedStep(fabric, fused, CapturedStep::Function{}), std::invalid_argument,
                     "empty");
+  EXPECT_THROW_WITH(CapturedStep(fabric, fused, identity, {.capture_error_mode = "local"}),
+                    std::invalid_argument, "'local'", "'thread_local'");
   CapturedStep step(fabric, fused, identity);
   EXPECT_THROW_WITH(step({torch::ones({2}), at::Tensor()}), std::invalid_argument, "input 1 of 2",
                     "undefined");
