@@ -59,16 +59,9 @@ int main(int argc, char** argv) {
           : std::make_shared<torch::optim::AdamW>(model->parameters(), adamw_options);
   cppfabric::optim::CosineAnnealingLR scheduler(*optimizer, /*T_max=*/20);
   auto [net, opt] = fabric.setup(model, optimizer);
-  auto train_step = [&, &net = net, &opt = opt](const std::vector<at::Tensor>& in) {
-    opt.zero_grad();
-    auto outputs = net(in[0]);
-    auto loss = torch::nn::functional::cross_entropy(outputs, in[1]);
-    fabric.backward(loss);
-    opt.step();
-    return std::vector<at::Tensor>{loss.detach(), outputs.detach()};
-  };
+  const auto step_once = train_step(fabric, net, opt);
   std::optional<cppfabric::CapturedStep> captured;
-  if (step_kind == "graph") captured.emplace(fabric, opt, train_step);
+  if (step_kind == "graph") captured.emplace(fabric, opt, step_once);
 
   // Normalised images and labels, built once, on the device.
   const auto on_device = torch::TensorOptions().device(fabric.device());
@@ -90,7 +83,7 @@ int main(int argc, char** argv) {
     auto loss_sum = torch::zeros({}, on_device);
     auto running_correct = torch::zeros({}, on_device.dtype(torch::kLong));
     for (const auto& [x, y] : train) {
-      const auto results = captured ? (*captured)({x, y}) : train_step({x, y});
+      const auto results = captured ? (*captured)({x, y}) : step_once({x, y});
       loss_sum += results[0].to(torch::kFloat32);
       running_correct += results[1].argmax(1).eq(y).sum();
     }

@@ -235,18 +235,10 @@ int main(int argc, char** argv) {
     fabric.print("channels_last: {} convolution weights and every input batch in NHWC", nhwc);
   }
 
-  // One training step: returns the loss and the outputs. --cuda-graph replays it from a CUDA graph.
-  auto train_step = [&, &net = net, &opt = opt](const std::vector<at::Tensor>& in) {
-    opt.zero_grad();
-    auto outputs = net(in[0]);
-    auto loss = torch::nn::functional::cross_entropy(outputs, in[1]);
-    fabric.backward(loss);
-    opt.step();
-    return std::vector<at::Tensor>{loss.detach(), outputs.detach()};
-  };
+  const auto step_once = train_step(fabric, net, opt);
   std::optional<cppfabric::CapturedStep> captured;
   if (cuda_graph) {
-    captured.emplace(fabric, opt, train_step);
+    captured.emplace(fabric, opt, step_once);
     if (!captured->eager_reason().empty())
       fabric.print("--cuda-graph: {}", captured->eager_reason());
   }
@@ -279,7 +271,7 @@ int main(int argc, char** argv) {
       profile.mark("data wait");
       if (channels_last) batch.data = batch.data.contiguous(torch::MemoryFormat::ChannelsLast);
       const auto results = captured ? (*captured)({batch.data, batch.target})
-                                    : train_step({batch.data, batch.target});
+                                    : step_once({batch.data, batch.target});
       const auto& loss = results[0];
       profile.mark("forward+backward+optimizer");
       loss_sum += loss.to(torch::kFloat32);  // stays on the device: no sync per batch

@@ -1,8 +1,12 @@
 // The CIFAR-10 example's model (the seed's SimpleCNN: three conv + max-pool blocks, fc 2048 -> 256
-// -> 10, dropout after fc1), shared by examples/cifar10/main.cpp and bench/cifar10_floor.cpp.
+// -> 10, dropout after fc1) and its training step, shared by examples/cifar10/main.cpp and
+// bench/cifar10_floor.cpp.
 #pragma once
 
 #include <torch/torch.h>
+
+#include <cppfabric/cppfabric.hpp>
+#include <vector>
 
 struct SimpleCNNImpl : torch::nn::Module {
   explicit SimpleCNNImpl(int64_t num_classes = 10) {
@@ -29,3 +33,19 @@ struct SimpleCNNImpl : torch::nn::Module {
   torch::nn::Dropout dropout{nullptr};
 };
 TORCH_MODULE(SimpleCNN);
+
+// One training step on {images, labels}: zero_grad, forward, cross-entropy, fabric.backward,
+// optimizer step. Returns the loss and the outputs, detached. `--cuda-graph` records it in a CUDA
+// graph (cppfabric::CapturedStep); otherwise it is called directly.
+template <typename Net>
+cppfabric::CapturedStep::Function train_step(cppfabric::Fabric& fabric, Net& net,
+                                             cppfabric::FabricOptimizer& opt) {
+  return [&fabric, &net, &opt](const std::vector<at::Tensor>& in) {
+    opt.zero_grad();
+    auto outputs = net(in[0]);
+    auto loss = torch::nn::functional::cross_entropy(outputs, in[1]);
+    fabric.backward(loss);
+    opt.step();
+    return std::vector<at::Tensor>{loss.detach(), outputs.detach()};
+  };
+}

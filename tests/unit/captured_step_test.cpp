@@ -27,6 +27,26 @@ torch::nn::Sequential small_net(uint64_t seed) {
                                torch::nn::Dropout(0.2), torch::nn::Linear(64, 10));
 }
 
+// The step the tests record: zero_grad, forward, `loss_fn`, fabric.backward, step; returns the loss
+// (float32).
+template <typename Net, typename LossFn>
+CapturedStep::Function loss_step(Fabric& fabric, Net& net, cppfabric::FabricOptimizer& opt,
+                                 LossFn loss_fn) {
+  return [&fabric, &net, &opt, loss_fn](const std::vector<at::Tensor>& in) {
+    opt.zero_grad();
+    auto loss = loss_fn(net(in[0]), in[1]);
+    fabric.backward(loss);
+    opt.step();
+    return std::vector<at::Tensor>{loss.detach().to(torch::kFloat32)};
+  };
+}
+const auto cross_entropy = [](const at::Tensor& out, const at::Tensor& target) {
+  return torch::nn::functional::cross_entropy(out, target);
+};
+const auto mse = [](const at::Tensor& out, const at::Tensor& target) {
+  return torch::nn::functional::mse_loss(out, target);
+};
+
 struct Training {
   std::vector<double> losses;
   std::vector<at::Tensor> parameters;
@@ -45,14 +65,7 @@ Training train(const std::string& accelerator, const std::string& precision, boo
       model->parameters(), torch::optim::AdamWOptions(1e-2).weight_decay(1e-2));
   cppfabric::optim::CosineAnnealingLR scheduler(*optimizer, /*T_max=*/3);
   auto [net, opt] = fabric.setup(model, optimizer);
-  auto body = [&, &net = net, &opt = opt](const std::vector<at::Tensor>& in) {
-    opt.zero_grad();
-    auto out = net(in[0]);
-    auto loss = torch::nn::functional::cross_entropy(out, in[1]);
-    fabric.backward(loss);
-    opt.step();
-    return std::vector<at::Tensor>{loss.detach().to(torch::kFloat32)};
-  };
+  auto body = loss_step(fabric, net, opt, cross_entropy);
   CapturedStep step(fabric, opt, body);
   torch::manual_seed(11);  // the data and the dropout masks: the same draws in both runs
   if (fabric.device().is_cuda()) torch::cuda::manual_seed_all(11);
@@ -176,13 +189,7 @@ TEST(CapturedStepGpu, ReplaysNeverSyncTheHost) {
   auto model = small_net(5);
   auto [net, opt] =
       fabric.setup(model, std::make_shared<cppfabric::optim::AdamW>(model->parameters()));
-  CapturedStep step(fabric, opt, [&, &net = net, &opt = opt](const std::vector<at::Tensor>& in) {
-    opt.zero_grad();
-    auto loss = torch::nn::functional::cross_entropy(net(in[0]), in[1]);
-    fabric.backward(loss);
-    opt.step();
-    return std::vector<at::Tensor>{loss.detach()};
-  });
+  CapturedStep step(fabric, opt, loss_step(fabric, net, opt, cross_entropy));
   auto x = torch::randn({32, 32}, torch::kCUDA);
   auto y = torch::randint(0, 10, {32}, torch::TensorOptions(torch::kCUDA).dtype(torch::kLong));
   for (int i = 0; i < 4; ++i) step({x, y});  // warm-up and the recording
@@ -200,13 +207,7 @@ TEST(CapturedStepGpu, AnOverflowingFp16StepIsSkippedOnTheDevice) {
   auto model = small_net(6);
   auto [net, opt] =
       fabric.setup(model, std::make_shared<cppfabric::optim::AdamW>(model->parameters()));
-  CapturedStep step(fabric, opt, [&, &net = net, &opt = opt](const std::vector<at::Tensor>& in) {
-    opt.zero_grad();
-    auto loss = torch::nn::functional::mse_loss(net(in[0]), in[1]);
-    fabric.backward(loss);
-    opt.step();
-    return std::vector<at::Tensor>{loss.detach()};
-  });
+  CapturedStep step(fabric, opt, loss_step(fabric, net, opt, mse));
   const auto on = torch::TensorOptions(torch::kCUDA);
   auto x = torch::randn({16, 32}, on);
   auto y = torch::randn({16, 10}, on);
