@@ -320,9 +320,13 @@ void read_device_steps(FusedStepState& fs, torch::optim::Optimizer& optimizer) {
       auto entry = fs.entries.find(p.unsafeGetTensorImpl());
       if (state == states.end() || entry == fs.entries.end() || !entry->second.step.defined())
         continue;
+      auto* param_state = static_cast<ParamState*>(state->second.get());
+      // A count that differs from the host mirror was loaded or set since: it is the truth, and
+      // the next step puts it on the device.
+      if (param_state->step() != entry->second.host) continue;
       auto& read = by_device[{static_cast<int>(p.device().type()), p.device().index()}];
       read.counts.push_back(entry->second.step);
-      read.targets.emplace_back(&entry->second, static_cast<ParamState*>(state->second.get()));
+      read.targets.emplace_back(&entry->second, param_state);
     }
   }
   for (auto& [device, read] : by_device) {

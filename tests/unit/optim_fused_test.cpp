@@ -171,6 +171,37 @@ TEST(FusedOptimizers, SkippedStepsDoNotAdvanceTheStepCount) {
   }
 }
 
+// Saving reads the step counts from the device tensors the kernels count in, unless a count was
+// loaded since: a checkpoint saved right after a load keeps the loaded counts.
+TEST(FusedOptimizers, SavedStepCountsAreTheLatestStepsOrTheLoadedOnes) {
+  auto model = make_model(4);
+  auto opt = std::make_shared<cppfabric::optim::AdamW>(model->parameters());
+  auto step_of = [](const cppfabric::Value& sd) {
+    return sd.at("state").at(Value(0)).at("step").to_tensor().item<int64_t>();
+  };
+  auto saved = [&] { return cppfabric::State{{"o", opt}}.to_value().at("o"); };
+  for (int i = 0; i < 3; ++i) {
+    opt->zero_grad();
+    model->forward(torch::randn({2, 6})).sum().backward();
+    opt->step();
+  }
+  const Value three = saved();
+  EXPECT_EQ(step_of(three), 3);
+  auto other = make_model(4);
+  auto loaded = std::make_shared<cppfabric::optim::AdamW>(other->parameters());
+  for (int i = 0; i < 5; ++i) {
+    loaded->zero_grad();
+    other->forward(torch::randn({2, 6})).sum().backward();
+    loaded->step();
+  }
+  cppfabric::State{{"o", loaded}}.at("o").stateful()->load_state_dict(three);
+  EXPECT_EQ(step_of(cppfabric::State{{"o", loaded}}.to_value().at("o")), 3);
+  loaded->zero_grad();
+  other->forward(torch::randn({2, 6})).sum().backward();
+  loaded->step();
+  EXPECT_EQ(step_of(cppfabric::State{{"o", loaded}}.to_value().at("o")), 4);
+}
+
 TEST(FusedOptimizers, CheckpointsInPythonsLayoutAndResumeExactly) {
   cppfabric::Fabric fabric({.accelerator = "cpu", .devices = 1});
   auto model = make_model(2);
