@@ -8,11 +8,11 @@
 // M in ddp, fsdp (FULL_SHARD, every layer an FSDPUnit), fsdp-outer (FULL_SHARD, one unit),
 // zero2 (deepspeed_stage_2). Each times `steps` AdamW steps after a warm-up and reports, for rank 0,
 // the bytes of parameters + gradients + optimizer state it holds between steps (distinct
-// storages, counted from the tensors, plus the full buffer FSDP keeps for reuse on CPU),
-// microseconds per step (wall clock) and the CPU time per step of rank 0's process (all
-// threads). The driver prints each mode's medians, the ratios mode/ddp and the min-max of the
-// per-round time ratios (memory target for FULL_SHARD: <= 1/2 + 10%; time: <= 1.3x). On a shared
-// machine the wall-clock ratios swing with the load; the CPU ratios much less.
+// storages, counted from the tensors), microseconds per step (wall clock) and the CPU time per
+// step of rank 0's process (all threads). The driver prints each mode's medians, the ratios
+// mode/ddp and the min-max of the per-round time ratios (memory target for FULL_SHARD: <= 1/2 +
+// 10%; time: <= 1.3x). On a shared machine the wall-clock ratios swing with the load; the CPU
+// ratios much less.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -131,12 +131,7 @@ int train(const Args& a, cppfabric::Fabric& fabric, Holder model) {
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() /
       a.steps;
   const double cpu_us = (process_cpu_us() - cpu_start) / a.steps;
-  int64_t bytes = held_bytes(*model.ptr(), *optimizer);
-  // FSDP on CPU keeps one freed full buffer for its next gather: held too.
-  if (auto* sharding =
-          dynamic_cast<cppfabric::strategies::ShardingStrategy*>(fabric.strategy().get())) {
-    bytes += sharding->memory_stats(*net.module()).cached_bytes;
-  }
+  const int64_t bytes = held_bytes(*model.ptr(), *optimizer);
   if (fabric.global_rank() == 0) {
     std::printf("bytes=%lld\nus_per_step=%.1f\ncpu_us_per_step=%.1f\n",
                 static_cast<long long>(bytes), us, cpu_us);

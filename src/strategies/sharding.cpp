@@ -112,37 +112,17 @@ std::pair<double, double> divide_factors(int world, c10::ScalarType dtype) {
   return {pre, static_cast<double>(world) / pre};
 }
 
-// A freed full buffer's memory, kept for the next gather of the same size (see
-// ShardedModule::State::spare).
-struct SpareBuffer {
-  at::DataPtr data;
-  int64_t bytes = 0;
-};
-
-// Frees `t`'s storage (views of it see 0 bytes until alloc_storage). A CPU buffer at least as
-// large as `spare`'s replaces it instead of going back to the system.
-void free_storage(const at::Tensor& t, SpareBuffer& spare) {
+void free_storage(const at::Tensor& t) {
   auto* impl = t.storage().unsafeGetStorageImpl();
-  const auto nbytes = static_cast<int64_t>(impl->nbytes());
-  if (nbytes == 0) return;
-  if (t.device().is_cpu() && nbytes >= spare.bytes) {
-    spare.data = impl->set_data_ptr(at::DataPtr(nullptr, t.device()));
-    spare.bytes = nbytes;
-  } else {
-    impl->set_data_ptr_noswap(at::DataPtr(nullptr, t.device()));
-  }
+  if (impl->nbytes() == 0) return;
+  impl->set_data_ptr_noswap(at::DataPtr(nullptr, t.device()));
   impl->set_nbytes(0);
 }
 
-void alloc_storage(const at::Tensor& t, int64_t nbytes, SpareBuffer& spare) {
+void alloc_storage(const at::Tensor& t, int64_t nbytes) {
   auto* impl = t.storage().unsafeGetStorageImpl();
   if (static_cast<int64_t>(impl->nbytes()) == nbytes) return;
-  if (spare.bytes == nbytes && spare.data.device() == t.device()) {
-    impl->set_data_ptr_noswap(std::move(spare.data));
-    spare = SpareBuffer{};
-  } else {
-    impl->set_data_ptr_noswap(impl->allocator()->allocate(static_cast<size_t>(nbytes)));
-  }
+  impl->set_data_ptr_noswap(impl->allocator()->allocate(static_cast<size_t>(nbytes)));
   impl->set_nbytes(static_cast<size_t>(nbytes));
 }
 
@@ -167,13 +147,6 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
   std::vector<std::vector<LateHook>> late_hooks;  // per unit, per member: the latest one
   int64_t full_bytes = 0;
   int64_t peak_full_bytes = 0;
-  // CPU: the memory of the largest full buffer freed last, reused by the next gather of its size
-  // (FULL_SHARD frees and gathers units of one size all through forward and backward); dropped at
-  // the end of each forward and of each backward pass, so it is never kept beside the activations
-  // or between steps. glibc gives a buffer of this size back to the system when it is freed, so
-  // each fresh one is paid for in page faults (134 MB: ~150 ms to fill a fresh buffer against
-  // ~20 ms for a reused one, here). CUDA's caching allocator keeps freed blocks already.
-  SpareBuffer spare;
   // Units whose gradient collective was launched and is not yet folded in, oldest first.
   std::vector<Unit*> in_flight;
 
@@ -226,7 +199,7 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
       unit.precise = torch::empty({unit.padded}, unit.compute_options());
       target = unit.precise;
     } else if (unit.frees_full()) {
-      alloc_storage(unit.full, unit.full_bytes(), spare);
+      alloc_storage(unit.full, unit.full_bytes());
     }
     if (precise || unit.frees_full()) {
       account(static_cast<int64_t>(target.nbytes()));
@@ -264,7 +237,7 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
       unit.precise = at::Tensor();
       account(-unit.bytes(unit.padded));
     } else if (unit.frees_full()) {
-      free_storage(unit.full, spare);
+      free_storage(unit.full);
       account(-unit.full_bytes());
     }
     unit.gathered = false;
@@ -450,7 +423,6 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     in_flight.clear();
     callback_queued = false;
     pass_token.reset();
-    spare = SpareBuffer{};  // between steps only the shards are held (FULL_SHARD's promise)
   }
 
   // A backward pass that threw midway never ran its final callback: wait for what it launched,
@@ -740,9 +712,6 @@ void ShardedModule::after_outer_forward(bool grad_enabled) {
   // The outer unit keeps its parameters for backward (they are needed at once); without a
   // backward to come, free them now.
   if (!grad_enabled && !state_->units.empty()) state_->reshard(state_->units[0]);
-  // The spare buffer served the forward's gathers; nothing is gathered until backward, so it is
-  // not kept beside the activations (backward's first gather allocates, the next ones reuse).
-  state_->spare = SpareBuffer{};
 }
 
 void ShardedModule::before_unit_forward(std::size_t u) {
@@ -861,7 +830,6 @@ ShardingMemory ShardedModule::memory() const {
   std::lock_guard<std::recursive_mutex> lock(state_->mutex);
   ShardingMemory out;
   out.full_bytes = state_->full_bytes;
-  out.cached_bytes = state_->spare.bytes;
   out.peak_full_bytes = state_->peak_full_bytes;
   for (const auto& unit : state_->units) {
     if (unit.members.empty()) continue;

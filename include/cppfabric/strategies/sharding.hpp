@@ -41,9 +41,6 @@ struct ShardingMemory {
   int64_t shard_bytes = 0;         ///< this rank's parameter shards (padding included)
   int64_t total_param_bytes = 0;   ///< every sharded parameter, unpadded
   int64_t largest_unit_bytes = 0;  ///< the largest unit's full buffer
-  /// CPU: a freed full buffer kept for the next gather of its size within a forward or backward
-  /// pass (at most one, so at most largest_unit_bytes; 0 between steps); not in full_bytes.
-  int64_t cached_bytes = 0;
 };
 
 class ShardingStrategy : public DDPStrategy {

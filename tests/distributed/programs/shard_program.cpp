@@ -612,20 +612,18 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
     const int64_t pb = storage_bytes(params, seen);
     const int64_t gb = storage_bytes(grads, seen);
     const int64_t sb = storage_bytes(states, seen);
-    int64_t peak = 0, total = 0, unit = 0, cached = 0;
+    int64_t peak = 0, total = 0, unit = 0;
     if (sharding) {
       const auto m = sharding->memory_stats(*net.module());
       peak = m.peak_full_bytes;
       total = m.total_param_bytes;
       unit = m.largest_unit_bytes;
-      cached = m.cached_bytes;
     }
     std::printf(
         "MEM rank=%d params=%lld grads=%lld optim=%lld peak_full=%lld total_params=%lld "
-        "largest_unit=%lld cached=%lld\n",
+        "largest_unit=%lld\n",
         rank, static_cast<long long>(pb), static_cast<long long>(gb), static_cast<long long>(sb),
-        static_cast<long long>(peak), static_cast<long long>(total), static_cast<long long>(unit),
-        static_cast<long long>(cached));
+        static_cast<long long>(peak), static_cast<long long>(total), static_cast<long long>(unit));
     std::fflush(stdout);
   }
   if (args.check_offload) {
