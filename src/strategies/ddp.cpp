@@ -19,7 +19,9 @@ namespace cppfabric::detail {
 
 // Broadcasts `tensors` from `src` in place, packed into one flat buffer per dtype and device.
 void broadcast_coalesced(collectives::ProcessGroup& group, const std::vector<at::Tensor>& tensors,
-                         int src) {
+                         int src, std::optional<c10::Device> via) {
+  // Staged buffers are bounded: the host-resident model may not fit on the device at once.
+  constexpr int64_t kStagingBytes = int64_t{256} << 20;
   torch::NoGradGuard no_grad;
   std::map<std::tuple<int, int, int>, std::vector<at::Tensor>> groups;
   for (const auto& t : tensors) {
@@ -28,17 +30,37 @@ void broadcast_coalesced(collectives::ProcessGroup& group, const std::vector<at:
             static_cast<int>(t.device().index())}]
         .push_back(t);
   }
-  for (auto& [key, members] : groups) {
+  auto send = [&](const std::vector<at::Tensor>& members) {
     std::vector<at::Tensor> flat_parts;
     flat_parts.reserve(members.size());
     for (const auto& t : members) flat_parts.push_back(t.reshape({-1}));
     auto flat = torch::cat(flat_parts);
+    if (via && flat.device() != *via) flat = flat.to(*via);
     group.broadcast(flat, src);
     int64_t offset = 0;
-    for (auto& t : members) {
-      t.copy_(flat.narrow(0, offset, t.numel()).view(t.sizes()));
+    for (const auto& t : members) {
+      at::Tensor(t).copy_(flat.narrow(0, offset, t.numel()).view(t.sizes()));
       offset += t.numel();
     }
+  };
+  for (auto& [key, members] : groups) {
+    if (!via || members.front().device() == *via) {
+      send(members);
+      continue;
+    }
+    std::vector<at::Tensor> bucket;
+    int64_t bytes = 0;
+    for (const auto& t : members) {
+      const auto size = static_cast<int64_t>(t.nbytes());
+      if (!bucket.empty() && bytes + size > kStagingBytes) {
+        send(bucket);
+        bucket.clear();
+        bytes = 0;
+      }
+      bucket.push_back(t);
+      bytes += size;
+    }
+    if (!bucket.empty()) send(bucket);
   }
 }
 

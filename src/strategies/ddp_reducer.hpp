@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,8 +36,10 @@ struct ReducerOptions {
 };
 
 /// Broadcasts `tensors` from `src` in place, packed into one flat buffer per dtype and device.
+/// `via` (FSDP's CPU offload over NCCL): tensors on another device are copied there for the
+/// collective, in flat buffers of at most kStagingBytes (or one tensor), and copied back.
 void broadcast_coalesced(collectives::ProcessGroup& group, const std::vector<at::Tensor>& tensors,
-                         int src);
+                         int src, std::optional<c10::Device> via = std::nullopt);
 /// The module's parameters, then its buffers.
 std::vector<at::Tensor> module_states(torch::nn::Module& module);
 

@@ -140,12 +140,6 @@ std::string FSDPStrategy::name() const {
 }
 
 std::vector<ShardingStrategy::UnitParams> FSDPStrategy::partition(torch::nn::Module& module) {
-  if (options_.cpu_offload && root_device().is_cuda()) {
-    throw NotYetAvailableError(
-        "FSDP's cpu_offload with CUDA devices (parameters kept in host memory and copied to the "
-        "GPU per unit) is not available yet. On CPU devices strategy='fsdp' already keeps "
-        "everything in host memory; on GPUs use strategy='fsdp'.");
-  }
   // Each trainable parameter belongs to the innermost declared unit that contains it.
   std::unordered_map<const void*, std::size_t> owner;
   pending_units.clear();
@@ -194,6 +188,28 @@ void FSDPStrategy::configure(detail::ShardingConfig& config) const {
   if (const auto& mp = options_.mixed_precision) {
     config.param_dtype = mp->param_dtype;
     config.reduce_dtype = mp->reduce_dtype;
+  }
+  // CPU devices keep everything in host memory already: offloading changes nothing there.
+  if (offloads()) config.compute_device = root_device();
+}
+
+bool FSDPStrategy::offloads() const { return options_.cpu_offload && root_device().is_cuda(); }
+
+void FSDPStrategy::module_to_device(torch::nn::Module& module) {
+  if (!offloads()) {
+    ShardingStrategy::module_to_device(module);
+    return;
+  }
+  // Python's CPUOffload(offload_params=True): the trainable parameters stay in host memory (their
+  // shards are taken there; only one unit at a time is copied to the device); buffers and frozen
+  // parameters, which are not sharded, go to the device the forward runs on.
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) {
+    const auto target = p.requires_grad() ? c10::Device(c10::kCPU) : root_device();
+    if (p.device() != target) p.set_data(p.to(target));
+  }
+  for (auto& b : module.buffers()) {
+    if (b.device() != root_device()) b.set_data(b.to(root_device()));
   }
 }
 

@@ -58,6 +58,9 @@ struct Unit {
   c10::ScalarType compute_dtype = c10::ScalarType::Float;
   c10::ScalarType reduce_dtype = c10::ScalarType::Float;
   bool cast = false;
+  // CPU offload: `shard` and `shard_grad` live in host memory, `full` (a separate buffer, freed
+  // while resharded, even for NO_SHARD) and the gradient collectives on the compute device.
+  bool offload = false;
   double post_divide = 1;  // applied to the reduced gradient (low-precision reductions)
   at::Tensor shard;        // shard_numel elements, this rank's parameters
   at::Tensor full;         // padded elements; Swap + sharded: storage freed while resharded
@@ -80,7 +83,9 @@ struct Unit {
   int64_t full_bytes() const {
     return padded * static_cast<int64_t>(c10::elementSize(compute_dtype));
   }
-  bool frees_full() const { return layout == ParamLayout::Swap && (shards > 1 || cast); }
+  bool frees_full() const { return layout == ParamLayout::Swap && (shards > 1 || cast || offload); }
+  // The shard's dtype on the device where forward, backward and the collectives run.
+  at::TensorOptions compute_options() const { return shard.options().device(full.device()); }
 
   at::Tensor piece_view(const Member& m) const {
     if (shards == 1) return storage_view(shard, m.offset, m.sizes);  // NO_SHARD: own shape
@@ -133,8 +138,8 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
   std::weak_ptr<void> pass_token;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
   std::vector<uintptr_t> hook_keys;
-  // Mixed precision: changing a parameter's dtype (set_data) makes autograd create a new
-  // gradient accumulator, so the hook is added again to each one a gather creates.
+  // Mixed precision and offload: changing a parameter's dtype or device (set_data) makes autograd
+  // create a new gradient accumulator, so the hook is added again to each one a gather creates.
   struct LateHook {
     std::shared_ptr<torch::autograd::Node> accumulator;
     uintptr_t key = 0;
@@ -191,26 +196,32 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     const bool precise = unit.cast && full_precision;
     at::Tensor target = unit.full;
     if (precise) {
-      unit.precise = torch::empty({unit.padded}, unit.shard.options());
+      unit.precise = torch::empty({unit.padded}, unit.compute_options());
       target = unit.precise;
     } else if (unit.frees_full()) {
       alloc_storage(unit.full, unit.full_bytes());
     }
     if (precise || unit.frees_full()) {
       account(static_cast<int64_t>(target.nbytes()));
+      // Offload: the host shard is copied to the device first (non-blocking from pinned memory,
+      // ordered before the collective on the current stream), and any cast runs there.
+      at::Tensor source = unit.shard;
+      if (source.device() != target.device() &&
+          (unit.shards > 1 || source.scalar_type() != target.scalar_type())) {
+        source = source.to(target.device(), /*non_blocking=*/true);
+      }
       if (unit.shards == 1) {
-        target.copy_(unit.shard);  // NO_SHARD: only the cast (or the full-precision copy)
+        // NO_SHARD: the cast, the full-precision copy or the offload copy only.
+        target.copy_(source, /*non_blocking=*/true);
       } else {
-        group->all_gather_into(target, target.scalar_type() == unit.shard.scalar_type()
-                                           ? unit.shard
-                                           : unit.shard.to(target.scalar_type()));
+        group->all_gather_into(target, source.to(target.scalar_type()));
       }
     }
     for (auto& m : unit.members) {
       m.param.set_data(storage_view(target, m.offset, m.sizes));
     }
     unit.gathered = true;
-    if (unit.cast && !full_precision) hook_late(unit);
+    if ((unit.cast || unit.offload) && !full_precision) hook_late(unit);
   }
 
   void hook_late(Unit& unit);
@@ -259,7 +270,7 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     at::Tensor grad = m.param.grad();
     m.param.mutable_grad().reset();
     if (!grad.defined()) {
-      grad = torch::zeros(m.sizes, unit.shard.options());
+      grad = torch::zeros(m.sizes, unit.compute_options());
     } else if (grad.use_count() == 1 && grad.storage().use_count() == 1) {
       grad.div_(world());  // only this function holds it: nobody sees the change
     } else {
@@ -298,9 +309,9 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
         flat = flat.to(unit.reduce_dtype);
       if (divide) flat.div_(pre);
     } else {
-      flat = torch::empty(
-          {unit.padded},
-          unit.shard.options().dtype(require_sync ? unit.reduce_dtype : unit.shard.scalar_type()));
+      flat = torch::empty({unit.padded},
+                          unit.compute_options().dtype(require_sync ? unit.reduce_dtype
+                                                                    : unit.shard.scalar_type()));
       for (auto& m : unit.members) {
         const auto& grad = m.param.grad();
         auto piece = flat.narrow(0, m.offset, m.numel);
@@ -346,11 +357,7 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
         if (piece.numel() == 0) continue;
         auto reduced = unit.member_grads[i].reshape({-1});
         if (unit.shards > 1) reduced = reduced.narrow(0, m.piece_from, m.piece_len);
-        if (unit.shard_grad_live) {
-          piece.add_(reduced);
-        } else {
-          piece.copy_(reduced);
-        }
+        fold(piece, reduced, unit.shard_grad_live);
       }
     } else {
       // HYBRID_SHARD: the shard group's sum, summed again over the replicas of this shard.
@@ -358,11 +365,7 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
         config.replicate_group->all_reduce(unit.reduce_out, collectives::ReduceKind::Sum);
       }
       if (unit.post_divide > 1) unit.reduce_out.div_(unit.post_divide);
-      if (unit.shard_grad_live) {
-        unit.shard_grad.add_(unit.reduce_out);
-      } else {
-        unit.shard_grad.copy_(unit.reduce_out);
-      }
+      fold(unit.shard_grad, unit.reduce_out, unit.shard_grad_live);
     }
     unit.shard_grad_live = true;
     unit.reduce_in = at::Tensor();
@@ -370,6 +373,16 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     unit.member_grads.clear();
     // A Swap unit still gathered gets its shard gradients back when it is resharded.
     if (unit.layout == ParamLayout::Replicated || !unit.gathered) restore_grads(unit);
+  }
+
+  // Writes (or adds) a reduced gradient into this rank's shard gradient, which lives in host
+  // memory under offload (the copy from the device waits for the collective's stream).
+  static void fold(const at::Tensor& into, const at::Tensor& reduced, bool accumulate) {
+    if (!accumulate) {
+      at::Tensor(into).copy_(reduced);
+    } else {
+      at::Tensor(into).add_(reduced.to(into.device()));
+    }
   }
 
   void post_backward(Unit& unit) {
@@ -603,16 +616,33 @@ ShardedModule::ShardedModule(std::vector<UnitParams> units,
       packed.narrow(0, m.offset, m.numel).copy_(m.param.detach().reshape({-1}));
     }
     const int64_t lo_shard = unit.shards > 1 ? rank * unit.shard_numel : 0;
-    unit.shard = unit.shards > 1 ? packed.narrow(0, lo_shard, unit.shard_numel).clone()
-                                 : packed;  // NO_SHARD: one buffer
+    const auto& compute = s.config.compute_device;
+    unit.offload = compute.has_value() && unit.layout == ParamLayout::Swap;
+    // Offload: host memory, pinned for non-blocking copies to a CUDA device.
+    const auto host_options =
+        options.device(c10::kCPU).pinned_memory(unit.offload && compute->is_cuda());
+    if (unit.offload) {
+      unit.shard =
+          torch::empty({unit.shard_numel}, host_options)
+              .copy_(unit.shards > 1 ? packed.narrow(0, lo_shard, unit.shard_numel) : packed);
+    } else {
+      unit.shard = unit.shards > 1 ? packed.narrow(0, lo_shard, unit.shard_numel).clone()
+                                   : packed;  // NO_SHARD: one buffer
+    }
     const auto own = packed.scalar_type();
     unit.compute_dtype =
         unit.layout == ParamLayout::Swap ? s.config.param_dtype.value_or(own) : own;
     unit.reduce_dtype =
         unit.layout == ParamLayout::Swap ? s.config.reduce_dtype.value_or(unit.compute_dtype) : own;
     unit.cast = unit.compute_dtype != own;
-    unit.full = unit.cast ? torch::empty({unit.padded}, options.dtype(unit.compute_dtype)) : packed;
-    unit.shard_grad = torch::zeros({unit.shard_numel}, options);
+    if (unit.offload) {
+      unit.full = torch::empty({unit.padded}, options.dtype(unit.compute_dtype).device(*compute));
+      unit.shard_grad = torch::zeros({unit.shard_numel}, host_options);
+    } else {
+      unit.full =
+          unit.cast ? torch::empty({unit.padded}, options.dtype(unit.compute_dtype)) : packed;
+      unit.shard_grad = torch::zeros({unit.shard_numel}, options);
+    }
     for (auto& m : unit.members) {
       const int64_t lo = std::max(m.offset, lo_shard);
       const int64_t hi = std::min(m.offset + m.numel, lo_shard + unit.shard_numel);
@@ -835,8 +865,9 @@ std::vector<at::Tensor> ShardedModule::gather_pieces(const std::vector<at::Tenso
   std::size_t k = 0;
   for (const auto& unit : state_->units) {
     if (unit.members.empty()) continue;
-    // The dtype of the first defined piece (optimizer states may differ from the parameters').
-    auto options = unit.shard.options();
+    // The dtype of the first defined piece (optimizer states may differ from the parameters'); on
+    // the device the collectives run on (offload: the host pieces are copied there).
+    auto options = unit.compute_options();
     for (std::size_t i = 0; i < unit.members.size(); ++i) {
       if (pieces.at(k + i).defined()) {
         options = options.dtype(pieces[k + i].scalar_type());

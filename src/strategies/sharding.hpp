@@ -61,6 +61,12 @@ struct ShardingConfig {
   /// parameters' dtype.
   std::optional<c10::ScalarType> param_dtype{};
   std::optional<c10::ScalarType> reduce_dtype{};
+  /// CPU offload (FSDP, Swap layout only; Python's CPUOffload(offload_params=True)): set, each
+  /// unit's shard and shard gradient (so the optimizer and its state) live in host memory, pinned
+  /// when this is a CUDA device; the full buffer is a separate one on this device. A gather copies
+  /// the shard here (non-blocking from pinned memory), casts it here under mixed precision, and
+  /// all-gathers here; gradients are packed and reduced here and the reduced shard copied back.
+  std::optional<c10::Device> compute_device{};
   /// For messages: "fsdp", "deepspeed_stage_2", ...
   std::string strategy_name;
   /// HYBRID_SHARD: the ranks holding the same shards as this one (one per shard group). The

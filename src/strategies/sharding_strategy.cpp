@@ -87,7 +87,12 @@ std::shared_ptr<torch::nn::Module> ShardingStrategy::setup_module(
         fmt::format("This module is already set up with the {} strategy.", name()));
   }
   if (group->world_size() > 1) {
-    cppfabric::detail::broadcast_coalesced(*group, cppfabric::detail::module_states(*module), 0);
+    // FSDP's cpu_offload leaves the trainable parameters in host memory: NCCL sends them through
+    // the device.
+    const auto via =
+        root_device().is_cuda() ? std::optional<c10::Device>(root_device()) : std::nullopt;
+    cppfabric::detail::broadcast_coalesced(*group, cppfabric::detail::module_states(*module), 0,
+                                           via);
   }
   detail::ShardingConfig config;
   config.strategy_name = name();
@@ -237,9 +242,12 @@ at::Tensor ShardingStrategy::clip_gradients_norm(torch::optim::Optimizer& optimi
     }
   }
   const bool inf_norm = std::isinf(norm_type);
-  // This rank's part of the norm: the max, or the sum of |g|^p over its shards.
-  auto device = root_device().is_cuda() ? root_device() : c10::Device(c10::kCPU);
-  at::Tensor local = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  // This rank's part of the norm: the max, or the sum of |g|^p over its shards, computed where the
+  // shard gradients are (host memory under FSDP's cpu_offload); the collective's device may differ.
+  const auto device = root_device().is_cuda() ? root_device() : c10::Device(c10::kCPU);
+  const auto grad_device = grads.empty() ? device : grads.front().device();
+  at::Tensor local =
+      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(grad_device));
   for (const auto& g : grads) {
     if (g.numel() == 0) continue;
     if (inf_norm) {
@@ -252,8 +260,10 @@ at::Tensor ShardingStrategy::clip_gradients_norm(torch::optim::Optimizer& optimi
     }
   }
   // Over the shard group only: under HYBRID_SHARD the other replicas hold the same shards.
-  shard_group()->all_reduce(local,
+  at::Tensor reduced = local.to(device);
+  shard_group()->all_reduce(reduced,
                             inf_norm ? collectives::ReduceKind::Max : collectives::ReduceKind::Sum);
+  local = reduced.to(grad_device);
   at::Tensor total = inf_norm ? local : local.pow(1.0 / norm_type);
   if (error_if_nonfinite && !torch::isfinite(total).item<bool>()) {
     throw std::runtime_error(fmt::format(

@@ -87,8 +87,12 @@ struct FSDPOptions {
   /// "_HYBRID_SHARD_ZERO2" (the same, keeping units gathered from forward to backward as
   /// SHARD_GRAD_OP).
   std::string sharding_strategy = "FULL_SHARD";
-  /// Keep parameters and optimizer state in CPU memory. On CPU devices this is what already
-  /// happens; with CUDA devices it is not available yet.
+  /// Python's CPUOffload(offload_params=True): each rank's parameter shards, their gradients and
+  /// so the optimizer's state stay in host memory (pinned), and the optimizer steps on the CPU;
+  /// a unit's shard is copied to the GPU just before it is all-gathered, and its reduce-scattered
+  /// gradient shard is copied back. Create the optimizer after setup_module (the parameters are
+  /// then CPU tensors). Saves GPU memory at the price of host-device copies and a CPU optimizer
+  /// step. On CPU devices this is what already happens (nothing changes).
   bool cpu_offload = false;
   /// "sharded" (Python's default) or "full": the checkpoint form fabric.save writes.
   std::string state_dict_type = "sharded";
@@ -125,6 +129,9 @@ class FSDPStrategy : public ShardingStrategy {
   std::string name() const override;
   const FSDPOptions& fsdp_options() const { return options_; }
   std::string checkpoint_form() const override { return options_.state_dict_type; }
+  /// With cpu_offload on CUDA devices: trainable parameters to the CPU, buffers and frozen
+  /// parameters to the device; otherwise the whole module to the device.
+  void module_to_device(torch::nn::Module& module) override;
 
  protected:
   std::vector<UnitParams> partition(torch::nn::Module& module) override;
@@ -136,6 +143,9 @@ class FSDPStrategy : public ShardingStrategy {
   int shard_group_size() const override;
 
  private:
+  /// cpu_offload with a CUDA root device (on CPU devices it changes nothing).
+  bool offloads() const;
+
   FSDPOptions options_;
 };
 

@@ -32,6 +32,10 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+// --accelerator cpu|cuda (default cpu). --offload: FSDPOptions::cpu_offload; --check-offload
+// prints where the optimizer's parameters, their gradients and its state live after training
+// ("OFFLOAD rank=R params=<device> pinned=<0|1> grads=<device> optim=<device>", the first
+// non-empty tensor of each; pinned: every parameter's).
 // --num-nodes N: Fabric's num_nodes (start one program per node with NODE_RANK, MASTER_ADDR and
 // MASTER_PORT set). --mesh R,S: FSDPOptions::device_mesh {R, S} (with --sharding HYBRID_SHARD).
 // --throw-step S: before step S, one extra forward/backward whose backward throws midway (after
@@ -94,6 +98,9 @@ struct Args {
   bool ac_nested = false;
   int num_nodes = 1;
   std::vector<int> mesh;  // FSDPOptions::device_mesh
+  std::string accelerator = "cpu";
+  bool offload = false;
+  bool check_offload = false;
 };
 
 std::optional<c10::ScalarType> dtype_arg(const std::string& v) {
@@ -126,6 +133,10 @@ Args parse(int argc, char** argv) {
     }
     if (key == "--bn") {
       a.bn = true;
+      continue;
+    }
+    if (key == "--offload" || key == "--check-offload") {
+      (key == "--offload" ? a.offload : a.check_offload) = true;
       continue;
     }
     if (key == "--ac-model" || key == "--act-memory" || key == "--ac-bad" || key == "--ac-nested") {
@@ -183,6 +194,8 @@ Args parse(int argc, char** argv) {
       a.dropout = std::stod(v);
     else if (key == "--num-nodes")
       a.num_nodes = std::stoi(v);
+    else if (key == "--accelerator")
+      a.accelerator = v;
     else if (key == "--throw-step")
       a.throw_step = std::stoi(v);
     else if (key == "--mesh") {
@@ -414,6 +427,7 @@ std::shared_ptr<cppfabric::strategies::Strategy> make_strategy(const Args& a) {
                   .state_dict_type = a.form,
                   .activation_checkpointing_policy = ac_policy(a.ac),
                   .device_mesh = a.mesh};
+    o.cpu_offload = a.offload;
     if (!a.param_dtype.empty() || !a.reduce_dtype.empty() || !a.buffer_dtype.empty()) {
       o.mixed_precision = FSDPMixedPrecision{.param_dtype = dtype_arg(a.param_dtype),
                                              .reduce_dtype = dtype_arg(a.reduce_dtype),
@@ -612,6 +626,27 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
         static_cast<long long>(peak), static_cast<long long>(total), static_cast<long long>(unit));
     std::fflush(stdout);
   }
+  if (args.check_offload) {
+    auto where = [](const at::Tensor& t) { return t.defined() ? t.device().str() : "none"; };
+    std::string params = "none", grads = "none", optim = "none";
+    bool pinned = true;
+    for (auto& group : optimizer->param_groups()) {
+      for (auto& p : group.params()) {
+        if (p.numel() == 0) continue;
+        if (params == "none") params = where(p);
+        if (grads == "none") grads = where(p.grad());
+        pinned = pinned && p.is_pinned();
+      }
+    }
+    for (const auto& [key, state] : optimizer->state()) {
+      if (auto* s = dynamic_cast<torch::optim::AdamWParamState*>(state.get())) {
+        if (optim == "none" && s->exp_avg().numel() > 0) optim = where(s->exp_avg());
+      }
+    }
+    std::printf("OFFLOAD rank=%d params=%s pinned=%d grads=%s optim=%s\n", rank, params.c_str(),
+                static_cast<int>(pinned), grads.c_str(), optim.c_str());
+    std::fflush(stdout);
+  }
   std::vector<torch::Tensor> parts;
   {
     cppfabric::Guard full;
@@ -652,7 +687,7 @@ int main(int argc, char** argv) {
       c10::SetCPUAllocator(&allocator, /*priority=*/100);
       counting_allocator = &allocator;
     }
-    cppfabric::FabricOptions options{.accelerator = "cpu"};
+    cppfabric::FabricOptions options{.accelerator = args.accelerator};
     options.devices = cppfabric::DevicesArg(args.devices);
     options.num_nodes = args.num_nodes;
     if (!args.scaler) options.precision = args.precision;
