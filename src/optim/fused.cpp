@@ -179,7 +179,6 @@ void reconcile(FusedStepState& fs, ParamStates& states) {
   fs.pending.clear();
 }
 
-// A parameter's Adam/AdamW state, created as LibTorch's first step creates it.
 // Whether the step about to run is being recorded in a CUDA graph (the parameters' device's
 // current stream is capturing). One captured step has all its parameters on one device.
 bool recording(torch::optim::Optimizer& optimizer) {
@@ -201,6 +200,7 @@ void require_state_before_recording(bool capturing, bool exists, const char* opt
       optimizer, index, group));
 }
 
+// A parameter's Adam/AdamW state, created as LibTorch's first step creates it.
 template <typename ParamState, typename Options>
 ParamState& adam_state(ParamStates& states, const at::Tensor& p, const Options& o) {
   auto& slot = states[p.unsafeGetTensorImpl()];
