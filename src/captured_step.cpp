@@ -22,16 +22,14 @@ namespace cppfabric {
 
 namespace {
 
-// What a recorded graph's inputs must match: sizes, strides' layout, dtype and device.
+// What a recorded graph's inputs must match: sizes, strides (the memory format), dtype, device.
 struct Signature {
-  std::vector<int64_t> sizes;
+  std::vector<int64_t> sizes, strides;
   c10::ScalarType dtype;
   c10::Device device;
-  bool channels_last;
 
   static Signature of(const at::Tensor& t) {
-    return {t.sizes().vec(), t.scalar_type(), t.device(),
-            t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous()};
+    return {t.sizes().vec(), t.strides().vec(), t.scalar_type(), t.device()};
   }
   bool operator==(const Signature&) const = default;
 };
@@ -58,8 +56,7 @@ std::string eager_reason_for(const c10::Device& device) {
 }  // namespace
 
 struct CapturedStep::Impl {
-  Fabric* fabric;
-  FabricOptimizer optimizer;
+  FabricOptimizer optimizer;  // keeps the optimizer `graph_safe` points into alive
   optim::GraphSafeStep* graph_safe;
   Function step;
   CapturedStepOptions options;
@@ -75,8 +72,7 @@ struct CapturedStep::Impl {
 #endif
 
   Impl(Fabric& f, FabricOptimizer opt, Function fn, CapturedStepOptions o)
-      : fabric(&f),
-        optimizer(std::move(opt)),
+      : optimizer(std::move(opt)),
         graph_safe(dynamic_cast<optim::GraphSafeStep*>(&optimizer.optimizer())),
         step(std::move(fn)),
         options(o),

@@ -21,8 +21,8 @@
 //   - The first `warmup_steps` calls run the function eagerly on a side stream (cuBLAS, autocast
 //     and the optimizer create their state there), each followed by a device synchronize.
 //   - The next call copies its inputs into static buffers and records the function in a CUDA graph
-//     on that stream, then replays it. Every later call whose inputs have the same sizes, dtypes
-//     and devices copies them into the buffers and replays (no host sync, no host reads: the
+//     on that stream, then replays it. Every later call whose inputs have the same sizes, strides,
+//     dtypes and devices copies them into the buffers and replays (no host sync, no host reads: the
 //     GradScaler's scale and inf check, the learning rate and the step counts are device tensors).
 //   - A call with other shapes (the ragged last batch of an epoch) runs the function eagerly.
 //   - What the function returns is copied out of the graph's buffers, so results stay valid

@@ -2,14 +2,12 @@
 // step directly), its errors name what is wrong; on a GPU (skipped without one) the recorded step
 // gives the losses, parameters and step counts of eager steps, replays without a host sync, and
 // skips an overflowing fp16 step on the device.
-#include <c10/core/DeviceType.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #ifdef CPPFABRIC_WITH_CUDA
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
-#include <cmath>
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/optim/fused.hpp>
 #include <limits>
