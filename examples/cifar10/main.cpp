@@ -16,7 +16,8 @@
 // SyntheticCIFAR10. Exits non-zero when --require-accuracy is given and the last validation
 // accuracy is below it. On CPU, "16-mixed" becomes "bf16-mixed" (as in Python, with a warning).
 // --profile prints, per epoch, where the time went: waiting for data, the training step (forward,
-// backward and optimizer), validation, checkpoint, the rest (on a GPU every mark synchronises the device).
+// backward and optimizer), validation, checkpoint, the rest (on a GPU every mark synchronises the
+// device).
 // --device-data (not in the seed; the GPU fast path): the images stay in device memory as uint8
 // and are flipped, cropped and normalized per batch there (data::DeviceImages).
 // --matmul-precision: torch.set_float32_matmul_precision's setting, here
@@ -27,10 +28,10 @@
 // --channels-last (not in the seed): the model's 4-D weights and every input batch in channels_last
 // (NHWC) memory format; the same numbers up to float rounding (tests/example_cifar10.cmake checks
 // the losses on CPU), possibly faster convolutions on tensor-core GPUs.
-// --cuda-graph (not in the seed): the training step (forward, backward, AdamW step) is recorded once
-// in a CUDA graph and replayed per batch (cppfabric::CapturedStep, with cppfabric::optim::AdamW's
-// fused kernel); the ragged last batch runs eagerly. On other devices every step runs eagerly. Needs
-// one device ("single_device").
+// --cuda-graph (not in the seed): the training step (forward, backward, AdamW step) is recorded
+// once in a CUDA graph and replayed per batch (cppfabric::CapturedStep, with
+// cppfabric::optim::AdamW's fused kernel); the ragged last batch runs eagerly. On other devices
+// every step runs eagerly. Needs one device ("single_device").
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
