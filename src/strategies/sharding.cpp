@@ -466,6 +466,16 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     recover_if_interrupted();
     queue_final_callback(self);
     auto& unit = units[u];
+    if (unit.layout == ParamLayout::Swap && !unit.gathered && !unit.reduced) {
+      // Autograd has already added it to the shard's gradient, which the optimizer holds.
+      throw std::runtime_error(fmt::format(
+          "{}: a gradient reached parameter '{}' while its unit was resharded. This happens in a "
+          "second backward through a retained graph when the graph does not pass through a "
+          "tensor output of the set-up module (a Tensor, a tuple or a vector of them), whose "
+          "backward gathers the parameters again. Return tensors from forward, or run forward "
+          "again before each backward.",
+          config.strategy_name, unit.members[i].name));
+    }
     unit.in_pass = true;
     if (unit.reduced || unit.ready[i]) return;
     unit.ready[i] = 1;
@@ -712,6 +722,16 @@ void ShardedModule::after_outer_forward(bool grad_enabled) {
   // The outer unit keeps its parameters for backward (they are needed at once); without a
   // backward to come, free them now.
   if (!grad_enabled && !state_->units.empty()) state_->reshard(state_->units[0]);
+}
+
+at::Tensor ShardedModule::after_outer_output(const at::Tensor& output) {
+  std::lock_guard<std::recursive_mutex> lock(state_->mutex);
+  if (state_->units.empty() || state_->units[0].members.empty() ||
+      state_->units[0].layout != ParamLayout::Swap || !torch::GradMode::is_enabled() ||
+      !output.defined() || !output.requires_grad()) {
+    return output;
+  }
+  return PreBackward::apply(output, &state_, int64_t{0});
 }
 
 void ShardedModule::before_unit_forward(std::size_t u) {

@@ -95,6 +95,9 @@ class ShardedModule {
   /// Around the outer module's forward.
   void before_outer_forward();
   void after_outer_forward(bool grad_enabled);
+  /// Wraps a tensor output of the outer module (as after_unit_forward does for inner units): its
+  /// backward gathers the outer unit, which a second backward through a retained graph needs.
+  at::Tensor after_outer_output(const at::Tensor& output);
   /// Around inner unit `u`'s forward (u >= 1). after_unit_forward wraps a tensor output so that
   /// its backward gathers the unit again (FULL_SHARD); untracked outputs keep the unit gathered.
   void before_unit_forward(std::size_t u);

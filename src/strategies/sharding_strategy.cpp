@@ -160,6 +160,11 @@ Guard ShardingStrategy::forward_context(torch::nn::Module& module) {
   return Guard([sharded] { sharded->after_outer_forward(torch::GradMode::is_enabled()); });
 }
 
+at::Tensor ShardingStrategy::convert_output(torch::nn::Module& module, const at::Tensor& output) {
+  auto* sharded = sharded_for(module);
+  return sharded ? sharded->after_outer_output(output) : output;
+}
+
 void ShardingStrategy::backward(const at::Tensor& tensor, const at::Tensor& gradient,
                                 std::optional<bool> retain_graph, bool create_graph) {
   try {

@@ -6,7 +6,7 @@
 // run under the same autocast state). The bytes the graph keeps after forward drop by at least the
 // selected units' intermediates (so a checkpoint that keeps them fails), only for the selected
 // units; nested checkpointed units work; a unit whose forward returns a tuple is refused with a
-// message naming it. In forked ranks (run_ranks): a retained graph replays the units again,
+// message naming it. In forked ranks (run_ranks): a retained graph adds the gradients again,
 // torch::autograd::grad is refused, and a unit holding only nested units steps like an unsharded
 // copy.
 #include <gtest/gtest.h>
@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
 #include <sstream>
@@ -200,56 +201,127 @@ struct TinyNetImpl : torch::nn::Module {
 };
 TORCH_MODULE(TinyNet);
 
-// Both ranks set up TinyNet under FSDP with every unit checkpointed, then run `body`.
+// Both ranks set up TinyNet with the Fabric `make_fabric` returns, then run `body`.
 template <typename Body>
-void with_tiny_fsdp(const std::string& sharding, Body body) {
+void with_tiny_net(const std::function<cppfabric::Fabric()>& make_fabric, Body body) {
   auto codes = run_ranks(2, [&](int rank, int port) {
     ScopedEnv local("LOCAL_RANK", std::to_string(rank));
     ScopedEnv size("WORLD_SIZE", "2");
     ScopedEnv master("MASTER_PORT", std::to_string(port));
-    using namespace cppfabric::strategies;
-    auto fsdp = std::make_shared<FSDPStrategy>(FSDPOptions{
-        .sharding_strategy = sharding, .activation_checkpointing_policy = checkpoint_all_units()});
-    cppfabric::Fabric fabric({.accelerator = "cpu", .strategy = fsdp, .devices = 2});
+    cppfabric::Fabric fabric = make_fabric();
     fabric.launch();
     torch::manual_seed(0);
     TinyNet model;
     auto net = fabric.setup_module(model);
+    body(fabric, model, net);
+    return ::testing::Test::HasFailure() ? 1 : 0;
+  });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0}));
+}
+
+// FSDP with every unit checkpointed (unless `checkpoint` is false).
+std::function<cppfabric::Fabric()> tiny_fsdp(const std::string& sharding, bool checkpoint = true,
+                                             const std::string& precision = "32-true") {
+  return [=] {
+    using namespace cppfabric::strategies;
+    FSDPOptions options{.sharding_strategy = sharding};
+    if (checkpoint) options.activation_checkpointing_policy = checkpoint_all_units();
+    return cppfabric::Fabric({.accelerator = "cpu",
+                              .strategy = std::make_shared<FSDPStrategy>(options),
+                              .devices = 2,
+                              .precision = precision});
+  };
+}
+
+template <typename Body>
+void with_tiny_fsdp(const std::string& sharding, Body body) {
+  with_tiny_net(tiny_fsdp(sharding), [&](cppfabric::Fabric&, TinyNet& model, auto& net) {
     EXPECT_TRUE(model->b0->fsdp_checkpoints_activations());
     EXPECT_TRUE(model->b1->fsdp_checkpoints_activations());
     body(model, net);
-    return ::testing::Test::HasFailure() ? 1 : 0;
   });
-  EXPECT_EQ(codes, (std::vector<int>{0, 0})) << sharding;
 }
 
-// A retained graph replays the checkpointed units again: the second backward adds the same
-// gradients to the inner units' parameters once more. Only the inner units are compared, with
-// NO_SHARD: FSDP itself does not support a second backward through a retained graph for the outer
-// unit (FULL_SHARD and SHARD_GRAD_OP free its weights after the first backward; NO_SHARD loses its
-// gradient, as it is not gathered again), with or without checkpointing.
-TEST(ShardingActivationCheckpointing, RetainedGraphReplaysTheUnitsAgain) {
-  with_tiny_fsdp("NO_SHARD", [](TinyNet& model, auto& net) {
-    auto grads = [&model] {
+// A second backward through a retained graph adds the same gradients again to every parameter
+// (the outer unit's too: the module's output gathers it again), under each sharding, with and
+// without checkpointing (which replays the units), under bf16-mixed, and for ZeRO and DDP. The
+// gradients compared are the ones the optimizer holds (this rank's shards).
+void expect_retained_graph_doubles(const std::function<cppfabric::Fabric()>& make_fabric,
+                                   const std::string& what, double rtol = 1e-5) {
+  SCOPED_TRACE(what);
+  with_tiny_net(make_fabric, [&](cppfabric::Fabric& fabric, TinyNet&, auto& net) {
+    auto optimizer = fabric.setup_optimizers(
+        std::make_shared<torch::optim::SGD>(net.parameters(), torch::optim::SGDOptions(0.1)));
+    auto grads = [&] {
       std::vector<at::Tensor> out;
-      for (const auto& p : model->parameters()) {
-        out.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+      for (auto& group : optimizer->param_groups()) {
+        for (const auto& p : group.params()) {
+          out.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+        }
       }
       return out;
     };
     const auto x = torch::randn({4, 8});
     auto loss = net(x).pow(2).mean();
-    loss.backward({}, /*retain_graph=*/true);
-    const auto once = grads();
-    loss.backward();
-    const auto twice = grads();
-    int compared = 0;
-    for (std::size_t i = 0; i < 8; ++i) {  // b0's and b1's fc1/fc2 weights and biases
-      if (!once[i].defined() || once[i].numel() == 0) continue;
-      ++compared;
-      EXPECT_TRUE(torch::allclose(twice[i], 2 * once[i], 1e-5, 1e-6)) << "parameter " << i;
+    fabric.backward(loss, {}, /*retain_graph=*/true);
+    const std::vector<at::Tensor> once = grads();
+    fabric.backward(loss);
+    const std::vector<at::Tensor> twice = grads();
+    ASSERT_EQ(once.size(), twice.size());
+    int64_t compared = 0;
+    for (std::size_t i = 0; i < once.size(); ++i) {
+      if (!once[i].defined() || once[i].numel() == 0) continue;  // an empty shard piece
+      compared += once[i].numel();
+      EXPECT_GT(once[i].abs().max().item<double>(), 0) << "parameter " << i;
+      EXPECT_TRUE(torch::allclose(twice[i], 2 * once[i], rtol, 1e-6))
+          << "parameter " << i << ": " << (twice[i] - 2 * once[i]).abs().max().item<double>();
     }
-    EXPECT_EQ(compared, 8);
+    // TinyNet has 569 parameters (280 per block, 9 in the head): a rank's shards hold about half.
+    EXPECT_GE(compared, 280);
+  });
+}
+
+TEST(ShardingActivationCheckpointing, RetainedGraphAddsTheGradientsAgain) {
+  for (const std::string sharding : {"FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"}) {
+    for (bool checkpoint : {true, false}) {
+      expect_retained_graph_doubles(tiny_fsdp(sharding, checkpoint),
+                                    sharding + (checkpoint ? " checkpointed" : ""));
+    }
+  }
+  expect_retained_graph_doubles(tiny_fsdp("FULL_SHARD", false, "bf16-mixed"),
+                                "FULL_SHARD bf16-mixed", 1e-2);
+  for (const std::string strategy : {"deepspeed_stage_1", "deepspeed_stage_2", "ddp"}) {
+    expect_retained_graph_doubles(
+        [strategy] {
+          return cppfabric::Fabric({.accelerator = "cpu", .strategy = strategy, .devices = 2});
+        },
+        strategy);
+  }
+}
+
+// A retained graph that reaches the outer unit's parameters without passing through a tensor
+// output of the set-up module cannot gather them again: under NO_SHARD (where autograd accepts
+// the shard, which has the parameters' shapes) the second backward fails with a message naming
+// the parameter instead of adding the gradient twice.
+TEST(ShardingActivationCheckpointing, RetainedGraphPastTheOutputIsRefused) {
+  with_tiny_net(tiny_fsdp("NO_SHARD", false), [](cppfabric::Fabric&, TinyNet&, auto& net) {
+    // A forward whose result is not a tensor: FabricModule passes it on as it is.
+    struct Result {
+      at::Tensor y;
+    };
+    auto result =
+        net.call([](TinyNetImpl& m, const at::Tensor& x) { return Result{m.forward(x)}; },
+                 torch::randn({4, 8}));
+    auto loss = result.y.pow(2).mean();
+    loss.backward({}, /*retain_graph=*/true);
+    try {
+      loss.backward();
+      ADD_FAILURE() << "the second backward must throw";
+    } catch (const std::exception& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("while its unit was resharded"), std::string::npos) << message;
+      EXPECT_NE(message.find("parameter 'head."), std::string::npos) << message;
+    }
   });
 }
 
@@ -346,3 +418,4 @@ TEST(ShardingActivationCheckpointing, UnitWithOnlyNestedUnits) {
 }
 
 }  // namespace
+

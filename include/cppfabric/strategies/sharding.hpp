@@ -62,6 +62,7 @@ class ShardingStrategy : public DDPStrategy {
       std::shared_ptr<torch::nn::Module> module) override;
   void setup_optimizer(torch::optim::Optimizer& optimizer) override;
   Guard forward_context(torch::nn::Module& module) override;
+  at::Tensor convert_output(torch::nn::Module& module, const at::Tensor& output) override;
   Guard no_backward_sync(torch::nn::Module& module, bool enabled) override;
   /// A backward that throws drops its pass at once (waits for the collectives it launched and
   /// reshards the units it left gathered), so that zero_grad before the next step reaches every

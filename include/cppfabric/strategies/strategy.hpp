@@ -123,6 +123,12 @@ class Strategy {
   virtual at::Tensor convert_input(torch::nn::Module& module, const at::Tensor& input) {
     return input;
   }
+  /// Passes on one tensor output of a set-up module's forward, after the precision's
+  /// convert_output (FSDP hooks it: a backward through a retained graph gathers the outer unit's
+  /// parameters again).
+  virtual at::Tensor convert_output(torch::nn::Module& module, const at::Tensor& output) {
+    return output;
+  }
 
   virtual void backward(const at::Tensor& tensor, const at::Tensor& gradient,
                         std::optional<bool> retain_graph, bool create_graph);
