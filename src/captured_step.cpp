@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 #ifdef CPPFABRIC_WITH_CUDA
+#include <ATen/autocast_mode.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -64,6 +65,7 @@ struct CapturedStep::Impl {
   std::string eager_reason;
 
   std::optional<std::vector<Signature>> signature;  // of the first call: what gets recorded
+  std::vector<double> constants;  // the optimizer's graph_constants() when it was recorded
   int64_t warmups = 0, replays = 0, eager = 0;
   std::vector<at::Tensor> static_inputs, static_outputs;
 #ifdef CPPFABRIC_WITH_CUDA
@@ -95,10 +97,24 @@ struct CapturedStep::Impl {
   std::vector<at::Tensor> call(const std::vector<at::Tensor>& inputs) {
     auto shapes = signature_of(inputs);  // also rejects undefined inputs, on every device
     if (!options.enabled || !eager_reason.empty()) return eager_call(inputs);
-    if (!signature) signature = shapes;
+    if (!signature) {
+      // A host input would be copied to the device inside the step: a copy from pageable host
+      // memory cannot be recorded (and would fail in the middle of the recording).
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        if (shapes[i].device != device) {
+          throw std::invalid_argument(fmt::format(
+              "CapturedStep: input {} is on {}, but the step is recorded on {}. Move the batch "
+              "to the device first (setup_dataloaders moves it by default; or fabric.to_device).",
+              i, shapes[i].device.str(), device.str()));
+        }
+      }
+      signature = shapes;
+    }
     if (shapes != *signature) return eager_call(inputs);  // e.g. the ragged last batch
 #ifdef CPPFABRIC_WITH_CUDA
     if (warmups < options.warmup_steps) return warmup(inputs);
+    // The kernels' by-value options are frozen in a recording: record again when they changed.
+    if (graph && graph_safe->graph_constants() != constants) graph.reset();
     if (!graph) record(inputs);
     return replay(inputs);
 #else
@@ -136,12 +152,21 @@ struct CapturedStep::Impl {
     // made current now.
     graph_safe->sync_steps();
     graph_safe->prepare_replay();
+    constants = graph_safe->graph_constants();
     static_inputs.clear();
     for (const auto& input : inputs) static_inputs.push_back(input.clone());
     c10::cuda::device_synchronize();
     c10::cuda::CUDACachingAllocator::emptyCache();
     auto stream = side_stream();
     auto fresh = std::make_unique<at::cuda::CUDAGraph>();
+    // A weight cast cached by an autocast region entered outside the step (its cache lives
+    // across calls) would be a constant of the recording: no cache while recording.
+    const bool autocast_cache = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    struct RestoreCache {
+      bool enabled;
+      ~RestoreCache() { at::autocast::set_autocast_cache_enabled(enabled); }
+    } restore_cache{autocast_cache};
     {
       c10::cuda::CUDAStreamGuard on_side(stream);
       const auto& mode = options.capture_error_mode;

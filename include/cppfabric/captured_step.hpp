@@ -25,6 +25,10 @@
 //     dtypes and devices copies them into the buffers and replays (no host sync, no host reads: the
 //     GradScaler's scale and inf check, the learning rate and the step counts are device tensors).
 //   - A call with other shapes (the ragged last batch of an epoch) runs the function eagerly.
+//   - The learning rate is read from the optimizer before each replay. Its other options (betas,
+//     eps, weight decay, momentum) and its param groups are fixed in a recording: when they
+//     change, the call records again (a scheduler that cycles the momentum every step, such as
+//     OneCycleLR with cycle_momentum, therefore records every step: use eager steps there).
 //   - What the function returns is copied out of the graph's buffers, so results stay valid
 //     after the next replay.
 // On any other device every call runs eagerly (eager_reason() says why), so the same program runs
@@ -33,7 +37,8 @@
 // Rules, as for any CUDA graph: the function must do the same device work on every call and no
 // host work that should repeat (host code, callbacks and logging inside it run only during the
 // warm-up and the recording); no host reads (`.item()`) inside it; one device and the
-// "single_device" strategy; an optimizer whose step can be recorded (cppfabric::optim::AdamW,
+// "single_device" strategy; inputs on that device (the first call throws otherwise); an
+// optimizer whose step can be recorded (cppfabric::optim::AdamW,
 // Adam or SGD with fused = true: optim::GraphSafeStep). The random numbers of dropout come from
 // the default CUDA generator, advanced per replay as an eager step would. After fabric.load()
 // into the optimizer (its state tensors are replaced) call reset(): the next same-shaped call

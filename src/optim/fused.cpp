@@ -32,7 +32,10 @@ struct FusedStepState {
   };
   std::unordered_map<const void*, Entry> entries;
 
-  // Steps whose found_inf was left on a CUDA device: reconciled at the next step or sync.
+  // Steps whose found_inf was left on a CUDA device. Reading a flag waits for the device, so they
+  // are reconciled only when kMaxPending have gathered (one wait per kMaxPending steps), or by
+  // sync_steps(); until then the host's counts include the steps the kernel skipped.
+  static constexpr std::size_t kMaxPending = 64;
   struct Pending {
     at::Tensor found_inf;
     std::vector<std::pair<const void*, torch::optim::OptimizerParamState*>> members;
@@ -104,7 +107,27 @@ namespace {
 using detail::FusedStepState;
 using ParamStates = ska::flat_hash_map<void*, std::unique_ptr<torch::optim::OptimizerParamState>>;
 
-// Checks one parameter for the fused kernels; returns its gradient (made contiguous if needed).
+// `t` (same sizes as `param`) copied into `param`'s strides, e.g. a contiguous gradient or loaded
+// state for a channels_last weight.
+at::Tensor with_layout_of(const at::Tensor& param, const at::Tensor& t) {
+  return at::empty_like(param, t.options()).copy_(t);
+}
+
+// A state tensor in its parameter's strides. A recording must find it so already (a copy made
+// while recording would be replayed from the old tensor).
+at::Tensor state_in_layout(const at::Tensor& param, const at::Tensor& state, bool capturing,
+                           const char* what) {
+  if (!state.defined() || state.strides() == param.strides()) return state;
+  if (capturing) {
+    throw std::logic_error(fmt::format(
+        "the fused step's {} has strides {} but its parameter {} while a CUDA graph records; run "
+        "one step eagerly first (CapturedStep's warm-up does).",
+        what, fmt::join(state.strides(), ","), fmt::join(param.strides(), ",")));
+  }
+  return with_layout_of(param, state);
+}
+
+// Checks one parameter for the fused kernels; returns its gradient (in the parameter's strides).
 at::Tensor checked_grad(const char* optimizer, std::size_t group, std::size_t index,
                         at::Tensor& param) {
   const auto& grad = param.grad();
@@ -132,13 +155,15 @@ at::Tensor checked_grad(const char* optimizer, std::size_t group, std::size_t in
                     c10::toString(grad.scalar_type()), grad.device().str(), c10::toString(dtype),
                     param.device().str()));
   }
-  if (!param.is_contiguous()) {
+  if (!param.is_non_overlapping_and_dense()) {
     throw std::invalid_argument(fmt::format(
-        "{} is not contiguous (sizes {}, strides {}); the fused kernels need contiguous "
-        "parameters.",
+        "{} is not dense (sizes {}, strides {}); the fused kernels need parameters whose elements "
+        "fill their memory (contiguous or channels_last, for example).",
         where, fmt::join(param.sizes(), "x"), fmt::join(param.strides(), ",")));
   }
-  if (!grad.is_contiguous()) param.mutable_grad() = grad.contiguous();
+  // The kernels walk every tensor of a parameter in memory order: the gradient (and the state,
+  // see with_layout_of) must have the parameter's strides.
+  if (grad.strides() != param.strides()) param.mutable_grad() = with_layout_of(param, grad);
   return param.grad();
 }
 
@@ -150,7 +175,7 @@ DeviceKey key_of(const at::Tensor& t) {
 
 at::Tensor on_device(const at::Tensor& t, const c10::Device& device) {
   if (!t.defined() || t.device() == device) return t;
-  return t.to(device, /*non_blocking=*/true);
+  return t.to(device, utilities::non_blocking_to(device));
 }
 
 // Whether the inf flag is set, when it can be read without waiting for a device (CPU tensors).
@@ -202,7 +227,8 @@ void require_state_before_recording(bool capturing, bool exists, const char* opt
 
 // A parameter's Adam/AdamW state, created as LibTorch's first step creates it.
 template <typename ParamState, typename Options>
-ParamState& adam_state(ParamStates& states, const at::Tensor& p, const Options& o) {
+ParamState& adam_state(ParamStates& states, const at::Tensor& p, const Options& o,
+                       bool capturing = false) {
   auto& slot = states[p.unsafeGetTensorImpl()];
   if (!slot) {
     auto fresh = std::make_unique<ParamState>();
@@ -215,6 +241,10 @@ ParamState& adam_state(ParamStates& states, const at::Tensor& p, const Options& 
   if (o.amsgrad() && !s.max_exp_avg_sq().defined()) {
     s.max_exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
   }
+  // Loaded state is contiguous; a channels_last parameter needs its own strides (fused kernels).
+  s.exp_avg(state_in_layout(p, s.exp_avg(), capturing, "exp_avg"));
+  s.exp_avg_sq(state_in_layout(p, s.exp_avg_sq(), capturing, "exp_avg_sq"));
+  if (o.amsgrad()) s.max_exp_avg_sq(state_in_layout(p, s.max_exp_avg_sq(), capturing, "max_exp_avg_sq"));
   return s;
 }
 
@@ -236,7 +266,7 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
   // Recorded into a CUDA graph, nothing here runs now: the host neither reads the device nor
   // counts the step (sync_steps() reads the counts after replays).
   const bool capturing = recording(optimizer);
-  if (!capturing) reconcile(fs, states);
+  if (!capturing && fs.pending.size() >= FusedStepState::kMaxPending) reconcile(fs, states);
   // A flag readable on the host (CPU) is acted on here: a set flag skips the step as the kernel
   // would (gradients untouched), a clear one is not passed on.
   const auto skipped_on_host = flag_on_host(found_inf);
@@ -257,7 +287,7 @@ void adam_family_step(const char* name, torch::optim::Optimizer& optimizer, Fuse
       auto grad = checked_grad(name, group_index, i, p);
       require_state_before_recording(capturing, states.count(p.unsafeGetTensorImpl()) != 0, name,
                                      group_index, i);
-      auto& s = adam_state<ParamState>(states, p, o);
+      auto& s = adam_state<ParamState>(states, p, o, capturing);
       auto& lists = by_device[key_of(p)];
       lists.params.push_back(p);
       lists.grads.push_back(grad);
@@ -566,6 +596,18 @@ void AdamFamily<Base, Options>::sync_steps() {
   read_device_steps<typename AdamKind<Base>::ParamState>(*fused_, *this);
 }
 
+template <typename Base, typename Options>
+std::vector<double> AdamFamily<Base, Options>::graph_constants() const {
+  std::vector<double> out;
+  for (const auto& group : this->param_groups()) {
+    const auto& o = static_cast<const Options&>(group.options());
+    out.insert(out.end(), {static_cast<double>(group.params().size()), std::get<0>(o.betas()),
+                           std::get<1>(o.betas()), o.eps(), o.weight_decay(),
+                           static_cast<double>(o.amsgrad())});
+  }
+  return out;
+}
+
 template class AdamFamily<torch::optim::AdamW, torch::optim::AdamWOptions>;
 template class AdamFamily<torch::optim::Adam, torch::optim::AdamOptions>;
 
@@ -618,6 +660,7 @@ void sgd_step(torch::optim::Optimizer& optimizer, FusedStepState& fs, const at::
           }
           s->momentum_buffer(fresh);
         }
+        s->momentum_buffer(state_in_layout(p, s->momentum_buffer(), capturing, "momentum_buffer"));
         buffer = s->momentum_buffer();
       }
       auto& lists = by_device[{key_of(p), first}];
@@ -681,5 +724,15 @@ void SGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf)
 std::string SGD::graph_safe_error() const { return fused_only("SGD", step_options_); }
 
 void SGD::prepare_replay() { write_lr_tensors(*fused_, *this); }
+
+std::vector<double> SGD::graph_constants() const {
+  std::vector<double> out;
+  for (const auto& group : param_groups()) {
+    const auto& o = static_cast<const torch::optim::SGDOptions&>(group.options());
+    out.insert(out.end(), {static_cast<double>(group.params().size()), o.momentum(),
+                           o.dampening(), o.weight_decay(), static_cast<double>(o.nesterov())});
+  }
+  return out;
+}
 
 }  // namespace cppfabric::optim

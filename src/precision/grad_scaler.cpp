@@ -4,6 +4,7 @@
 
 #include <unordered_map>
 
+#include "../utilities/cuda_graph.hpp"
 #include "cppfabric/detail/fmt.hpp"
 #include "cppfabric/optim/fused.hpp"
 #include "cppfabric/precision/autocast.hpp"
@@ -69,7 +70,7 @@ void GradScaler::lazy_init(const at::Tensor& like) {
 at::Tensor GradScaler::scale(const at::Tensor& outputs) {
   if (!enabled_) return outputs;
   lazy_init(outputs);
-  return outputs * scale_.to(outputs.device(), /*non_blocking=*/true);
+  return outputs * scale_.to(outputs.device(), utilities::non_blocking_to(outputs.device()));
 }
 
 std::vector<at::Tensor> GradScaler::scale(const std::vector<at::Tensor>& outputs) {
@@ -129,8 +130,8 @@ void GradScaler::record_inf_checks(torch::optim::Optimizer& optimizer,
     auto& device_found = found[device];
     if (!device_found.defined())
       device_found = found_inf.to(torch::TensorOptions().device(device).dtype(torch::kFloat32),
-                                  /*non_blocking=*/true, /*copy=*/true);
-    const auto device_inv = inv_scale.to(device, /*non_blocking=*/true);
+                                  utilities::non_blocking_to(device), /*copy=*/true);
+    const auto device_inv = inv_scale.to(device, utilities::non_blocking_to(device));
     for (auto& [dtype, list] : by_dtype) {
       at::_amp_foreach_non_finite_check_and_unscale_(list, device_found, device_inv);
     }
@@ -166,7 +167,7 @@ bool GradScaler::step(torch::optim::Optimizer& optimizer) {
     }
     at::Tensor found_inf;
     for (const auto& [device, flag] : checked.found_inf_per_device) {
-      const auto here = flag.to(scale_.device(), /*non_blocking=*/true);
+      const auto here = flag.to(scale_.device(), utilities::non_blocking_to(scale_.device()));
       found_inf = found_inf.defined() ? found_inf + here : here;
     }
     fused->step_scaled(grad_scale, found_inf);
@@ -200,7 +201,7 @@ void GradScaler::update(std::optional<double> new_scale) {
     std::vector<at::Tensor> found;
     for (const auto& [optimizer, state] : states_->by_optimizer) {
       for (const auto& [device, flag] : state.found_inf_per_device) {
-        found.push_back(flag.to(scale_.device(), /*non_blocking=*/true));
+        found.push_back(flag.to(scale_.device(), utilities::non_blocking_to(scale_.device())));
       }
     }
     if (found.empty()) {

@@ -55,8 +55,9 @@ struct Training {
 
 // `steps` batches of 32 (batch `ragged_at` has 8 rows), AdamW with a cosine schedule stepped every
 // 4 batches; through a CapturedStep when `captured`, by calling the step directly otherwise.
+// With `cycle_betas`, beta1 changes with every scheduler step (as OneCycleLR's cycle_momentum).
 Training train(const std::string& accelerator, const std::string& precision, bool captured,
-               int steps = 12, int ragged_at = 7) {
+               int steps = 12, int ragged_at = 7, bool cycle_betas = false) {
   Fabric fabric({.accelerator = accelerator, .devices = 1, .precision = precision});
   auto model = small_net(3);
   auto optimizer = std::make_shared<cppfabric::optim::AdamW>(
@@ -75,7 +76,13 @@ Training train(const std::string& accelerator, const std::string& precision, boo
     auto x = torch::randn({rows, 32}, on);
     auto y = torch::randint(0, 10, {rows}, on.dtype(torch::kLong));
     losses.push_back(captured ? step({x, y})[0] : body({x, y})[0]);
-    if (i % 4 == 3) scheduler.step();
+    if (i % 4 == 3) {
+      scheduler.step();
+      if (cycle_betas) {
+        auto& options = static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[0].options());
+        options.betas({0.85 + 0.02 * (i / 4), 0.999});
+      }
+    }
   }
   for (const auto& loss : losses) run.losses.push_back(loss.item<double>());
   for (const auto& p : model->parameters()) run.parameters.push_back(p.detach().cpu().clone());
@@ -178,6 +185,51 @@ TEST(CapturedStepGpu, SameLossesParametersAndStepCountsAsEager) {
     EXPECT_EQ(stepped.replays, 8);
     EXPECT_EQ(stepped.optimizer_steps, 12);
   }
+}
+
+// The kernels take betas by value: a change records the step again, so it still equals eager.
+TEST(CapturedStepGpu, ChangedBetasAreRecordedAgain) {
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device";
+  const Training eager = train("cuda", "32-true", false, 12, 7, /*cycle_betas=*/true);
+  const Training stepped = train("cuda", "32-true", true, 12, 7, /*cycle_betas=*/true);
+  expect_same_training(eager, stepped, 1e-5);
+  EXPECT_TRUE(stepped.captured);
+  EXPECT_EQ(stepped.replays, 8);
+}
+
+// Host inputs cannot be recorded: the first call says so.
+TEST(CapturedStepGpu, HostInputsAreRefused) {
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device";
+  Fabric fabric({.accelerator = "cuda", .devices = 1});
+  auto model = small_net(5);
+  auto [net, opt] =
+      fabric.setup(model, std::make_shared<cppfabric::optim::AdamW>(model->parameters()));
+  CapturedStep step(fabric, opt, loss_step(fabric, net, opt, cross_entropy));
+  try {
+    step({torch::randn({4, 32}), torch::randint(0, 10, {4}, torch::kLong)});
+    ADD_FAILURE() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("input 0 is on cpu"), std::string::npos) << e.what();
+  }
+}
+
+// An eager 16-mixed step with a fused optimizer neither reads the inf flag nor the step counts on
+// the host (both stay on the device until sync_steps or 64 steps).
+TEST(CapturedStepGpu, EagerFusedStepsWithAScalerNeverSyncTheHost) {
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device";
+#ifdef CPPFABRIC_WITH_CUDA
+  Fabric fabric({.accelerator = "cuda", .devices = 1, .precision = "16-mixed"});
+  auto model = small_net(5);
+  auto [net, opt] =
+      fabric.setup(model, std::make_shared<cppfabric::optim::AdamW>(model->parameters()));
+  auto body = loss_step(fabric, net, opt, cross_entropy);
+  auto x = torch::randn({32, 32}, torch::kCUDA);
+  auto y = torch::randint(0, 10, {32}, torch::TensorOptions(torch::kCUDA).dtype(torch::kLong));
+  for (int i = 0; i < 2; ++i) body({x, y});  // state, cuBLAS handles
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  EXPECT_NO_THROW(for (int i = 0; i < 10; ++i) body({x, y}));
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+#endif
 }
 
 TEST(CapturedStepGpu, ReplaysNeverSyncTheHost) {

@@ -25,9 +25,9 @@
 // With a GradScaler (precision "16-mixed"), GradScaler::step hands the scale and the inf flag to
 // step_scaled(): the kernel unscales the gradients and skips the update when a gradient was
 // inf/NaN, on the device, without the host reading the flag (Python's `_step_supports_amp_scaling`).
-// The per-parameter step count then lives in a device tensor; `state().step()` (what checkpoints
-// save) is brought up to date on the host at the next step, or by sync_steps() (CPU: at once;
-// fabric.save and fabric.load call it).
+// The per-parameter step count then lives in a device tensor. On the CPU `state().step()` is exact
+// at once; on a GPU it counts the skipped steps too until it is brought up to date, which reads
+// the device: by sync_steps() (fabric.save and fabric.load call it), or every 64 steps.
 //
 // The fused steps are CUDA-graph safe (optim::GraphSafeStep; cppfabric::CapturedStep records them):
 // the learning rate reaches the kernel as a device tensor, the step counts live on the device, and
@@ -86,6 +86,10 @@ class GraphSafeStep {
   /// Reads the device-side step counts into `state()` (one host read per device): after replays
   /// of a recorded step the host's counts are behind. Checkpoints call it before saving and loading.
   virtual void sync_steps() = 0;
+  /// What a recorded step holds fixed: per param group its parameter count and every option the
+  /// kernels take by value (betas, eps, weight decay, momentum, ...; not lr). CapturedStep
+  /// records again when this changes (a scheduler cycling the momentum, an added param group).
+  virtual std::vector<double> graph_constants() const = 0;
 };
 
 namespace detail {
@@ -108,6 +112,7 @@ class AdamFamily : public Base, public AmpScalingStep, public GraphSafeStep {
   std::string graph_safe_error() const override;
   void prepare_replay() override;
   void sync_steps() override;
+  std::vector<double> graph_constants() const override;
   const StepOptions& step_options() const { return step_options_; }
 
  private:
@@ -146,6 +151,7 @@ class SGD : public torch::optim::SGD, public AmpScalingStep, public GraphSafeSte
   std::string graph_safe_error() const override;
   void prepare_replay() override;
   void sync_steps() override {}  // no step counts
+  std::vector<double> graph_constants() const override;
   const StepOptions& step_options() const { return step_options_; }
 
  private:
