@@ -90,8 +90,8 @@ at::Tensor FabricModuleBase::convert_input(const at::Tensor& tensor) const {
 }
 
 at::Tensor FabricModuleBase::finish_output(const at::Tensor& tensor) const {
-  at::Tensor out = strategy_->convert_output(*forward_module_,
-                                             strategy_->precision()->convert_output(tensor));
+  at::Tensor out =
+      strategy_->convert_output(*forward_module_, strategy_->precision()->convert_output(tensor));
   if (out.defined() && out.requires_grad() && strategy_->precision()->requires_fabric_backward()) {
     out.register_hook([](const at::Tensor&) {
       if (detail::fabric_backward_depth().load() == 0) {

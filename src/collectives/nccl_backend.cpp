@@ -3,6 +3,8 @@
 #include <stdexcept>
 
 #if defined(CPPFABRIC_HAS_NCCL) && defined(USE_C10D_NCCL)
+#include <c10/cuda/CUDAFunctions.h>
+
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #define CPPFABRIC_NCCL_ENABLED 1
 #endif
@@ -23,7 +25,12 @@ c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10
 #ifdef CPPFABRIC_NCCL_ENABLED
   auto options = c10d::ProcessGroupNCCL::Options::create();
   options->timeout = timeout;
-  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world_size, options);
+  auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world_size, options);
+  // The strategy has made this rank's GPU current. Bound, it is the device of operations that
+  // name none (barrier), instead of NCCL's guess `rank % device count`, which is wrong for
+  // devices=[2, 3] and would start a communicator (and a CUDA context) on another GPU.
+  backend->setBoundDeviceId(at::Device(at::kCUDA, c10::cuda::current_device()));
+  return backend;
 #else
   (void)store;
   (void)rank;

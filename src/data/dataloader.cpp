@@ -130,9 +130,12 @@ struct PassState {
     try {
       Batch batch = collate(examples);
       if (pin && !collate_is_default) {
-        if (batch.data.defined() && !batch.data.is_pinned()) batch.data = batch.data.pin_memory();
-        if (batch.target.defined() && !batch.target.is_pinned())
-          batch.target = batch.target.pin_memory();
+        // Only host tensors can be pinned (a collate such as DeviceImages' returns device ones).
+        auto pinnable = [](const at::Tensor& t) {
+          return t.defined() && t.is_cpu() && !t.is_pinned();
+        };
+        if (pinnable(batch.data)) batch.data = batch.data.pin_memory();
+        if (pinnable(batch.target)) batch.target = batch.target.pin_memory();
         if (!batch.fields.is_none()) batch.fields = pin_memory(batch.fields);
       }
       return batch;

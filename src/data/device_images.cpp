@@ -21,7 +21,9 @@ struct DeviceImages::Impl {
   Batch collate(std::vector<Example>& examples) const {
     const auto batch = static_cast<int64_t>(examples.size());
     if (batch == 0) throw std::invalid_argument("DeviceImages: collate of an empty batch");
-    auto rows = at::empty({batch, kColumns}, at::kLong);
+    // Pinned for a CUDA device, so that the copy below does not wait for the GPU to catch up.
+    auto rows =
+        at::empty({batch, kColumns}, at::TensorOptions(at::kLong).pinned_memory(device.is_cuda()));
     auto* out = rows.data_ptr<int64_t>();
     for (int64_t b = 0; b < batch; ++b) {
       const auto& data = examples[static_cast<std::size_t>(b)].data;
@@ -31,7 +33,7 @@ struct DeviceImages::Impl {
       }
       std::copy_n(data.data_ptr<int64_t>(), kColumns, out + b * kColumns);
     }
-    const auto params = rows.to(device);
+    const auto params = rows.to(device, /*non_blocking=*/device.is_cuda());
     const auto index = params.select(1, 0);
     auto x = images.index_select(0, index);  // [B, H, W, C]
     if (augment.flip) {

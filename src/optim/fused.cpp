@@ -244,7 +244,8 @@ ParamState& adam_state(ParamStates& states, const at::Tensor& p, const Options& 
   // Loaded state is contiguous; a channels_last parameter needs its own strides (fused kernels).
   s.exp_avg(state_in_layout(p, s.exp_avg(), capturing, "exp_avg"));
   s.exp_avg_sq(state_in_layout(p, s.exp_avg_sq(), capturing, "exp_avg_sq"));
-  if (o.amsgrad()) s.max_exp_avg_sq(state_in_layout(p, s.max_exp_avg_sq(), capturing, "max_exp_avg_sq"));
+  if (o.amsgrad())
+    s.max_exp_avg_sq(state_in_layout(p, s.max_exp_avg_sq(), capturing, "max_exp_avg_sq"));
   return s;
 }
 
@@ -729,8 +730,8 @@ std::vector<double> SGD::graph_constants() const {
   std::vector<double> out;
   for (const auto& group : param_groups()) {
     const auto& o = static_cast<const torch::optim::SGDOptions&>(group.options());
-    out.insert(out.end(), {static_cast<double>(group.params().size()), o.momentum(),
-                           o.dampening(), o.weight_decay(), static_cast<double>(o.nesterov())});
+    out.insert(out.end(), {static_cast<double>(group.params().size()), o.momentum(), o.dampening(),
+                           o.weight_decay(), static_cast<double>(o.nesterov())});
   }
   return out;
 }

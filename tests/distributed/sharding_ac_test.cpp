@@ -14,9 +14,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <functional>
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -309,9 +309,8 @@ TEST(ShardingActivationCheckpointing, RetainedGraphPastTheOutputIsRefused) {
     struct Result {
       at::Tensor y;
     };
-    auto result =
-        net.call([](TinyNetImpl& m, const at::Tensor& x) { return Result{m.forward(x)}; },
-                 torch::randn({4, 8}));
+    auto result = net.call([](TinyNetImpl& m, const at::Tensor& x) { return Result{m.forward(x)}; },
+                           torch::randn({4, 8}));
     auto loss = result.y.pow(2).mean();
     loss.backward({}, /*retain_graph=*/true);
     try {
@@ -418,4 +417,3 @@ TEST(ShardingActivationCheckpointing, UnitWithOnlyNestedUnits) {
 }
 
 }  // namespace
-

@@ -275,7 +275,7 @@ TEST(FusedOptimizers, ChannelsLastAndTransposedParametersEqualLibTorch) {
         torch::randn({5, 4}).t()};
   };
   auto forward = [](const std::vector<at::Tensor>& p, const at::Tensor& x) {
-    auto h = torch::conv2d(x, p[0]).flatten(1);         // 2 x 8*4*4 = 2 x 128
+    auto h = torch::conv2d(x, p[0]).flatten(1);           // 2 x 8*4*4 = 2 x 128
     return h.narrow(1, 0, 4).matmul(p[1]).pow(2).mean();  // 2 x 4 @ 4 x 5
   };
   for (bool sgd : {false, true}) {
