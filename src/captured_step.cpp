@@ -66,6 +66,10 @@ struct CapturedStep::Impl {
 
   std::optional<std::vector<Signature>> signature;  // of the first call: what gets recorded
   std::vector<double> constants;  // the optimizer's graph_constants() when it was recorded
+  // The gradients the recording left on the parameters (replays write into them). An eager call
+  // in between (the ragged batch) sets others; each replay puts these back, so that code reading
+  // p.grad() after a step sees that step's gradients.
+  std::vector<std::pair<at::Tensor, at::Tensor>> recorded_grads;
   int64_t warmups = 0, replays = 0, eager = 0;
   std::vector<at::Tensor> static_inputs, static_outputs;
 #ifdef CPPFABRIC_WITH_CUDA
@@ -195,6 +199,12 @@ struct CapturedStep::Impl {
       }
     }
     graph = std::move(fresh);
+    recorded_grads.clear();
+    for (auto& group : optimizer.optimizer().param_groups()) {
+      for (auto& p : group.params()) {
+        if (p.grad().defined()) recorded_grads.emplace_back(p, p.grad());
+      }
+    }
   }
 
   std::vector<at::Tensor> replay(const std::vector<at::Tensor>& inputs) {
@@ -203,6 +213,9 @@ struct CapturedStep::Impl {
       static_inputs[i].copy_(inputs[i], /*non_blocking=*/true);
     }
     graph_safe->prepare_replay();  // a scheduler may have changed lr() since the last step
+    for (auto& [param, grad] : recorded_grads) {
+      if (!param.grad().is_same(grad)) param.mutable_grad() = grad;
+    }
     graph->replay();
     ++replays;
     std::vector<at::Tensor> results;
