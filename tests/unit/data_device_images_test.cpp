@@ -69,6 +69,40 @@ TEST(DeviceImages, SameBatchesAsTheCpuTransforms) {
   expect_same_batches(collect(cpu, 2), collect(device, 2));
 }
 
+// On a GPU (skipped without one), through a loader that pins memory (only host tensors are
+// pinned: the batches are on the device) and through workers: the CPU transforms' batches.
+TEST(DeviceImagesGpu, SameBatchesAsTheCpuTransformsWithPinMemory) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const data::datasets::SyntheticCIFAR10 raw(300, /*train=*/true);
+  const data::datasets::SyntheticCIFAR10 transformed(
+      300, /*train=*/true,
+      T::Compose({T::RandomHorizontalFlip(), T::RandomCrop(32, 4), T::ToTensor(),
+                  T::Normalize(kMean, kStd)}));
+  data::DeviceImages images(raw.images(), raw.labels(), torch::kCUDA,
+                            {.flip = T::RandomHorizontalFlip(),
+                             .crop = T::RandomCrop(32, 4),
+                             .normalize = T::Normalize(kMean, kStd)});
+  for (int workers : {0, 2}) {
+    SCOPED_TRACE("num_workers " + std::to_string(workers));
+    data::DataLoader cpu(transformed,
+                         {.batch_size = 32, .shuffle = true, .num_workers = workers, .seed = 7});
+    data::DataLoader device(images.dataset(), {.batch_size = 32,
+                                               .shuffle = true,
+                                               .num_workers = workers,
+                                               .collate_fn = images.collate(),
+                                               .pin_memory = true,
+                                               .seed = 7});
+    const auto expected = collect(cpu, 2), got = collect(device, 2);
+    ASSERT_EQ(expected.size(), got.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      ASSERT_TRUE(got[i].data.is_cuda());
+      const auto data = got[i].data.cpu();
+      EXPECT_LE((data - expected[i].data).abs().max().item<double>(), 1e-6) << "batch " << i;
+      EXPECT_TRUE(torch::equal(got[i].target.cpu(), expected[i].target)) << "batch " << i;
+    }
+  }
+}
+
 TEST(DeviceImages, AugmentsAndKeepsLabels) {
   const data::datasets::SyntheticCIFAR10 raw(64, true);
   data::DeviceImages plain(raw.images(), raw.labels(), torch::kCPU);
