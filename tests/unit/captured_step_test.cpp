@@ -224,41 +224,28 @@ TEST(CapturedStepGpu, HostInputsAreRefused) {
   }
 }
 
-// An eager 16-mixed step with a fused optimizer neither reads the inf flag nor the step counts on
-// the host (both stay on the device until sync_steps or 64 steps).
-TEST(CapturedStepGpu, EagerFusedStepsWithAScalerNeverSyncTheHost) {
+// Neither a replay nor an eager 16-mixed step with a fused optimizer syncs the host: the inf flag
+// and the step counts stay on the device (until sync_steps(), or 64 eager steps).
+TEST(CapturedStepGpu, ReplaysAndEagerFusedStepsNeverSyncTheHost) {
   if (!has_gpu()) GTEST_SKIP() << "no CUDA device";
 #ifdef CPPFABRIC_WITH_CUDA
-  Fabric fabric({.accelerator = "cuda", .devices = 1, .precision = "16-mixed"});
-  auto model = small_net(5);
-  auto [net, opt] =
-      fabric.setup(model, std::make_shared<cppfabric::optim::AdamW>(model->parameters()));
-  auto body = loss_step(fabric, net, opt, cross_entropy);
-  auto x = torch::randn({32, 32}, torch::kCUDA);
-  auto y = torch::randint(0, 10, {32}, torch::TensorOptions(torch::kCUDA).dtype(torch::kLong));
-  for (int i = 0; i < 2; ++i) body({x, y});  // state, cuBLAS handles
-  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
-  EXPECT_NO_THROW(for (int i = 0; i < 10; ++i) body({x, y}));
-  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
-#endif
-}
-
-TEST(CapturedStepGpu, ReplaysNeverSyncTheHost) {
-  if (!has_gpu()) GTEST_SKIP() << "no CUDA device";
-#ifdef CPPFABRIC_WITH_CUDA
-  Fabric fabric({.accelerator = "cuda", .devices = 1, .precision = "16-mixed"});
-  auto model = small_net(5);
-  auto [net, opt] =
-      fabric.setup(model, std::make_shared<cppfabric::optim::AdamW>(model->parameters()));
-  CapturedStep step(fabric, opt, loss_step(fabric, net, opt, cross_entropy));
-  auto x = torch::randn({32, 32}, torch::kCUDA);
-  auto y = torch::randint(0, 10, {32}, torch::TensorOptions(torch::kCUDA).dtype(torch::kLong));
-  for (int i = 0; i < 4; ++i) step({x, y});  // warm-up and the recording
-  ASSERT_TRUE(step.captured());
-  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
-  EXPECT_NO_THROW(for (int i = 0; i < 5; ++i) step({x, y}));
-  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
-  EXPECT_EQ(step.replays(), 6);
+  for (bool captured : {true, false}) {
+    SCOPED_TRACE(captured ? "replays" : "eager steps");
+    Fabric fabric({.accelerator = "cuda", .devices = 1, .precision = "16-mixed"});
+    auto model = small_net(5);
+    auto [net, opt] =
+        fabric.setup(model, std::make_shared<cppfabric::optim::AdamW>(model->parameters()));
+    auto body = loss_step(fabric, net, opt, cross_entropy);
+    CapturedStep step(fabric, opt, body, {.enabled = captured});
+    auto x = torch::randn({32, 32}, torch::kCUDA);
+    auto y = torch::randint(0, 10, {32}, torch::TensorOptions(torch::kCUDA).dtype(torch::kLong));
+    for (int i = 0; i < 4; ++i) step({x, y});  // warm-up and the recording
+    ASSERT_EQ(step.captured(), captured);
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+    EXPECT_NO_THROW(for (int i = 0; i < 5; ++i) step({x, y}));
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    EXPECT_EQ(step.replays(), captured ? 6 : 0);
+  }
 #endif
 }
 

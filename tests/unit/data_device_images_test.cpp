@@ -32,25 +32,42 @@ void expect_same_batches(const std::vector<data::Batch>& cpu,
   }
 }
 
-TEST(DeviceImages, SameBatchesAsTheCpuTransforms) {
-  const data::datasets::SyntheticCIFAR10 raw(300, /*train=*/true);
-  const data::datasets::SyntheticCIFAR10 transformed(
+// The CIFAR-10 training pipeline twice over the same 300 images: the CPU transforms per sample,
+// and DeviceImages on `device`, each in a shuffled loader (same seed) with `workers` workers.
+struct TrainingPipelines {
+  data::datasets::SyntheticCIFAR10 raw{300, /*train=*/true};
+  data::datasets::SyntheticCIFAR10 transformed{
       300, /*train=*/true,
       T::Compose({T::RandomHorizontalFlip(), T::RandomCrop(32, 4), T::ToTensor(),
-                  T::Normalize(kMean, kStd)}));
-  data::DeviceImages images(raw.images(), raw.labels(), torch::kCPU,
-                            {.flip = T::RandomHorizontalFlip(),
-                             .crop = T::RandomCrop(32, 4),
-                             .normalize = T::Normalize(kMean, kStd)});
-  for (int workers : {0, 2}) {
-    SCOPED_TRACE("num_workers " + std::to_string(workers));
-    data::DataLoader cpu(transformed,
-                         {.batch_size = 32, .shuffle = true, .num_workers = workers, .seed = 7});
-    data::DataLoader device(images.dataset(), {.batch_size = 32,
+                  T::Normalize(kMean, kStd)})};
+  data::DeviceImages images;
+
+  explicit TrainingPipelines(c10::Device device)
+      : images(raw.images(), raw.labels(), device,
+               {.flip = T::RandomHorizontalFlip(),
+                .crop = T::RandomCrop(32, 4),
+                .normalize = T::Normalize(kMean, kStd)}) {}
+  data::DataLoader cpu_loader(int workers) const {
+    return data::DataLoader(transformed,
+                            {.batch_size = 32, .shuffle = true, .num_workers = workers, .seed = 7});
+  }
+  data::DataLoader device_loader(int workers, bool pin_memory = false) const {
+    return data::DataLoader(images.dataset(), {.batch_size = 32,
                                                .shuffle = true,
                                                .num_workers = workers,
                                                .collate_fn = images.collate(),
+                                               .pin_memory = pin_memory,
                                                .seed = 7});
+  }
+};
+
+TEST(DeviceImages, SameBatchesAsTheCpuTransforms) {
+  const TrainingPipelines pipelines(torch::kCPU);
+  const auto& raw = pipelines.raw;
+  for (int workers : {0, 2}) {
+    SCOPED_TRACE("num_workers " + std::to_string(workers));
+    auto cpu = pipelines.cpu_loader(workers);
+    auto device = pipelines.device_loader(workers);
     expect_same_batches(collect(cpu, 3), collect(device, 3));
   }
   // A rank's shard under a DistributedSampler, and other crop geometry without normalize.
@@ -73,25 +90,11 @@ TEST(DeviceImages, SameBatchesAsTheCpuTransforms) {
 // pinned: the batches are on the device) and through workers: the CPU transforms' batches.
 TEST(DeviceImagesGpu, SameBatchesAsTheCpuTransformsWithPinMemory) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  const data::datasets::SyntheticCIFAR10 raw(300, /*train=*/true);
-  const data::datasets::SyntheticCIFAR10 transformed(
-      300, /*train=*/true,
-      T::Compose({T::RandomHorizontalFlip(), T::RandomCrop(32, 4), T::ToTensor(),
-                  T::Normalize(kMean, kStd)}));
-  data::DeviceImages images(raw.images(), raw.labels(), torch::kCUDA,
-                            {.flip = T::RandomHorizontalFlip(),
-                             .crop = T::RandomCrop(32, 4),
-                             .normalize = T::Normalize(kMean, kStd)});
+  const TrainingPipelines pipelines(torch::kCUDA);
   for (int workers : {0, 2}) {
     SCOPED_TRACE("num_workers " + std::to_string(workers));
-    data::DataLoader cpu(transformed,
-                         {.batch_size = 32, .shuffle = true, .num_workers = workers, .seed = 7});
-    data::DataLoader device(images.dataset(), {.batch_size = 32,
-                                               .shuffle = true,
-                                               .num_workers = workers,
-                                               .collate_fn = images.collate(),
-                                               .pin_memory = true,
-                                               .seed = 7});
+    auto cpu = pipelines.cpu_loader(workers);
+    auto device = pipelines.device_loader(workers, /*pin_memory=*/true);
     const auto expected = collect(cpu, 2), got = collect(device, 2);
     ASSERT_EQ(expected.size(), got.size());
     for (std::size_t i = 0; i < got.size(); ++i) {
