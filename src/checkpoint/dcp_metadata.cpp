@@ -267,12 +267,6 @@ class Reader : PickleMachine<Reader, Obj> {
         "dtypes, pathlib.PosixPath)",
         name));
   }
-  void push_global(std::string name) {
-    check_global(name);
-    auto o = make(Obj::T::Global);
-    o->s = std::move(name);
-    push(std::move(o));
-  }
 
   ObjPtr reduce(const ObjPtr& callable, const ObjPtr& args) {
     if (callable->t != Obj::T::Global) fail_at("REDUCE on something that is not a global");
@@ -333,90 +327,11 @@ class Reader : PickleMachine<Reader, Obj> {
   ObjPtr execute() {
     while (true) {
       const unsigned char code = *need(1);
+      if (common_opcode(code)) continue;
       switch (code) {
-        case 0x80:
-          need(1);
-          break;  // PROTO
-        case 0x95:
-          need(8);
-          break;  // FRAME
         case '.':
           if (stack_.size() != 1 || !marks_.empty()) fail_at("the pickle ends with a bad stack");
           return stack_.back();
-        case '(':
-          mark();
-          break;
-        case '}':
-          push(make(Obj::T::Dict));
-          break;
-        case ']':
-          push(make(Obj::T::List));
-          break;
-        case ')':
-          push(make(Obj::T::Tuple));
-          break;
-        case 'N':
-          push(make(Obj::T::None));
-          break;
-        case 0x88:
-        case 0x89: {
-          auto o = make(Obj::T::Bool);
-          o->b = code == 0x88;
-          push(std::move(o));
-          break;
-        }
-        case 'K':
-          push_int(static_cast<int64_t>(le(1)));
-          break;
-        case 'M':
-          push_int(static_cast<int64_t>(le(2)));
-          break;
-        case 'J':
-          push_int(static_cast<int32_t>(static_cast<uint32_t>(le(4))));
-          break;
-        case 0x8a:
-          push_int(long_bytes(le(1)));
-          break;  // LONG1
-        case 'G':
-          push_float(binfloat());
-          break;
-        case 'X':
-          push_str(le(4));
-          break;
-        case 0x8c:
-          push_str(le(1));
-          break;
-        case 0x8d:
-          push_str(le(8));
-          break;
-        case 'q':
-          memo_put(le(1));
-          break;
-        case 'r':
-          memo_put(le(4));
-          break;
-        case 0x94:
-          memo_put(memo_.size());
-          break;
-        case 'h':
-          memo_get(le(1));
-          break;
-        case 'j':
-          memo_get(le(4));
-          break;
-        case 'c': {
-          std::string module = line();
-          std::string name = line();
-          push_global(module + "." + name);
-          break;
-        }
-        case 0x93: {  // STACK_GLOBAL
-          ObjPtr name = pop();
-          ObjPtr module = pop();
-          if (name->t != Obj::T::Str || module->t != Obj::T::Str) fail_at("a bad STACK_GLOBAL");
-          push_global(module->s + "." + name->s);
-          break;
-        }
         case 0x81: {  // NEWOBJ: cls.__new__(cls, *args)
           ObjPtr args = pop();
           ObjPtr cls = pop();
@@ -429,12 +344,6 @@ class Reader : PickleMachine<Reader, Obj> {
           push(std::move(o));
           break;
         }
-        case 'R': {
-          ObjPtr args = pop();
-          ObjPtr callable = pop();
-          push(reduce(callable, args));
-          break;
-        }
         case 'b': {  // BUILD
           ObjPtr state = pop();
           ObjPtr& target = top();
@@ -443,57 +352,6 @@ class Reader : PickleMachine<Reader, Obj> {
           target->state = std::move(state);
           break;
         }
-        case 't': {
-          auto o = make(Obj::T::Tuple);
-          o->items = pop_mark();
-          push(std::move(o));
-          break;
-        }
-        case 0x85:
-        case 0x86:
-        case 0x87: {
-          const int n = code - 0x84;
-          auto o = make(Obj::T::Tuple);
-          o->items.resize(n);
-          for (int k = n - 1; k >= 0; --k) o->items[k] = pop();
-          push(std::move(o));
-          break;
-        }
-        case 'a': {
-          ObjPtr item = pop();
-          ObjPtr& list = top();
-          if (list->t != Obj::T::List) fail_at("APPEND on something that is not a list");
-          list->items.push_back(std::move(item));
-          break;
-        }
-        case 'e': {
-          auto items = pop_mark();
-          ObjPtr& list = top();
-          if (list->t != Obj::T::List) fail_at("APPENDS on something that is not a list");
-          for (auto& item : items) list->items.push_back(std::move(item));
-          break;
-        }
-        case 's': {
-          std::vector<ObjPtr> kv(2);
-          kv[1] = pop();
-          kv[0] = pop();
-          setitems(top(), kv);
-          break;
-        }
-        case 'u': {
-          auto kv = pop_mark();
-          setitems(top(), kv);
-          break;
-        }
-        case '0':
-          pop();
-          break;
-        case '2':
-          push(top());
-          break;
-        case '1':
-          pop_mark();
-          break;
         default:
           fail_at(fmt::format("the pickle opcode 0x{:02x} is not one a .metadata file uses", code));
       }

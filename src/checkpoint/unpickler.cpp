@@ -379,121 +379,15 @@ class Unpickler : PickleMachine<Unpickler, Obj> {
   ObjPtr execute() {
     while (true) {
       const unsigned char code = *need(1);
+      if (common_opcode(code)) continue;
       switch (code) {
-        case 0x80:
-          need(1);
-          break;  // PROTO
-        case 0x95:
-          need(8);
-          break;     // FRAME
         case '.': {  // STOP
           if (stack_.size() != 1 || !marks_.empty()) fail("the pickle ends with a malformed stack");
           return stack_.back();
         }
-        case '(':
-          mark();
-          break;
-        case '}':
-          push(make(Obj::T::Dict));
-          break;
-        case ']':
-          push(make(Obj::T::List));
-          break;
-        case ')':
-          push(make(Obj::T::Tuple));
-          break;
-        case 'N':
-          push(make(Obj::T::None));
-          break;
-        case 0x88:
-        case 0x89: {
-          auto o = make(Obj::T::Bool);
-          o->b = code == 0x88;
-          push(std::move(o));
-          break;
-        }
-        case 'K':
-          push_int(static_cast<int64_t>(le(1)));
-          break;
-        case 'M':
-          push_int(static_cast<int64_t>(le(2)));
-          break;
-        case 'J':
-          push_int(static_cast<int32_t>(static_cast<uint32_t>(le(4))));
-          break;
-        case 0x8a:
-          push_int(long_bytes(le(1)));
-          break;  // LONG1
-        case 0x8b:
-          push_int(long_bytes(le(4)));
-          break;  // LONG4
-        case 'G':
-          push_float(binfloat());
-          break;
-        case 'X':
-          push_str(le(4));
-          break;  // BINUNICODE
-        case 0x8c:
-          push_str(le(1));
-          break;  // SHORT_BINUNICODE
-        case 0x8d:
-          push_str(le(8));
-          break;  // BINUNICODE8
-        case 'T':
-          push_str(le(4));
-          break;  // BINSTRING
-        case 'U':
-          push_str(le(1));
-          break;  // SHORT_BINSTRING
-        case 'B':
-          push_str(le(4));
-          break;  // BINBYTES (kept as a string)
-        case 'C':
-          push_str(le(1));
-          break;  // SHORT_BINBYTES
-        case 'q':
-          memo_put(le(1));
-          break;
-        case 'r':
-          memo_put(le(4));
-          break;
-        case 0x94:
-          memo_put(memo_.size());
-          break;  // MEMOIZE
-        case 'h':
-          memo_get(le(1));
-          break;
-        case 'j':
-          memo_get(le(4));
-          break;
-        case 'c': {
-          std::string module = line();
-          std::string name = line();
-          auto o = make(Obj::T::Global);
-          o->s = module + "." + name;
-          check_global(o->s);
-          push(std::move(o));
-          break;
-        }
-        case 0x93: {  // STACK_GLOBAL
-          ObjPtr name = pop();
-          ObjPtr module = pop();
-          if (name->t != Obj::T::Str || module->t != Obj::T::Str) fail("a malformed STACK_GLOBAL");
-          auto o = make(Obj::T::Global);
-          o->s = module->s + "." + name->s;
-          check_global(o->s);
-          push(std::move(o));
-          break;
-        }
         case 'Q':
           push(load_storage(pop()));
-          break;  // BINPERSID
-        case 'R': {
-          ObjPtr args = pop();
-          ObjPtr callable = pop();
-          push(reduce(callable, args));
-          break;
-        }
+          break;     // BINPERSID
         case 'b': {  // BUILD: only OrderedDict's attributes (a state dict's _metadata); dropped.
           ObjPtr state = pop();
           ObjPtr& target = top();
@@ -501,57 +395,6 @@ class Unpickler : PickleMachine<Unpickler, Obj> {
           (void)state;
           break;
         }
-        case 't': {
-          auto o = make(Obj::T::Tuple);
-          o->items = pop_mark();
-          push(std::move(o));
-          break;
-        }
-        case 0x85:
-        case 0x86:
-        case 0x87: {
-          const int n = code - 0x84;
-          auto o = make(Obj::T::Tuple);
-          o->items.resize(n);
-          for (int k = n - 1; k >= 0; --k) o->items[k] = pop();
-          push(std::move(o));
-          break;
-        }
-        case 'a': {
-          ObjPtr item = pop();
-          ObjPtr& list = top();
-          if (list->t != Obj::T::List) fail("APPEND on something that is not a list");
-          list->items.push_back(std::move(item));
-          break;
-        }
-        case 'e': {
-          auto items = pop_mark();
-          ObjPtr& list = top();
-          if (list->t != Obj::T::List) fail("APPENDS on something that is not a list");
-          for (auto& item : items) list->items.push_back(std::move(item));
-          break;
-        }
-        case 's': {
-          std::vector<ObjPtr> kv(2);
-          kv[1] = pop();
-          kv[0] = pop();
-          setitems(top(), kv);
-          break;
-        }
-        case 'u': {
-          auto kv = pop_mark();
-          setitems(top(), kv);
-          break;
-        }
-        case '0':
-          pop();
-          break;  // POP
-        case '2':
-          push(top());
-          break;  // DUP
-        case '1':
-          pop_mark();
-          break;  // POP_MARK
         default:
           fail(fmt::format("the pickle opcode 0x{:02x} is not one torch.save writes", code));
       }
