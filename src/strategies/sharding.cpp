@@ -552,23 +552,34 @@ void ShardedModule::State::hook_late(Unit& unit) {
 
 namespace {
 
+// What a PreBackward node keeps: the sharded module's state, weakly (a graph may outlive it).
+struct StateRef : torch::CustomClassHolder {
+  explicit StateRef(std::weak_ptr<ShardedModule::State> s) : state(std::move(s)) {}
+  std::weak_ptr<ShardedModule::State> state;
+};
+
 // Identity in forward; its backward gathers the unit's parameters again before the unit's own
 // backward functions run (they follow this node in the graph).
 class PreBackward : public torch::autograd::Function<PreBackward> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
-                            std::shared_ptr<ShardedModule::State>* state, int64_t unit) {
-    ctx->saved_data["state"] = reinterpret_cast<int64_t>(state);
+                            const std::shared_ptr<ShardedModule::State>& state, int64_t unit) {
+    ctx->saved_data["state"] = c10::IValue::make_capsule(c10::make_intrusive<StateRef>(state));
     ctx->saved_data["unit"] = unit;
     return input;  // returned inputs become aliases with this node as grad_fn
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto* holder =
-        reinterpret_cast<std::shared_ptr<ShardedModule::State>*>(ctx->saved_data["state"].toInt());
+    const auto ref =
+        c10::static_intrusive_pointer_cast<StateRef>(ctx->saved_data["state"].toCapsule());
     const auto unit = static_cast<std::size_t>(ctx->saved_data["unit"].toInt());
-    std::weak_ptr<ShardedModule::State> weak = *holder;
-    (*holder)->on_pre_backward(unit, weak);
+    auto state = ref->state.lock();
+    if (!state) {
+      throw std::runtime_error(
+          "backward through the output of a sharded module whose strategy was torn down (or "
+          "whose module was set up again) since its forward: run forward again.");
+    }
+    state->on_pre_backward(unit, ref->state);
     return {grads[0], at::Tensor(), at::Tensor()};
   }
 };
@@ -731,7 +742,7 @@ at::Tensor ShardedModule::after_outer_output(const at::Tensor& output) {
       !output.defined() || !output.requires_grad()) {
     return output;
   }
-  return PreBackward::apply(output, &state_, int64_t{0});
+  return PreBackward::apply(output, state_, int64_t{0});
 }
 
 void ShardedModule::before_unit_forward(std::size_t u) {
@@ -748,7 +759,7 @@ at::Tensor ShardedModule::after_unit_forward(std::size_t u, const at::Tensor& ou
     return output;
   }
   if (!output.defined() || !output.requires_grad()) return output;
-  at::Tensor wrapped = PreBackward::apply(output, &state_, static_cast<int64_t>(u));
+  at::Tensor wrapped = PreBackward::apply(output, state_, static_cast<int64_t>(u));
   if (state_->config.reshard_after_forward) state_->reshard(unit);
   return wrapped;
 }

@@ -324,6 +324,20 @@ TEST(ShardingActivationCheckpointing, RetainedGraphPastTheOutputIsRefused) {
   });
 }
 
+// A graph can outlive the strategy that recorded it: backward after teardown is a clear error.
+TEST(ShardingActivationCheckpointing, BackwardAfterTeardownIsAClearError) {
+  with_tiny_net(tiny_fsdp("FULL_SHARD", false), [](cppfabric::Fabric& fabric, TinyNet&, auto& net) {
+    auto loss = net(torch::randn({4, 8})).sum();
+    fabric.strategy()->teardown();
+    try {
+      loss.backward();
+      ADD_FAILURE() << "backward after teardown must throw";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("was torn down"), std::string::npos) << e.what();
+    }
+  });
+}
+
 // torch::autograd::grad through a checkpointed unit is refused with a message naming the unit,
 // as torch's reentrant checkpoint refuses it (the replay accumulates into .grad).
 TEST(ShardingActivationCheckpointing, AutogradGradIsRefused) {
