@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cppfabric/cppfabric.hpp>
+#include <functional>
 #include <vector>
 
 struct SimpleCNNImpl : torch::nn::Module {
@@ -36,15 +37,18 @@ TORCH_MODULE(SimpleCNN);
 
 // One training step on {images, labels}: zero_grad, forward, cross-entropy, fabric.backward,
 // optimizer step. Returns the loss and the outputs, detached. `--cuda-graph` records it in a CUDA
-// graph (cppfabric::CapturedStep); otherwise it is called directly.
+// graph (cppfabric::CapturedStep); otherwise it is called directly. `after_backward`, if set, runs
+// between backward and the optimizer step (host code: in a recorded step only while recording).
 template <typename Net>
 cppfabric::CapturedStep::Function train_step(cppfabric::Fabric& fabric, Net& net,
-                                             cppfabric::FabricOptimizer& opt) {
-  return [&fabric, &net, &opt](const std::vector<at::Tensor>& in) {
+                                             cppfabric::FabricOptimizer& opt,
+                                             std::function<void()> after_backward = nullptr) {
+  return [&fabric, &net, &opt, after_backward](const std::vector<at::Tensor>& in) {
     opt.zero_grad();
     auto outputs = net(in[0]);
     auto loss = torch::nn::functional::cross_entropy(outputs, in[1]);
     fabric.backward(loss);
+    if (after_backward) after_backward();
     opt.step();
     return std::vector<at::Tensor>{loss.detach(), outputs.detach()};
   };
