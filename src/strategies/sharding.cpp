@@ -1,6 +1,7 @@
 #include "strategies/sharding.hpp"
 
 #include <c10/core/StorageImpl.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/strides.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
@@ -149,6 +150,8 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
   int64_t peak_full_bytes = 0;
   // Units whose gradient collective was launched and is not yet folded in, oldest first.
   std::vector<Unit*> in_flight;
+  // Offload: the streams of the device-to-host gradient copies not yet waited for.
+  std::vector<c10::Stream> host_copy_streams;
 
   // The data-parallel world: the shard group times the replicas (HYBRID_SHARD).
   int world() const {
@@ -375,14 +378,28 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
     if (unit.layout == ParamLayout::Replicated || !unit.gathered) restore_grads(unit);
   }
 
-  // Writes (or adds) a reduced gradient into this rank's shard gradient, which lives in host
-  // memory under offload (the copy from the device waits for the collective's stream).
-  static void fold(const at::Tensor& into, const at::Tensor& reduced, bool accumulate) {
-    if (!accumulate) {
-      at::Tensor(into).copy_(reduced);
-    } else {
+  // Writes (or adds) a reduced gradient into this rank's shard gradient. Under offload that lives
+  // in pinned host memory: the copy from the device is queued without waiting (as Python FSDP's),
+  // so backward goes on launching work, and wait_for_host_copies() waits for it before anything
+  // on the host reads the gradients (end of the pass). Adding needs the values on the host now.
+  void fold(const at::Tensor& into, const at::Tensor& reduced, bool accumulate) {
+    if (accumulate) {
       at::Tensor(into).add_(reduced.to(into.device()));
+      return;
     }
+    const bool queued = reduced.is_cuda() && into.is_pinned();
+    at::Tensor(into).copy_(reduced, /*non_blocking=*/queued);
+    if (!queued) return;
+    const auto stream =
+        c10::impl::VirtualGuardImpl(reduced.device().type()).getStream(reduced.device());
+    if (std::find(host_copy_streams.begin(), host_copy_streams.end(), stream) ==
+        host_copy_streams.end()) {
+      host_copy_streams.push_back(stream);
+    }
+  }
+  void wait_for_host_copies() {
+    for (const auto& stream : host_copy_streams) stream.synchronize();
+    host_copy_streams.clear();
   }
 
   void post_backward(Unit& unit) {
@@ -432,6 +449,10 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
   }
 
   void drop_pass() {
+    try {
+      wait_for_host_copies();  // before zero_grad writes the host gradients
+    } catch (...) {
+    }
     for (auto& unit : units) {
       for (auto& w : unit.works) {
         try {
@@ -510,7 +531,12 @@ struct ShardedModule::State : std::enable_shared_from_this<ShardedModule::State>
         finish_reduce(unit);
         if (unit.layout == ParamLayout::Swap) reshard(unit);
       }
+      wait_for_host_copies();
     } catch (...) {
+      try {
+        wait_for_host_copies();
+      } catch (...) {  // the first error is the one to report
+      }
       reset_pass();
       throw;
     }
