@@ -20,7 +20,9 @@
 //
 // The step's result equals LibTorch's within float rounding (tests: 1e-6 over hundreds of steps).
 // Supported: dense floating-point parameters and gradients (float, double, half, bfloat16) on CPU
-// or CUDA; anything else throws std::invalid_argument naming the parameter.
+// or CUDA, contiguous or in another dense layout such as channels_last (gradients and state are
+// kept in the parameter's strides); anything else throws std::invalid_argument naming the
+// parameter.
 //
 // With a GradScaler (precision "16-mixed"), GradScaler::step hands the scale and the inf flag to
 // step_scaled(): the kernel unscales the gradients and skips the update when a gradient was
