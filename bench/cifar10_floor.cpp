@@ -35,12 +35,8 @@ int main(int argc, char** argv) {
            .add("--batch-size", &batch_size)
            .add("--precision", &precision)
            .add("--accelerator", &accelerator)
-           .add("--step", &step_kind)
+           .add("--step", &step_kind, {"libtorch", "fused", "graph"})
            .parse(argc, argv)) {
-    return 2;
-  }
-  if (step_kind != "libtorch" && step_kind != "fused" && step_kind != "graph") {
-    std::fprintf(stderr, "--step %s is not one of libtorch, fused, graph\n", step_kind.c_str());
     return 2;
   }
   if (epochs < 1 || train_size < 1 || val_size < 1 || batch_size < 1) {
