@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
   int epochs = 1;
   int64_t train_size = 50000, val_size = 10000, batch_size = 128;
   std::string precision = "16-mixed", accelerator = "auto", step_kind = "libtorch";
-  if (!cppfabric::bench::Flags()
+  if (!cppfabric::testing::Flags()
            .add("--epochs", &epochs)
            .add("--train-size", &train_size)
            .add("--val-size", &val_size)

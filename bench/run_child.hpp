@@ -20,8 +20,6 @@
 
 namespace cppfabric::bench {
 
-using testing::Flags;
-
 // Runs `command` and returns its output; throws with the whole output when it exits non-zero.
 inline std::string run_child(const std::string& command, const std::string& what) {
   FILE* pipe = ::popen(command.c_str(), "r");
@@ -84,8 +82,8 @@ inline Samples run_rounds(int rounds, const std::vector<std::string>& modes,
 // to the fields of `a` of those names: --rounds --steps --batch --width --layers --threads, and
 // --mode (one of `modes`; empty, the default: this run is the driver).
 template <typename Args>
-Flags mode_flags(Args& a, const std::vector<std::string>& modes) {
-  Flags flags;
+testing::Flags mode_flags(Args& a, const std::vector<std::string>& modes) {
+  testing::Flags flags;
   flags.add("--rounds", &a.rounds)
       .add("--steps", &a.steps)
       .add("--batch", &a.batch)
@@ -98,7 +96,8 @@ Flags mode_flags(Args& a, const std::vector<std::string>& modes) {
 
 // run_rounds() over child runs of this program with the flags it got (`flags`, but --rounds) and
 // --mode M.
-inline Samples run_modes(const Flags& flags, int rounds, const std::vector<std::string>& modes,
+inline Samples run_modes(const testing::Flags& flags, int rounds,
+                         const std::vector<std::string>& modes,
                          const std::vector<std::string>& markers) {
   const std::string self = self_path() + flags.forward({"--rounds", "--mode"});
   return run_rounds(
