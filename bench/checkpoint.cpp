@@ -41,6 +41,8 @@
 #include <string>
 #include <vector>
 
+#include "run_child.hpp"
+
 namespace {
 
 namespace ck = cppfabric::checkpoint;
@@ -304,22 +306,12 @@ int main(int argc, char** argv) {
   std::string python;
   if (const char* home = std::getenv("HOME"))
     python = std::string(home) + "/.cache/cppfabric/venv/bin/python";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--mib") {
-      sizes.clear();
-      std::stringstream list(value);
-      std::string item;
-      while (std::getline(list, item, ',')) sizes.push_back(std::atoi(item.c_str()));
-    } else if (flag == "--rounds") {
-      rounds = std::atoi(value.c_str());
-    } else if (flag == "--python") {
-      python = value;
-    } else {
-      std::fprintf(stderr, "unknown flag %s (valid: --mib LIST, --rounds N, --python PATH)\n",
-                   flag.c_str());
-      return 2;
-    }
+  if (!cppfabric::testing::Flags()
+           .add("--mib", &sizes)
+           .add("--rounds", &rounds)
+           .add("--python", &python)
+           .parse(argc, argv)) {
+    return 2;
   }
   if (rounds < 1 || sizes.empty() ||
       std::any_of(sizes.begin(), sizes.end(), [](int m) { return m < 16; })) {
@@ -331,10 +323,7 @@ int main(int argc, char** argv) {
                  python.c_str());
     return 2;
   }
-  char self[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return 2;
-  self[n] = '\0';
+  const std::string self = cppfabric::bench::self_path();
   for (int mib : sizes) bench_size(mib, rounds, python, self);
   return 0;
 }

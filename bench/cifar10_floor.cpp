@@ -28,19 +28,15 @@ int main(int argc, char** argv) {
   int epochs = 1;
   int64_t train_size = 50000, val_size = 10000, batch_size = 128;
   std::string precision = "16-mixed", accelerator = "auto", step_kind = "libtorch";
-  if (!cppfabric::bench::Flags()
+  if (!cppfabric::testing::Flags()
            .add("--epochs", &epochs)
            .add("--train-size", &train_size)
            .add("--val-size", &val_size)
            .add("--batch-size", &batch_size)
            .add("--precision", &precision)
            .add("--accelerator", &accelerator)
-           .add("--step", &step_kind)
+           .add("--step", &step_kind, {"libtorch", "fused", "graph"})
            .parse(argc, argv)) {
-    return 2;
-  }
-  if (step_kind != "libtorch" && step_kind != "fused" && step_kind != "graph") {
-    std::fprintf(stderr, "--step %s is not one of libtorch, fused, graph\n", step_kind.c_str());
     return 2;
   }
   if (epochs < 1 || train_size < 1 || val_size < 1 || batch_size < 1) {

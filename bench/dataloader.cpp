@@ -16,6 +16,8 @@
 #include <cstdlib>
 #include <string>
 
+#include "../tests/flags.hpp"
+
 namespace data = cppfabric::data;
 namespace T = cppfabric::data::transforms;
 
@@ -53,27 +55,22 @@ struct InMemoryCIFAR : data::Dataset {
 int main(int argc, char** argv) {
   int64_t images = 20000;
   int workers = 4, passes = 2;
-  std::size_t batch = 128;
+  int64_t batch_flag = 128;
   std::string python = default_python();
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--images")
-      images = std::stoll(value);
-    else if (flag == "--workers")
-      workers = std::stoi(value);
-    else if (flag == "--batch")
-      batch = static_cast<std::size_t>(std::stoul(value));
-    else if (flag == "--passes")
-      passes = std::stoi(value);
-    else if (flag == "--python")
-      python = value;
-    else {
-      std::fprintf(stderr,
-                   "unknown flag %s (valid: --images --workers --batch --passes --python)\n",
-                   flag.c_str());
-      return 2;
-    }
+  if (!cppfabric::testing::Flags()
+           .add("--images", &images)
+           .add("--workers", &workers)
+           .add("--batch", &batch_flag)
+           .add("--passes", &passes)
+           .add("--python", &python)
+           .parse(argc, argv)) {
+    return 2;
   }
+  if (batch_flag < 1) {
+    std::fprintf(stderr, "--batch %lld: must be >= 1\n", static_cast<long long>(batch_flag));
+    return 2;
+  }
+  const auto batch = static_cast<std::size_t>(batch_flag);
   torch::manual_seed(0);
   auto dataset = std::make_shared<InMemoryCIFAR>(
       images, T::Compose({T::RandomHorizontalFlip(), T::RandomCrop(32, 4), T::ToTensor(),

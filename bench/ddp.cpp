@@ -17,13 +17,13 @@
 //   (> 1: overlap helps), ddp-copy/ddp (> 1: bucket views help).
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cppfabric/cppfabric.hpp>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "../tests/linear_stack.hpp"
 #include "run_child.hpp"
 
 namespace {
@@ -34,21 +34,8 @@ struct Args {
   std::string mode;  // empty: the driver
 };
 
-struct NetImpl : torch::nn::Module {
-  NetImpl(int layers, int64_t width) {
-    for (int l = 0; l < layers; ++l) {
-      body.push_back(register_module("l" + std::to_string(l), torch::nn::Linear(width, width)));
-    }
-    head = register_module("head", torch::nn::Linear(width, 10));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    for (auto& layer : body) x = torch::relu(layer(x));
-    return head(x);
-  }
-  std::vector<torch::nn::Linear> body;
-  torch::nn::Linear head{nullptr};
-};
-TORCH_MODULE(Net);
+// layers x Linear(width, width) + head.
+using Net = cppfabric::testing::LinearStack<torch::nn::Linear>;
 
 // Times `steps` steps in this process (all ranks of a DDP run); rank 0 prints the result.
 int child(const Args& a) {
@@ -69,7 +56,7 @@ int child(const Args& a) {
   cppfabric::Fabric fabric(options);
   fabric.launch();
   torch::manual_seed(0);
-  Net model(a.layers, a.width);
+  Net model(a.layers, a.width, 10, cppfabric::testing::relu, "l");
   auto optimizer =
       std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(1e-3));
   auto [net, opt] = fabric.setup(model, optimizer);
@@ -119,39 +106,19 @@ int child(const Args& a) {
 
 int main(int argc, char** argv) {
   Args a;
-  cppfabric::bench::Flags flags;
-  flags.add("--rounds", &a.rounds)
-      .add("--steps", &a.steps)
-      .add("--batch", &a.batch)
-      .add("--width", &a.width)
-      .add("--layers", &a.layers)
-      .add("--threads", &a.threads)
-      .add("--single-threads", &a.single_threads)
-      .add("--mode", &a.mode);
-  if (!flags.parse(argc, argv)) return 2;
   const std::vector<std::string> modes = {"single", "ddp", "ddp-copy", "ddp-after"};
+  auto flags = cppfabric::bench::mode_flags(a, modes);
+  flags.add("--single-threads", &a.single_threads);
+  if (!flags.parse(argc, argv)) return 2;
   try {
-    if (!a.mode.empty()) {
-      if (std::find(modes.begin(), modes.end(), a.mode) == modes.end()) {
-        std::fprintf(stderr, "--mode %s: valid choices are single, ddp, ddp-copy, ddp-after\n",
-                     a.mode.c_str());
-        return 2;
-      }
-      return child(a);
-    }
-    const std::string self = cppfabric::bench::self_path();
+    if (!a.mode.empty()) return child(a);
     std::printf(
         "DDP on CPU (Gloo, loopback): %d x Linear(%ld, %ld) + head, batch %ld per rank, "
         "%d thread(s) per rank, %d rounds x %d steps\n",
         a.layers, static_cast<long>(a.width), static_cast<long>(a.width),
         static_cast<long>(a.batch), a.threads, a.rounds, a.steps);
     const std::string kTime = "us_per_step=";
-    auto values = cppfabric::bench::run_rounds(
-        a.rounds, modes,
-        [&](const std::string& mode) {
-          return self + flags.forward({"--rounds", "--mode"}) + " --mode " + mode + " 2>&1";
-        },
-        {kTime});
+    auto values = cppfabric::bench::run_modes(flags, a.rounds, modes, {kTime});
     auto times = [&](const std::string& mode) { return values[mode][kTime]; };
     for (const auto& mode : modes) {
       const auto s = cppfabric::bench::stats(times(mode));

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "../tests/flags.hpp"
+
 namespace {
 
 struct Stats {
@@ -57,27 +59,15 @@ int main(int argc, char** argv) {
   int rounds = 15, steps = 20, layers = 60, threads = 1;
   int64_t width = 256;
   std::string device_name = "cpu";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--rounds")
-      rounds = std::stoi(value);
-    else if (flag == "--steps")
-      steps = std::stoi(value);
-    else if (flag == "--layers")
-      layers = std::stoi(value);
-    else if (flag == "--width")
-      width = std::stoll(value);
-    else if (flag == "--threads")
-      threads = std::stoi(value);
-    else if (flag == "--device")
-      device_name = value;
-    else {
-      std::fprintf(stderr,
-                   "unknown flag %s (valid: --rounds --steps --layers --width --threads "
-                   "--device)\n",
-                   flag.c_str());
-      return 2;
-    }
+  if (!cppfabric::testing::Flags()
+           .add("--rounds", &rounds)
+           .add("--steps", &steps)
+           .add("--layers", &layers)
+           .add("--width", &width)
+           .add("--threads", &threads)
+           .add("--device", &device_name)
+           .parse(argc, argv)) {
+    return 2;
   }
   if (rounds < 1 || steps < 1 || layers < 1 || width < 1 || threads < 1) {
     std::fprintf(stderr, "--rounds, --steps, --layers, --width and --threads must be >= 1\n");

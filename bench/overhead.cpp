@@ -51,10 +51,7 @@ double callgrind_instructions(const std::string& self, const std::string& args) 
 }
 
 int callgrind_mode(int rounds, int64_t batch, int64_t width, int threads) {
-  char self[4096];
-  const auto n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) throw std::runtime_error("cannot find this executable (/proc/self/exe)");
-  self[n] = '\0';
+  const std::string self = cppfabric::bench::self_path();
   const int extra = 4;
   const std::string common = "--only fabric --batch " + std::to_string(batch) + " --width " +
                              std::to_string(width) + " --threads " + std::to_string(threads);
@@ -112,42 +109,19 @@ int main(int argc, char** argv) {
   int threads = 1;  // one intra-op thread: on a small shared machine more threads mostly add noise
   bool callgrind = false;
   int bucket_view = 1;
-  for (int i = 1; i < argc; ++i) {
-    if (std::string(argv[i]) == "--callgrind") {
-      callgrind = true;
-      continue;
-    }
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "missing value for %s\n", argv[i]);
-      return 2;
-    }
-    const std::string flag = argv[i], value = argv[++i];
-    if (flag == "--rounds")
-      rounds = std::stoi(value);
-    else if (flag == "--steps")
-      steps = std::stoi(value);
-    else if (flag == "--batch")
-      batch = std::stoll(value);
-    else if (flag == "--width")
-      width = std::stoll(value);
-    else if (flag == "--only")
-      only = value;
-    else if (flag == "--threads")
-      threads = std::stoi(value);
-    else if (flag == "--device")
-      device_name = value;
-    else if (flag == "--strategy")
-      strategy = value;
-    else if (flag == "--bucket-view")
-      bucket_view = std::stoi(value);
-    else {
-      std::fprintf(
-          stderr,
-          "unknown flag %s (valid: --rounds --steps --batch --width --threads --only --device "
-          "--strategy --bucket-view 0|1 --callgrind)\n",
-          flag.c_str());
-      return 2;
-    }
+  if (!cppfabric::testing::Flags()
+           .add("--rounds", &rounds)
+           .add("--steps", &steps)
+           .add("--batch", &batch)
+           .add("--width", &width)
+           .add("--threads", &threads)
+           .add("--only", &only, {"raw", "fabric"})
+           .add("--device", &device_name)
+           .add("--strategy", &strategy)
+           .add("--bucket-view", &bucket_view)
+           .add("--callgrind", &callgrind)
+           .parse(argc, argv)) {
+    return 2;
   }
 
   if (callgrind) return callgrind_mode(rounds == 30 ? 3 : rounds, batch, width, threads);
@@ -207,10 +181,6 @@ int main(int argc, char** argv) {
   if (!only.empty()) {
     // Same set-up as below; only one loop runs. Compare `valgrind --tool=callgrind` instruction
     // counts of `--only raw` and `--only fabric`: deterministic, unlike wall time.
-    if (only != "raw" && only != "fabric") {
-      std::fprintf(stderr, "--only %s: valid choices are raw, fabric\n", only.c_str());
-      return 2;
-    }
     for (int s = 0; s < steps; ++s) only == "raw" ? raw_step() : fabric_step();
     std::printf("ran %d %s steps\n", steps, only.c_str());
     return 0;

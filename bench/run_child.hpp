@@ -1,7 +1,8 @@
 #pragma once
-// What the benchmarks that re-run themselves share: "--flag value" parsing (and forwarding the
-// same flags to a child run), running a child and reading the numbers it prints, running several
-// modes round by round in rotating order, and min / median / max.
+// What the benchmarks that re-run themselves share: running a child and reading the numbers it
+// prints, running several modes round by round in rotating order (each a child run of this program
+// with the flags it got), and min / median / max. Their command lines: Flags (tests/flags.hpp,
+// shared with the programs the distributed tests start).
 #include <stdio.h>
 #include <unistd.h>
 
@@ -13,8 +14,9 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
-#include <variant>
 #include <vector>
+
+#include "../tests/flags.hpp"
 
 namespace cppfabric::bench {
 
@@ -55,76 +57,6 @@ inline std::string self_path() {
   return std::string(self, static_cast<std::size_t>(n));
 }
 
-// "--name value" flags bound to variables. parse() reads them; forward() writes them back for a
-// child run of the same program.
-class Flags {
- public:
-  Flags& add(const std::string& name, int* value) { return put(name, value); }
-  Flags& add(const std::string& name, int64_t* value) { return put(name, value); }
-  Flags& add(const std::string& name, std::string* value) { return put(name, value); }
-
-  // False (after printing the valid flags to stderr) on an unknown flag, a missing value or a
-  // value that is not a number.
-  bool parse(int argc, char** argv) const {
-    for (int i = 1; i < argc; i += 2) {
-      const std::string flag = argv[i];
-      const auto it = std::find_if(flags_.begin(), flags_.end(),
-                                   [&](const auto& f) { return f.first == flag; });
-      if (it == flags_.end() || i + 1 >= argc) {
-        std::fprintf(stderr, "%s %s (valid flags, each with a value:%s)\n",
-                     it == flags_.end() ? "unknown flag" : "no value for", flag.c_str(),
-                     names().c_str());
-        return false;
-      }
-      const std::string value = argv[i + 1];
-      try {
-        if (auto* p = std::get_if<int*>(&it->second)) {
-          **p = std::stoi(value);
-        } else if (auto* p = std::get_if<int64_t*>(&it->second)) {
-          **p = std::stoll(value);
-        } else {
-          *std::get<std::string*>(it->second) = value;
-        }
-      } catch (const std::exception&) {
-        std::fprintf(stderr, "%s %s: not a number\n", flag.c_str(), value.c_str());
-        return false;
-      }
-    }
-    return true;
-  }
-
-  // " --name value" for every flag but those in `skip`.
-  std::string forward(const std::vector<std::string>& skip) const {
-    std::string out;
-    for (const auto& [name, target] : flags_) {
-      if (std::find(skip.begin(), skip.end(), name) != skip.end()) continue;
-      out.append(" ").append(name).append(" ");
-      if (auto* p = std::get_if<int*>(&target)) {
-        out.append(std::to_string(**p));
-      } else if (auto* p = std::get_if<int64_t*>(&target)) {
-        out.append(std::to_string(**p));
-      } else {
-        out.append(*std::get<std::string*>(target));
-      }
-    }
-    return out;
-  }
-
- private:
-  using Target = std::variant<int*, int64_t*, std::string*>;
-  template <typename T>
-  Flags& put(const std::string& name, T* value) {
-    flags_.emplace_back(name, Target(value));
-    return *this;
-  }
-  std::string names() const {
-    std::string out;
-    for (const auto& f : flags_) out.append(" ").append(f.first);
-    return out;
-  }
-  std::vector<std::pair<std::string, Target>> flags_;
-};
-
 // values[mode][marker][round]: the numbers after each marker in each child run's output.
 using Samples = std::map<std::string, std::map<std::string, std::vector<double>>>;
 
@@ -144,6 +76,33 @@ inline Samples run_rounds(int rounds, const std::vector<std::string>& modes,
     }
   }
   return values;
+}
+
+// The flags of the benchmarks that run themselves once per mode (bench_ddp, bench_sharded), bound
+// to the fields of `a` of those names: --rounds --steps --batch --width --layers --threads, and
+// --mode (one of `modes`; empty, the default: this run is the driver).
+template <typename Args>
+testing::Flags mode_flags(Args& a, const std::vector<std::string>& modes) {
+  testing::Flags flags;
+  flags.add("--rounds", &a.rounds)
+      .add("--steps", &a.steps)
+      .add("--batch", &a.batch)
+      .add("--width", &a.width)
+      .add("--layers", &a.layers)
+      .add("--threads", &a.threads)
+      .add("--mode", &a.mode, modes);
+  return flags;
+}
+
+// run_rounds() over child runs of this program with the flags it got (`flags`, but --rounds) and
+// --mode M.
+inline Samples run_modes(const testing::Flags& flags, int rounds,
+                         const std::vector<std::string>& modes,
+                         const std::vector<std::string>& markers) {
+  const std::string self = self_path() + flags.forward({"--rounds", "--mode"});
+  return run_rounds(
+      rounds, modes, [&](const std::string& mode) { return self + " --mode " + mode + " 2>&1"; },
+      markers);
 }
 
 struct Stats {

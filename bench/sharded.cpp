@@ -15,7 +15,6 @@
 // ratios much less.
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
@@ -27,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "../tests/linear_stack.hpp"
 #include "run_child.hpp"
 
 namespace {
@@ -39,39 +39,10 @@ struct Args {
   std::string mode;
 };
 
-struct NetImpl : torch::nn::Module {
-  NetImpl(int layers, int64_t width) {
-    for (int l = 0; l < layers; ++l) {
-      body.push_back(
-          register_module("l" + std::to_string(l), FSDPUnit<torch::nn::LinearImpl>(width, width)));
-    }
-    head = register_module("head", torch::nn::Linear(width, 10));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    for (auto& layer : body) x = torch::relu(layer(x));
-    return head(x);
-  }
-  std::vector<FSDPUnit<torch::nn::LinearImpl>> body;
-  torch::nn::Linear head{nullptr};
-};
-TORCH_MODULE(Net);
-
-// The same layers without units (fsdp-outer: the whole model is one unit).
-struct PlainImpl : torch::nn::Module {
-  PlainImpl(int layers, int64_t width) {
-    for (int l = 0; l < layers; ++l) {
-      body.push_back(register_module("l" + std::to_string(l), torch::nn::Linear(width, width)));
-    }
-    head = register_module("head", torch::nn::Linear(width, 10));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    for (auto& layer : body) x = torch::relu(layer(x));
-    return head(x);
-  }
-  std::vector<torch::nn::Linear> body;
-  torch::nn::Linear head{nullptr};
-};
-TORCH_MODULE(Plain);
+// layers x Linear(width, width) + head: each layer an FSDP unit (Net) or none (Plain: under
+// fsdp-outer the whole model is one unit).
+using Net = cppfabric::testing::LinearStack<FSDPUnit<torch::nn::LinearImpl>>;
+using Plain = cppfabric::testing::LinearStack<torch::nn::Linear>;
 
 int64_t held_bytes(torch::nn::Module& model, torch::optim::Optimizer& optimizer) {
   std::set<const void*> seen;
@@ -152,46 +123,27 @@ int child(const Args& a) {
   cppfabric::Fabric fabric(options);
   fabric.launch();
   torch::manual_seed(0);
-  if (a.mode == "fsdp-outer") return train(a, fabric, Plain(a.layers, a.width));
-  return train(a, fabric, Net(a.layers, a.width));
+  using cppfabric::testing::relu;
+  if (a.mode == "fsdp-outer") return train(a, fabric, Plain(a.layers, a.width, 10, relu, "l"));
+  return train(a, fabric, Net(a.layers, a.width, 10, relu, "l"));
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Args a;
-  cppfabric::bench::Flags flags;
-  flags.add("--rounds", &a.rounds)
-      .add("--steps", &a.steps)
-      .add("--batch", &a.batch)
-      .add("--width", &a.width)
-      .add("--layers", &a.layers)
-      .add("--threads", &a.threads)
-      .add("--mode", &a.mode);
-  if (!flags.parse(argc, argv)) return 2;
   const std::vector<std::string> modes = {"ddp", "fsdp", "fsdp-outer", "zero2"};
+  const auto flags = cppfabric::bench::mode_flags(a, modes);
+  if (!flags.parse(argc, argv)) return 2;
   try {
-    if (!a.mode.empty()) {
-      if (std::find(modes.begin(), modes.end(), a.mode) == modes.end()) {
-        std::fprintf(stderr, "--mode %s: valid choices are ddp, fsdp, fsdp-outer, zero2\n",
-                     a.mode.c_str());
-        return 2;
-      }
-      return child(a);
-    }
-    const std::string self = cppfabric::bench::self_path();
+    if (!a.mode.empty()) return child(a);
     std::printf(
         "Sharded vs DDP on CPU (Gloo, loopback, 2 processes): %d x Linear(%ld, %ld) + head, AdamW, "
         "batch %ld per rank, %d thread(s) per rank, %d rounds x %d steps\n",
         a.layers, static_cast<long>(a.width), static_cast<long>(a.width),
         static_cast<long>(a.batch), a.threads, a.rounds, a.steps);
     const std::string kTime = "us_per_step=", kCpu = "cpu_us_per_step=", kBytes = "bytes=";
-    auto values = cppfabric::bench::run_rounds(
-        a.rounds, modes,
-        [&](const std::string& mode) {
-          return self + flags.forward({"--rounds", "--mode"}) + " --mode " + mode + " 2>&1";
-        },
-        {kTime, kCpu, kBytes});
+    auto values = cppfabric::bench::run_modes(flags, a.rounds, modes, {kTime, kCpu, kBytes});
     using cppfabric::bench::ratios;
     using cppfabric::bench::stats;
     const double ddp_t = stats(values["ddp"][kTime]).median;

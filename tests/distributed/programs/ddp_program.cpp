@@ -39,13 +39,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <fstream>
-#include <map>
 #include <stdexcept>
 #include <string>
 #include <thread>
 
+#include "distributed/programs/program_utils.hpp"
+#include "flags.hpp"
+
 namespace {
+
+using namespace cppfabric::testing;  // Flags; program_utils.hpp
 
 struct Args {
   std::string devices = "2";
@@ -61,7 +64,7 @@ struct Args {
   int kill_rank = -1;
   int kill_step = -1;
   int timeout_s = 0;
-  bool launch = true;
+  bool no_launch = false;
   bool launch_fn = false;
   bool launch_thread = false;
   std::string ckpt_dir;  // set: resume from / save to ckpt_dir/last.ckpt
@@ -76,80 +79,34 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  std::map<std::string, std::string> kv;
-  for (int i = 1; i < argc; ++i) {
-    std::string key = argv[i];
-    if (key == "--unused") {
-      a.unused = true;
-    } else if (key == "--reference") {
-      a.reference = true;
-    } else if (key == "--no-launch") {
-      a.launch = false;
-    } else if (key == "--launch-fn") {
-      a.launch_fn = true;
-    } else if (key == "--no-bucket-view") {
-      a.no_bucket_view = true;
-    } else if (key == "--throw-bypass") {
-      a.throw_bypass = true;
-    } else if (key == "--launch-thread") {
-      a.launch_thread = true;
-    } else if (i + 1 < argc) {
-      kv[key] = argv[++i];
-    } else {
-      throw std::invalid_argument("missing value for " + key);
-    }
-  }
-  for (const auto& [k, v] : kv) {
-    if (k == "--devices")
-      a.devices = v;
-    else if (k == "--strategy")
-      a.strategy = v;
-    else if (k == "--accelerator")
-      a.accelerator = v;
-    else if (k == "--num-nodes")
-      a.num_nodes = std::stoi(v);
-    else if (k == "--steps")
-      a.steps = std::stoi(v);
-    else if (k == "--batch")
-      a.batch = std::stoi(v);
-    else if (k == "--accumulate")
-      a.accumulate = std::stoi(v);
-    else if (k == "--world")
-      a.world = std::stoi(v);
-    else if (k == "--kill-rank")
-      a.kill_rank = std::stoi(v);
-    else if (k == "--kill-step")
-      a.kill_step = std::stoi(v);
-    else if (k == "--timeout-s")
-      a.timeout_s = std::stoi(v);
-    else if (k == "--throw-step")
-      a.throw_step = std::stoi(v);
-    else if (k == "--expect-bucket-view")
-      a.expect_bucket_view = std::stoi(v);
-    else if (k == "--bucket-cap-mb")
-      a.bucket_cap_mb = std::stod(v);
-    else if (k == "--save-dir")
-      a.save_dir = v;
-    else if (k == "--ckpt-dir")
-      a.ckpt_dir = v;
-    else if (k == "--out")
-      a.out = v;
-    else
-      throw std::invalid_argument("unknown flag " + k);
-  }
+  Flags()
+      .add("--devices", &a.devices)
+      .add("--strategy", &a.strategy)
+      .add("--accelerator", &a.accelerator)
+      .add("--num-nodes", &a.num_nodes)
+      .add("--steps", &a.steps)
+      .add("--batch", &a.batch)
+      .add("--accumulate", &a.accumulate)
+      .add("--world", &a.world)
+      .add("--kill-rank", &a.kill_rank)
+      .add("--kill-step", &a.kill_step)
+      .add("--timeout-s", &a.timeout_s)
+      .add("--throw-step", &a.throw_step)
+      .add("--expect-bucket-view", &a.expect_bucket_view)
+      .add("--bucket-cap-mb", &a.bucket_cap_mb)
+      .add("--save-dir", &a.save_dir)
+      .add("--ckpt-dir", &a.ckpt_dir)
+      .add("--out", &a.out)
+      .add("--unused", &a.unused)
+      .add("--reference", &a.reference)
+      .add("--no-launch", &a.no_launch)
+      .add("--launch-fn", &a.launch_fn)
+      .add("--no-bucket-view", &a.no_bucket_view)
+      .add("--throw-bypass", &a.throw_bypass)
+      .add("--launch-thread", &a.launch_thread)
+      .read(argc, argv);
   return a;
 }
-
-// Identity forward; its backward throws (an exception in the middle of a backward pass).
-struct ThrowInBackward : torch::autograd::Function<ThrowInBackward> {
-  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
-    return x.clone();
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
-                                                 torch::autograd::variable_list) {
-    throw std::runtime_error("injected failure in backward");
-  }
-};
 
 int env_int_or(const char* name, int fallback) {
   const char* value = std::getenv(name);
@@ -299,19 +256,9 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
     }
     if (step == args.throw_step) {
       opt.zero_grad();
-      torch::manual_seed(500 + step);
-      auto x = fabric.to_device(torch::randn({rows, 8}));
-      model->throw_in_backward = true;
-      auto loss = net(x).pow(2).mean();
-      model->throw_in_backward = false;
-      bool thrown = false;
-      try {
-        fabric.backward(loss);
-      } catch (const std::exception& e) {
-        thrown = std::string(e.what()).find("injected failure") != std::string::npos;
-        if (!thrown) throw;
+      if (!backward_throws(fabric, net, model->throw_in_backward, step, rows, 8)) {
+        return fail(fabric, "the injected backward failure did not propagate");
       }
-      if (!thrown) return fail(fabric, "the injected backward failure did not propagate");
       if (!model->fc2->weight.grad().defined() || model->fc1->weight.grad().defined()) {
         return fail(fabric, "the backward was not interrupted between fc2 and fc1");
       }
@@ -322,12 +269,7 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
     }
     opt.zero_grad();
     for (int micro = 0; micro < args.accumulate; ++micro) {
-      // The same global data on every rank; each takes its own rows.
-      torch::manual_seed(1000 + step * 10 + micro);
-      auto x = torch::randn({world * args.batch, 8});
-      auto y = torch::randn({world * args.batch, 4});
-      x = fabric.to_device(x.narrow(0, first, rows));
-      y = fabric.to_device(y.narrow(0, first, rows));
+      auto [x, y] = micro_batch(fabric, step, micro, world * args.batch, first, rows, 8, 4);
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
       if (fault.armed("forward", rank, step)) fault.fire(rank, step);
@@ -396,13 +338,7 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
       if (!torch::equal(a[i].cpu(), b[i].cpu())) return fail(fabric, "loaded weights differ");
     }
   }
-  std::vector<torch::Tensor> parts;
-  for (const auto& p : model->parameters()) parts.push_back(p.detach().reshape({-1}));
-  auto flat = torch::cat(parts).to(torch::kCPU, torch::kFloat64).contiguous();
-  const std::string path = args.out + "/params_rank" + std::to_string(rank) + ".bin";
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(flat.data_ptr<double>()),
-            static_cast<std::streamsize>(flat.numel() * sizeof(double)));
+  write_params(model->parameters(), args.out, rank);
   fabric.barrier();
   return 0;
 }
@@ -410,7 +346,7 @@ int train(cppfabric::Fabric& fabric, const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return cppfabric::testing::main_or_error("ddp_program", [&] {
     const Args args = parse(argc, argv);
     std::shared_ptr<cppfabric::strategies::Strategy> strategy;
     cppfabric::FabricOptions options{.accelerator = args.accelerator};
@@ -448,12 +384,9 @@ int main(int argc, char** argv) {
         }
       }).join();
       if (error) std::rethrow_exception(error);
-    } else if (args.launch && !std::getenv("LT_CLI_USED")) {
+    } else if (!args.no_launch && !std::getenv("LT_CLI_USED")) {
       fabric.launch();
     }
     return train(fabric, args);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "ddp_program error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

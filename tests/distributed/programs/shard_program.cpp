@@ -49,7 +49,6 @@
 #include <cppfabric/cppfabric.hpp>
 #include <cppfabric/strategies/fsdp_unit.hpp>
 #include <cstdio>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -61,9 +60,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "distributed/programs/program_utils.hpp"
+#include "flags.hpp"
+#include "linear_stack.hpp"
+
 namespace {
 
 using cppfabric::strategies::FSDPUnit;
+using namespace cppfabric::testing;  // Flags; program_utils.hpp
 
 struct Args {
   std::string strategy = "ddp";
@@ -113,111 +117,52 @@ std::optional<c10::ScalarType> dtype_arg(const std::string& v) {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string key = argv[i];
-    if (key == "--inner") {
-      a.inner = true;
-      continue;
-    }
-    if (key == "--memory") {
-      a.memory = true;
-      continue;
-    }
-    if (key == "--scaler") {
-      a.scaler = true;
-      continue;
-    }
-    if (key == "--throw-no-zero") {
-      a.throw_no_zero = true;
-      continue;
-    }
-    if (key == "--bn") {
-      a.bn = true;
-      continue;
-    }
-    if (key == "--offload" || key == "--check-offload") {
-      (key == "--offload" ? a.offload : a.check_offload) = true;
-      continue;
-    }
-    if (key == "--ac-model" || key == "--act-memory" || key == "--ac-bad" || key == "--ac-nested") {
-      (key == "--ac-model"     ? a.ac_model
-       : key == "--act-memory" ? a.act_memory
-       : key == "--ac-bad"     ? a.ac_bad
-                               : a.ac_nested) = true;
-      continue;
-    }
-    if (i + 1 >= argc) throw std::invalid_argument("missing value for " + key);
-    const std::string v = argv[++i];
-    if (key == "--strategy")
-      a.strategy = v;
-    else if (key == "--sharding")
-      a.sharding = v;
-    else if (key == "--devices")
-      a.devices = v;
-    else if (key == "--precision")
-      a.precision = v;
-    else if (key == "--steps")
-      a.steps = std::stoi(v);
-    else if (key == "--batch")
-      a.batch = std::stoi(v);
-    else if (key == "--accumulate")
-      a.accumulate = std::stoi(v);
-    else if (key == "--clip")
-      a.clip = std::stod(v);
-    else if (key == "--bucket")
-      a.bucket = std::stoll(v);
-    else if (key == "--out")
-      a.out = v;
-    else if (key == "--global-batch")
-      a.global_batch = std::stoi(v);
-    else if (key == "--save-dir")
-      a.save_dir = v;
-    else if (key == "--save-step")
-      a.save_step = std::stoi(v);
-    else if (key == "--load-dir")
-      a.load_dir = v;
-    else if (key == "--form")
-      a.form = v;
-    else if (key == "--inf-step")
-      a.inf_step = std::stoi(v);
-    else if (key == "--param-dtype")
-      a.param_dtype = v;
-    else if (key == "--reduce-dtype")
-      a.reduce_dtype = v;
-    else if (key == "--buffer-dtype")
-      a.buffer_dtype = v;
-    else if (key == "--ac")
-      a.ac = v;
-    else if (key == "--hidden")
-      a.hidden = std::stoi(v);
-    else if (key == "--dropout")
-      a.dropout = std::stod(v);
-    else if (key == "--num-nodes")
-      a.num_nodes = std::stoi(v);
-    else if (key == "--accelerator")
-      a.accelerator = v;
-    else if (key == "--throw-step")
-      a.throw_step = std::stoi(v);
-    else if (key == "--mesh") {
-      const auto comma = v.find(',');
-      if (comma == std::string::npos) throw std::invalid_argument("--mesh takes R,S, got " + v);
-      a.mesh = {std::stoi(v.substr(0, comma)), std::stoi(v.substr(comma + 1))};
-    } else
-      throw std::invalid_argument("unknown flag " + key);
+  const std::vector<std::string> dtypes = {"f32", "bf16", "f16"};
+  Flags()
+      .add("--strategy", &a.strategy)
+      .add("--sharding", &a.sharding)
+      .add("--devices", &a.devices)
+      .add("--precision", &a.precision)
+      .add("--steps", &a.steps)
+      .add("--batch", &a.batch)
+      .add("--accumulate", &a.accumulate)
+      .add("--clip", &a.clip)
+      .add("--bucket", &a.bucket)
+      .add("--out", &a.out)
+      .add("--global-batch", &a.global_batch)
+      .add("--save-dir", &a.save_dir)
+      .add("--save-step", &a.save_step)
+      .add("--load-dir", &a.load_dir)
+      .add("--form", &a.form)
+      .add("--inf-step", &a.inf_step)
+      .add("--param-dtype", &a.param_dtype, dtypes)
+      .add("--reduce-dtype", &a.reduce_dtype, dtypes)
+      .add("--buffer-dtype", &a.buffer_dtype, dtypes)
+      .add("--ac", &a.ac)
+      .add("--hidden", &a.hidden)
+      .add("--dropout", &a.dropout)
+      .add("--num-nodes", &a.num_nodes)
+      .add("--accelerator", &a.accelerator)
+      .add("--throw-step", &a.throw_step)
+      .add("--mesh", &a.mesh)
+      .add("--inner", &a.inner)
+      .add("--memory", &a.memory)
+      .add("--scaler", &a.scaler)
+      .add("--throw-no-zero", &a.throw_no_zero)
+      .add("--bn", &a.bn)
+      .add("--offload", &a.offload)
+      .add("--check-offload", &a.check_offload)
+      .add("--ac-model", &a.ac_model)
+      .add("--act-memory", &a.act_memory)
+      .add("--ac-bad", &a.ac_bad)
+      .add("--ac-nested", &a.ac_nested)
+      .read(argc, argv);
+  if (!a.mesh.empty() && a.mesh.size() != 2) {
+    throw std::invalid_argument("--mesh takes R,S (two sizes), got " +
+                                std::to_string(a.mesh.size()) + " numbers");
   }
   return a;
 }
-
-// Identity forward; its backward throws (an exception in the middle of a backward pass).
-struct ThrowInBackward : public torch::autograd::Function<ThrowInBackward> {
-  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
-    return x.clone();
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
-                                                 torch::autograd::variable_list) {
-    throw std::runtime_error("injected failure in backward");
-  }
-};
 
 // 8 -> 15 -> 15 -> 4: 199 + 240 = 439 parameters with the middle layer (prime: never divisible
 // by the world size); without --inner the same layers are plain Linear modules.
@@ -267,22 +212,7 @@ struct NetImpl : torch::nn::Module {
 TORCH_MODULE(Net);
 
 // 8 units of 2560 x 2560 (+ bias): 52.5M parameters; a small outer head.
-struct BigImpl : torch::nn::Module {
-  BigImpl() {
-    for (int i = 0; i < 8; ++i) {
-      blocks.push_back(register_module("block" + std::to_string(i),
-                                       FSDPUnit<torch::nn::LinearImpl>(2560, 2560)));
-    }
-    head = register_module("head", torch::nn::Linear(2560, 4));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    for (auto& b : blocks) x = torch::tanh(b(x));
-    return head(x);
-  }
-  std::vector<FSDPUnit<torch::nn::LinearImpl>> blocks;
-  torch::nn::Linear head{nullptr};
-};
-TORCH_MODULE(Big);
+using Big = cppfabric::testing::LinearStack<FSDPUnit<torch::nn::LinearImpl>>;
 
 // x + fc2(dropout(gelu(fc1(x)))): GELU's input and fc2's input (batch x hidden each) are what
 // autograd keeps per unit without checkpointing.
@@ -508,29 +438,16 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
     if constexpr (std::is_same_v<Holder, Net>) {
       if (step == args.throw_step) {
         if (!args.throw_no_zero) opt.zero_grad();
-        torch::manual_seed(500 + step);
-        auto x = fabric.to_device(torch::randn({rows, in_features}));
-        model->throw_in_backward = true;
-        auto loss = net(x).pow(2).mean();
-        model->throw_in_backward = false;
-        bool thrown = false;
-        try {
-          fabric.backward(loss);
-        } catch (const std::exception& e) {
-          thrown = std::string(e.what()).find("injected failure") != std::string::npos;
-          if (!thrown) throw;
+        if (!backward_throws(fabric, net, model->throw_in_backward, step, rows, in_features)) {
+          throw std::runtime_error("the injected backward failure did not propagate");
         }
-        if (!thrown) throw std::runtime_error("the injected backward failure did not propagate");
       }
     }
     if (sharding && args.memory) sharding->reset_peak_memory(*net.module());
     opt.zero_grad();
     for (int micro = 0; micro < args.accumulate; ++micro) {
-      torch::manual_seed(1000 + step * 10 + micro);
-      auto x = torch::randn({global_rows, in_features});
-      auto y = torch::randn({global_rows, out_features});
-      x = fabric.to_device(x.narrow(0, rank * rows, rows));
-      y = fabric.to_device(y.narrow(0, rank * rows, rows));
+      auto [x, y] = micro_batch(fabric, step, micro, global_rows, rank * rows, rows, in_features,
+                                out_features);
       const bool last = micro + 1 == args.accumulate;
       auto guard = fabric.no_backward_sync(net, /*enabled=*/!last);
       const bool measure = counting_allocator && step == start && micro == 0;
@@ -647,16 +564,11 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
                 static_cast<int>(pinned), grads.c_str(), optim.c_str());
     std::fflush(stdout);
   }
-  std::vector<torch::Tensor> parts;
   {
     cppfabric::Guard full;
     if (sharding) full = sharding->summon_full_params(*net.module());
-    for (const auto& p : model->parameters()) parts.push_back(p.detach().reshape({-1}).clone());
+    write_params(model->parameters(), args.out, rank);
   }
-  auto flat = torch::cat(parts).to(torch::kCPU, torch::kFloat64).contiguous();
-  std::ofstream out(args.out + "/params_rank" + std::to_string(rank) + ".bin", std::ios::binary);
-  out.write(reinterpret_cast<const char*>(flat.data_ptr<double>()),
-            static_cast<std::streamsize>(flat.numel() * sizeof(double)));
   if (rank == 0) std::printf("final loss %.10f\n", last_loss);
   if (args.scaler) {
     auto* mixed =
@@ -669,7 +581,7 @@ int train(cppfabric::Fabric& fabric, const Args& args, Holder model) {
 
 int run(cppfabric::Fabric& fabric, const Args& args) {
   torch::manual_seed(42 + fabric.global_rank());  // different per rank: setup must broadcast
-  if (args.memory) return train(fabric, args, Big());
+  if (args.memory) return train(fabric, args, Big(8, 2560, 4, cppfabric::testing::tanh, "block"));
   if (args.ac_model || args.ac_bad || args.ac_nested) {
     return train(fabric, args, AcNet(args.hidden, args.dropout, args.ac_bad, args.ac_nested));
   }
@@ -680,7 +592,7 @@ int run(cppfabric::Fabric& fabric, const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return cppfabric::testing::main_or_error("shard_program", [&] {
     const Args args = parse(argc, argv);
     if (args.act_memory) {
       static CountingAllocator allocator;
@@ -703,8 +615,5 @@ int main(int argc, char** argv) {
     cppfabric::Fabric fabric(options);
     fabric.launch();
     return run(fabric, args);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "shard_program error: %s\n", e.what());
-    return 1;
-  }
+  });
 }
