@@ -285,7 +285,7 @@ void DDPStrategy::barrier_with_timeout(const std::string& name, std::chrono::mil
 at::Tensor DDPStrategy::broadcast(const at::Tensor& tensor, int src) {
   if (!distributed()) return tensor;
   // Shapes and dtypes may differ between ranks (Python broadcasts any object): send them first.
-  const auto device = root_device().is_cuda() ? root_device() : c10::Device(c10::kCPU);
+  const auto device = cppfabric::detail::collective_device(root_device());
   const auto meta_options = torch::TensorOptions().dtype(torch::kInt64).device(device);
   auto header = torch::zeros({2}, meta_options);
   if (global_rank() == src) {

@@ -40,6 +40,11 @@ struct ReducerOptions {
 /// collective, in flat buffers of at most kStagingBytes (or one tensor), and copied back.
 void broadcast_coalesced(collectives::ProcessGroup& group, const std::vector<at::Tensor>& tensors,
                          int src, std::optional<c10::Device> via = std::nullopt);
+/// The device of a strategy's own small collectives (shapes, flags, norms): the root device when
+/// it is a GPU (NCCL), the CPU otherwise (Gloo).
+inline c10::Device collective_device(const c10::Device& root) {
+  return root.is_cuda() ? root : c10::Device(c10::kCPU);
+}
 /// The module's parameters, then its buffers.
 std::vector<at::Tensor> module_states(torch::nn::Module& module);
 

@@ -199,7 +199,7 @@ void ShardingStrategy::agree_on_infs(torch::optim::Optimizer& optimizer) {
   if (std::find(agreed_.begin(), agreed_.end(), &optimizer) != agreed_.end()) return;
   agreed_.push_back(&optimizer);
   torch::NoGradGuard no_grad;
-  const auto device = root_device().is_cuda() ? root_device() : c10::Device(c10::kCPU);
+  const auto device = cppfabric::detail::collective_device(root_device());
   at::Tensor found = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
   at::Tensor first;
   for (auto& group : optimizer.param_groups()) {
@@ -249,7 +249,7 @@ at::Tensor ShardingStrategy::clip_gradients_norm(torch::optim::Optimizer& optimi
   const bool inf_norm = std::isinf(norm_type);
   // This rank's part of the norm: the max, or the sum of |g|^p over its shards, computed where the
   // shard gradients are (host memory under FSDP's cpu_offload); the collective's device may differ.
-  const auto device = root_device().is_cuda() ? root_device() : c10::Device(c10::kCPU);
+  const auto device = cppfabric::detail::collective_device(root_device());
   const auto grad_device = grads.empty() ? device : grads.front().device();
   at::Tensor local =
       torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(grad_device));
